@@ -1,0 +1,86 @@
+"""Temporal autoencoder (TAE) configs.
+
+    python -m mgjax.train --config=experiments/tae.py:tiny --workdir=/tmp/tae_tiny
+    python -m mgjax.train --config=experiments/tae.py:paper --workdir=gs://.../tae \
+        --config.data.name=manifest --config.data.dir=/data/videos
+
+`tiny` trains on the synthetic shapes videos (made in <workdir>/shapes if absent) on
+CPU in minutes. `paper` is the paper-size TAE: 8x compression in T, H and W to 16
+latent channels, OPL (r=3, weight 1e5) switched on late in training.
+"""
+
+import ml_collections
+
+from mgjax import configs
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  if arg not in ("tiny", "paper"):
+    raise ValueError(f"Unknown TAE size {arg!r}; use experiments/tae.py:tiny or :paper.")
+  config = configs.base_config()
+  config.task = "tae"
+
+  config.model = ml_collections.ConfigDict(dict(
+      base_channels=128,
+      channel_multipliers=(1, 2, 4, 4),
+      num_res_blocks=2,
+      latent_channels=16,
+      temporal_downsample=(True, True, True),
+      mid_attention=True,
+      attention_heads=1,
+      num_groups=32,
+      remat=False,
+      dtype="float32",
+  ))
+
+  config.loss = ml_collections.ConfigDict(dict(
+      reconstruction="l1",
+      kl_weight=1e-6,
+      opl_weight=1e5,
+      opl_r=3.0,
+      opl_start_step=0,
+      perceptual_weight=0.0,          # needs pretrained features; none ship with mgjax
+      perceptual_params="",           # .npz of PerceptualNetwork weights
+      adversarial_weight=0.0,
+      adversarial_start_step=0,
+      discriminator=ml_collections.ConfigDict(dict(
+          channels=(64, 128, 256), temporal_strides=(1, 2, 2), norm_groups=32)),
+  ))
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="shapes",     # "shapes" (made if absent) | "manifest" (dir/manifest.jsonl)
+      dir="",            # default: <workdir>/shapes
+      shapes=ml_collections.ConfigDict(dict(
+          num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64,
+          num_images=8)),
+      num_frames=8,      # frames per training clip
+      fps=0.0,           # sample clips at this frame rate; 0: the file's own
+      resize=(),         # (h, w) to scale-and-crop frames to before cropping; (): none
+      height=64,         # training crop
+      width=64,
+      num_workers=2,
+      max_skip_fraction=0.1,
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      num_clips=16, num_frames=32, height=0, width=0, batch_size=4,
+      num_videos_to_write=4))
+
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.warmup_steps = 500
+  config.train.num_steps = 300_000
+  config.train.batch_size = 64
+  config.train.eval_every = 5000
+  config.train.checkpoint_every = 5000
+
+  if arg == "tiny":
+    config.model.update(base_channels=16, channel_multipliers=(1, 2, 2, 4),
+                        num_res_blocks=1, num_groups=8)
+    config.loss.update(opl_weight=1.0, opl_start_step=0)
+    config.loss.discriminator.update(channels=(16, 32), temporal_strides=(1, 2),
+                                     norm_groups=8)
+    config.data.update(num_frames=8, height=64, width=64)
+    config.optimizer.update(learning_rate=2e-3, warmup_steps=50)
+    config.train.update(num_steps=1500, batch_size=8, log_every=50, eval_every=0,
+                        checkpoint_every=500)
+  return config

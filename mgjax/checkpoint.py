@@ -1,0 +1,61 @@
+"""Orbax checkpoints of the whole training state, saved asynchronously.
+
+A checkpoint holds the train state (params, frozen params, optimizer state, step,
+RNG) and the config as JSON. Orbax writes each step into a temporary directory and
+renames it when complete, so a process killed mid-save leaves nothing that
+`latest_step()` would pick up. Restoring takes the abstract state with the target
+shardings, so a checkpoint loads onto whatever mesh the current run uses.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, save_every: int, keep: int, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
+        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "config"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
+           force: bool = False) -> bool:
+    """Starts an async save when `step` is due (or `force`); returns whether it did."""
+    return self.manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      config=ocp.args.JsonSave(config.to_dict())),
+        force=force)
+
+  def restore(self, step: int, abstract_state: Any) -> Any:
+    """Restores the state at `step` with the shardings of `abstract_state`."""
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"]
+
+  def restore_config(self, step: int) -> dict:
+    return self.manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def abstract_with_shardings(state: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the target shardings, for `Checkpointer.restore`."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)

@@ -1,0 +1,57 @@
+"""Defaults every experiment config starts from.
+
+Experiment files in `experiments/` call `base_config()` and fill in their model,
+data and task sections. Everything here is a plain ConfigDict field, so any of it
+can be overridden from the command line as `--config.train.num_steps=...`; unknown
+keys are rejected because configs are loaded locked.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Logical axis -> mesh axes. Model code names only the logical axes on the left.
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("frames", None),
+    ("height", None),
+    ("width", None),
+    ("channels", None),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+    ("norm", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = ""  # a name in mgjax.tasks.TASKS
+  config.seed = 0
+
+  # Mesh axis sizes; -1 takes the remaining devices. See mgjax/parallel/mesh.py.
+  config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+  config.logical_axis_rules = [list(rule) for rule in DEFAULT_LOGICAL_AXIS_RULES]
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4,
+      schedule="cosine",      # "cosine" | "constant" (both after linear warmup)
+      warmup_steps=100,
+      final_learning_rate_fraction=0.1,
+      b1=0.9,
+      b2=0.99,
+      weight_decay=0.0,       # decoupled (AdamW); applied to >=2-D parameters only
+      grad_clip_norm=1.0,     # 0 disables clipping
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=1000,
+      batch_size=8,           # global batch size across all devices and processes
+      log_every=50,
+      eval_every=500,         # 0: only at the end
+      checkpoint_every=500,
+      keep_checkpoints=3,
+  ))
+  return config

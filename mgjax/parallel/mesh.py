@@ -1,0 +1,68 @@
+"""Device mesh from config.
+
+The mesh always has the four named axes of mgjax, in this order:
+
+  data     pure replicas (gradients all-reduced)
+  fsdp     batch + parameter/optimizer-state sharding
+  context  the sequence through attention (K/V gathered)
+  tensor   attention heads / MLP hidden
+
+An axis of size 1 costs nothing, so model code can always name all four.
+
+Sharding mode: every axis is `AxisType.Auto`. jax 0.10 defaults `make_mesh` to
+`Explicit` axes, where each op's output sharding is part of its type; mgjax instead
+lets GSPMD propagate shardings from the jit in/out shardings and from the logical
+activation constraints in the model, the style MaxText and big_vision use. It keeps
+model code free of per-op sharding arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh
+
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+
+
+def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Fills the one `-1` axis so the product equals `num_devices`.
+
+  Raises a ValueError naming the axes when the sizes cannot cover the devices.
+  """
+  unknown = set(sizes) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"Unknown mesh axes {sorted(unknown)}; mesh axes are {MESH_AXES}.")
+  resolved = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
+  fill = [axis for axis, size in resolved.items() if size == -1]
+  if len(fill) > 1:
+    raise ValueError(f"At most one mesh axis may be -1; got {fill}.")
+  bad = [axis for axis, size in resolved.items() if size == 0 or size < -1]
+  if bad:
+    raise ValueError(f"Mesh axis sizes must be positive or -1; bad: {bad}.")
+  known = math.prod(size for size in resolved.values() if size != -1)
+  if fill:
+    if num_devices % known:
+      raise ValueError(
+          f"Cannot fill mesh axis {fill[0]!r}: {num_devices} devices are not divisible "
+          f"by the product {known} of the other axes {resolved}.")
+    resolved[fill[0]] = num_devices // known
+  if math.prod(resolved.values()) != num_devices:
+    raise ValueError(
+        f"Mesh {resolved} has {math.prod(resolved.values())} devices but "
+        f"{num_devices} are available; set one axis to -1 to fill.")
+  return resolved
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds the (data, fsdp, context, tensor) mesh with Auto axis types."""
+  devices = list(devices if devices is not None else jax.devices())
+  resolved = resolve_axis_sizes(sizes, len(devices))
+  shape = tuple(resolved[axis] for axis in MESH_AXES)
+  if devices == list(jax.devices()):
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -1,0 +1,52 @@
+"""The interface between a model family and the trainer.
+
+The trainer owns the mesh, optimizer, state, jit, checkpoints and loop; a task owns
+what differs between model families: its variables, its loss, its data and its
+evaluation. All array-valued methods are pure so the trainer can jit them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+Batch = Mapping[str, np.ndarray]
+PyTree = Any
+
+
+class Task(abc.ABC):
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+
+  @abc.abstractmethod
+  def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes and dtypes of one training batch (leading axis = batch)."""
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array) -> tuple[PyTree, PyTree]:
+    """(trainable params, frozen params), logically boxed. Called under jit."""
+
+  @abc.abstractmethod
+  def loss(self, params: PyTree, frozen: PyTree, batch: Batch, rng: jax.Array,
+           step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Scalar loss to minimise over `params`, and scalar metrics to log."""
+
+  @abc.abstractmethod
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    """Host batches for steps start_step, start_step + 1, ...; deterministic by step,
+    so a resumed run sees the batches it would have seen."""
+
+  def data_metrics(self) -> dict[str, float]:
+    """Counters from the input pipeline (e.g. skipped files), logged with the loss."""
+    return {}
+
+  @abc.abstractmethod
+  def evaluate(self, params: PyTree, frozen: PyTree, step: int) -> dict[str, float]:
+    """Held-out metrics; may write artefacts (videos, figures) under the workdir."""

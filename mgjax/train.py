@@ -1,0 +1,209 @@
+"""The one mgjax trainer: config -> mesh -> state -> loop.
+
+    python -m mgjax.train --config=experiments/tae.py:tiny --workdir=/tmp/tae
+
+Every model family plugs in as a task (`mgjax/tasks/`); this file holds no model
+code. A run resumes automatically from the latest complete checkpoint in --workdir.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mgjax import checkpoint as checkpoint_lib
+from mgjax import optim
+from mgjax.parallel import mesh as mesh_lib
+from mgjax.parallel import sharding as sharding_lib
+from mgjax.tasks import get_task_class
+from mgjax.tasks.base import Task
+from mgjax.train_state import TrainState
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics "
+                               "and outputs; a run in an existing workdir resumes.")
+
+
+# ----------------------------------------------------------------------------- step
+
+def train_step(state: TrainState, batch, *, task: Task, optimizer) -> tuple[TrainState, dict]:
+  """One optimizer update. Pure: the same state and batch give the same result."""
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, rng, state.step)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
+  metrics = dict(metrics, loss=loss, grad_norm=optax_global_norm(grads))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def optax_global_norm(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+# ---------------------------------------------------------------------------- state
+
+def make_init_fn(task: Task, optimizer, seed: int):
+  """A function () -> logically boxed TrainState, for eval_shape and jit."""
+  def init_boxed():
+    rng = jax.random.key(seed)
+    params, frozen = task.init(jax.random.fold_in(rng, 0))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
+                      opt_state=optimizer.init(params),
+                      rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
+  return init_boxed
+
+
+def create_state(task: Task, optimizer, config, mesh):
+  """Initialises the state already sharded: eval_shape -> shardings -> jit(init)."""
+  init_boxed = make_init_fn(task, optimizer, config.seed)
+  abstract_boxed = jax.eval_shape(init_boxed)
+  rules = sharding_lib.rules_from_config(config.logical_axis_rules)
+  shardings = sharding_lib.logical_to_shardings(abstract_boxed, mesh, rules)
+  init = jax.jit(lambda: nn.meta.unbox(init_boxed()), out_shardings=shardings)
+  return init, nn.meta.unbox(abstract_boxed), shardings
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+# ----------------------------------------------------------------------------- loop
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to workdir/metrics.jsonl."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def write(self, step: int, metrics: dict):
+    if jax.process_index() != 0:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+
+def check_finite(metrics: dict, step: int, last_checkpoint: int | None):
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    raise FloatingPointError(
+        f"Loss is {loss} at step {step}. Last complete checkpoint: "
+        f"{last_checkpoint if last_checkpoint is not None else 'none'}. Lower the "
+        "learning rate or check the data; the run resumes from that checkpoint.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains until config.train.num_steps; returns the last evaluation metrics."""
+  # ------------------------------------------------------------------- config
+  os.makedirs(workdir, exist_ok=True)
+  jax.config.update("jax_threefry_partitionable", True)
+  task = get_task_class(config.task)(config, workdir)
+  num_steps = config.train.num_steps
+
+  # --------------------------------------------------------------------- mesh
+  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  logging.info("Mesh: %s", dict(mesh.shape))
+  rules = sharding_lib.rules_from_config(config.logical_axis_rules)
+
+  # -------------------------------------------------------------------- state
+  optimizer, schedule = optim.make_optimizer(config.optimizer, num_steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    init, abstract_state, state_shardings = create_state(task, optimizer, config, mesh)
+  logging.info("Trainable parameters: %s; frozen: %s", f"{count_params(abstract_state.params):,}",
+               f"{count_params(abstract_state.frozen):,}")
+
+  # --------------------------------------------------------------- checkpoint
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.checkpoint_every,
+                                             config.train.keep_checkpoints)
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    logging.info("Resuming from step %d in %s", start_step, checkpointer.directory)
+    state = checkpointer.restore(
+        start_step, checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings))
+  else:
+    start_step = 0
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      state = init()
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+  # --------------------------------------------------------------------- step
+  batch_spec = task.batch_spec()
+  batch_shardings = {k: sharding_lib.batch_sharding(mesh, len(v.shape))
+                     for k, v in batch_spec.items()}
+  step_fn = jax.jit(functools.partial(train_step, task=task, optimizer=optimizer),
+                    in_shardings=(state_shardings, batch_shardings),
+                    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                    donate_argnums=(0,))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    compiled = step_fn.lower(abstract_state, batch_spec).compile()
+  log_memory(compiled)
+
+  # --------------------------------------------------------------------- loop
+  writer = MetricsWriter(workdir)
+  eval_metrics: dict = {}
+  last_log_time, last_log_step = time.time(), start_step
+  batches = task.train_batches(start_step)
+  for step in range(start_step, num_steps):
+    host_batch = next(batches)
+    batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
+             for k, v in host_batch.items()}
+    state, metrics = compiled(state, batch)
+    done = step + 1
+    if done % config.train.log_every == 0 or done == num_steps:
+      metrics = jax.device_get(metrics)
+      check_finite(metrics, done, checkpointer.latest_step())
+      elapsed = time.time() - last_log_time
+      metrics["steps_per_second"] = (done - last_log_step) / max(elapsed, 1e-9)
+      metrics["learning_rate"] = schedule(done - 1)
+      metrics.update(task.data_metrics())
+      writer.write(done, metrics)
+      logging.info("step %d/%d %s", done, num_steps,
+                   " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
+      last_log_time, last_log_step = time.time(), done
+    is_last = done == num_steps
+    if checkpointer.save(done, state, config, force=is_last):
+      logging.info("Saving checkpoint at step %d", done)
+    if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
+      eval_metrics = task.evaluate(state.params, state.frozen, done)
+      writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
+      logging.info("eval step %d: %s", done,
+                   " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+  checkpointer.wait()
+  checkpointer.close()
+  return eval_metrics
+
+
+def log_memory(compiled):
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return
+  gib = 1 / 2**30
+  logging.info("Compiled train step per device: arguments %.3f GiB, temporaries %.3f GiB, "
+               "outputs %.3f GiB", analysis.argument_size_in_bytes * gib,
+               analysis.temp_size_in_bytes * gib, analysis.output_size_in_bytes * gib)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("Both --config and --workdir are required, e.g. "
+                         "--config=experiments/tae.py:tiny --workdir=/tmp/tae")
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,30 @@
+"""mgjax: a JAX/Flax training stack for Movie Gen-style media foundation models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mgjax",
+    version="0.1.0",
+    description="JAX/Flax training stack for Movie Gen-style video, image and audio models.",
+    packages=find_packages(include=["mgjax", "mgjax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        # jax 0.10.x is the newest release for Python 3.11; newer jax on 3.12 works too.
+        "jax>=0.10.2",
+        "flax==0.12.8",              # Linen + logical partitioning APIs move between releases
+        "optax>=0.2.5",
+        "orbax-checkpoint==0.12.8",  # CheckpointManager / args API moves between releases
+        "grain==0.2.18",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.1",
+        "einops>=0.8",
+        "numpy>=1.26",
+        "av>=14.0",                  # PyAV: H.264 decode/encode
+        "pillow>=10.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11"],
+        # Ahead-of-time compilation for TPU topologies on a CPU machine: libtpu matching jax.
+        "tpu": ["jax[tpu]"],
+    },
+)

@@ -1,0 +1,107 @@
+"""TAE shapes, length handling, images, and parameter annotations."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mgjax.models.tae import TAE, frame_counts
+from tests.tiny_models import perturb, tiny_tae
+
+H = W = 16
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  model = tiny_tae()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, H, W, 3)))
+  return model, perturb(variables, 0.05)
+
+
+@pytest.mark.parametrize("num_frames", [1, 8, 17, 32, 80])
+def test_encode_decode_shapes(model_and_params, num_frames):
+  model, variables = model_and_params
+  video = jax.random.uniform(jax.random.key(num_frames), (2, num_frames, H, W, 3), minval=-1)
+  mean, logvar = model.apply(variables, video, method=TAE.encode)
+  expected = (2, math.ceil(num_frames / 8), H // 8, W // 8, 8)
+  assert mean.shape == expected and logvar.shape == expected
+  decoded = model.apply(variables, mean, num_frames, method=TAE.decode)
+  assert decoded.shape == video.shape
+  assert bool(jnp.all(jnp.isfinite(decoded)))
+
+
+def test_frame_counts_follow_ceil_halving():
+  assert frame_counts(17, (True, True, True)) == [17, 9, 5, 3]
+  assert frame_counts(80, (True, False, True)) == [80, 40, 40, 20]
+
+
+def test_image_is_a_one_frame_video(model_and_params):
+  """A still encodes alone, and equals the first frame of a clip that holds it still."""
+  model, variables = model_and_params
+  image = jax.random.uniform(jax.random.key(3), (1, 1, H, W, 3), minval=-1)
+  mean_image, _ = model.apply(variables, image, method=TAE.encode)
+  still_clip = jnp.repeat(image, 8, axis=1)
+  mean_clip, _ = model.apply(variables, still_clip, method=TAE.encode)
+  # Replicate padding makes a static clip look like one frame to every temporal layer.
+  np.testing.assert_allclose(mean_image, mean_clip, atol=2e-5)
+
+
+def test_fresh_inflation_is_per_frame():
+  """Identity temporal convs and zero temporal attention: frames do not interact."""
+  model = tiny_tae()
+  video = jax.random.uniform(jax.random.key(1), (1, 8, H, W, 3), minval=-1)
+  variables = model.init(jax.random.key(0), video)
+  out = model.apply(variables, video)[0]
+  changed = video.at[:, 7].set(0.0)
+  out_changed = model.apply(variables, changed)[0]
+  # Every output frame comes from the one latent frame; the encoder's stride-2 convs
+  # subsample frames, so only the frames it reads can matter. Frame 7 is never read.
+  np.testing.assert_allclose(out, out_changed, atol=1e-6)
+
+
+def test_sampling_uses_the_variance(model_and_params):
+  model, variables = model_and_params
+  video = jnp.zeros((1, 8, H, W, 3))
+  _, mean, logvar, latent = model.apply(variables, video, rng=jax.random.key(0))
+  assert not np.allclose(latent, mean)
+  _, _, _, latent_mean = model.apply(variables, video)
+  np.testing.assert_array_equal(latent_mean, mean)
+
+
+def test_rejects_sizes_not_divisible_by_8(model_and_params):
+  model, variables = model_and_params
+  with pytest.raises(ValueError, match="divisible by 8.*12x16"):
+    model.apply(variables, jnp.zeros((1, 8, 12, 16, 3)), method=TAE.encode)
+  with pytest.raises(ValueError, match=r"\[B, T, H, W, 3\]"):
+    model.apply(variables, jnp.zeros((1, 16, 16, 3)), method=TAE.encode)
+
+
+def test_decode_rejects_mismatched_length(model_and_params):
+  model, variables = model_and_params
+  with pytest.raises(ValueError, match="cannot decode to 40 frames"):
+    model.apply(variables, jnp.zeros((1, 3, 2, 2, 8)), 40, method=TAE.decode)
+
+
+def test_every_parameter_has_logical_axes():
+  model = tiny_tae()
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, H, W, 3)))
+  leaves = jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves and all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
+  for leaf in leaves:
+    assert len(leaf.names) == len(leaf.value.shape)
+
+
+def test_paper_config_compresses_8x_with_16_channels():
+  from experiments.tae import get_config
+  from mgjax.tasks.tae import make_tae
+  model = make_tae(get_config("paper").model)
+  video = jax.ShapeDtypeStruct((1, 32, 256, 256, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), video)
+  mean, _ = jax.eval_shape(lambda v, x: model.apply(v, x, method=TAE.encode), variables, video)
+  assert mean.shape == (1, 4, 32, 32, 16)
+  num_params = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(variables)))
+  # An SD-style image VAE (~84M) plus a temporal conv after every conv.
+  assert 100e6 < num_params < 300e6, num_params
