@@ -54,6 +54,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
           num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64,
           num_images=8)),
       num_frames=8,      # frames per training clip
+      image_fraction=0.0,  # share of steps that train on single frames (images)
+      image_batch_size=64,
       fps=0.0,           # sample clips at this frame rate; 0: the file's own
       resize=(),         # (h, w) to scale-and-crop frames to before cropping; (): none
       height=64,         # training crop
@@ -74,13 +76,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 5000
 
   if arg == "tiny":
-    config.model.update(base_channels=16, channel_multipliers=(1, 2, 2, 4),
+    config.model.update(base_channels=16, channel_multipliers=(1, 2, 4, 8),
                         num_res_blocks=1, num_groups=8)
     config.loss.update(opl_weight=1.0, opl_start_step=0)
     config.loss.discriminator.update(channels=(16, 32), temporal_strides=(1, 2),
                                      norm_groups=8)
-    config.data.update(num_frames=8, height=64, width=64)
+    # Most steps are cheap single frames (the spatial AE); clip steps learn time.
+    config.data.update(num_frames=8, height=32, width=32, image_fraction=0.75,
+                       image_batch_size=16)
     config.optimizer.update(learning_rate=2e-3, warmup_steps=50)
-    config.train.update(num_steps=1500, batch_size=8, log_every=50, eval_every=0,
+    config.train.update(num_steps=3000, batch_size=8, log_every=100, eval_every=500,
                         checkpoint_every=500)
   return config

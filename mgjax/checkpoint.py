@@ -19,11 +19,12 @@ import orbax.checkpoint as ocp
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, save_every: int, keep: int, async_save: bool = True):
+  def __init__(self, workdir: str, save_every: int = 1, keep: int | None = None,
+               async_save: bool = True, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
-        enable_async_checkpointing=async_save)
+        save_interval_steps=max(save_every, 1), max_to_keep=keep, create=not read_only,
+        enable_async_checkpointing=async_save, read_only=read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "config"))
 

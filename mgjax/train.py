@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -73,7 +74,35 @@ def create_state(task: Task, optimizer, config, mesh):
   rules = sharding_lib.rules_from_config(config.logical_axis_rules)
   shardings = sharding_lib.logical_to_shardings(abstract_boxed, mesh, rules)
   init = jax.jit(lambda: nn.meta.unbox(init_boxed()), out_shardings=shardings)
-  return init, nn.meta.unbox(abstract_boxed), shardings
+  return init, sharding_lib.strip_boxes(abstract_boxed), shardings
+
+
+def batch_signature(batch) -> tuple:
+  """Hashable (key, shape, dtype) description of a batch, host or abstract."""
+  return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+
+
+def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shardings):
+  """AOT-compiles the train step once per batch shape the task declares.
+
+  Returns {batch signature: (compiled step, batch shardings)}; the memory of each
+  compiled step is logged before training starts.
+  """
+  step_fn = jax.jit(functools.partial(train_step, task=task, optimizer=optimizer),
+                    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                    donate_argnums=(0,))
+  compiled_steps = {}
+  for name, spec in task.batch_specs().items():
+    shardings = {k: sharding_lib.batch_sharding(mesh, len(v.shape)) for k, v in spec.items()}
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
+                      for k, v in spec.items()}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      compiled = step_fn.lower(
+          checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings),
+          abstract_batch).compile()
+    log_memory(name, compiled)
+    compiled_steps[batch_signature(spec)] = (compiled, shardings)
+  return compiled_steps
 
 
 def count_params(tree) -> int:
@@ -140,16 +169,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f.write(config.to_json(indent=2))
 
   # --------------------------------------------------------------------- step
-  batch_spec = task.batch_spec()
-  batch_shardings = {k: sharding_lib.batch_sharding(mesh, len(v.shape))
-                     for k, v in batch_spec.items()}
-  step_fn = jax.jit(functools.partial(train_step, task=task, optimizer=optimizer),
-                    in_shardings=(state_shardings, batch_shardings),
-                    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-                    donate_argnums=(0,))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = step_fn.lower(abstract_state, batch_spec).compile()
-  log_memory(compiled)
+  step_fns = compile_steps(task, optimizer, mesh, rules, abstract_state, state_shardings)
 
   # --------------------------------------------------------------------- loop
   writer = MetricsWriter(workdir)
@@ -158,7 +178,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batches = task.train_batches(start_step)
   for step in range(start_step, num_steps):
     host_batch = next(batches)
-    batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
+    signature = batch_signature(host_batch)
+    if signature not in step_fns:
+      raise ValueError(f"Batch {signature} at step {step} matches none of the shapes the "
+                       f"task declared in batch_specs(): {list(step_fns)}.")
+    compiled, shardings = step_fns[signature]
+    batch = {k: jax.make_array_from_process_local_data(shardings[k], v)
              for k, v in host_batch.items()}
     state, metrics = compiled(state, batch)
     done = step + 1
@@ -174,7 +199,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
       last_log_time, last_log_step = time.time(), done
     is_last = done == num_steps
-    if checkpointer.save(done, state, config, force=is_last):
+    if done % config.train.checkpoint_every == 0 or is_last:
+      checkpointer.save(done, state, config, force=True)
       logging.info("Saving checkpoint at step %d", done)
     if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
       eval_metrics = task.evaluate(state.params, state.frozen, done)
@@ -186,13 +212,38 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return eval_metrics
 
 
-def log_memory(compiled):
+def restore_train_state(workdir: str, step: int | None = None):
+  """(config, task, state) of a run's checkpoint, for evaluation and inspection.
+
+  Rebuilds the state exactly as `train` does from the run's saved config, on a mesh of
+  all local devices, and restores the latest (or the given) complete checkpoint.
+  """
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  task = get_task_class(config.task)(config, workdir)
+  optimizer, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  rules = sharding_lib.rules_from_config(config.logical_axis_rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    _, abstract_state, shardings = create_state(task, optimizer, config, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No complete checkpoint in {checkpointer.directory}.")
+  state = checkpointer.restore(
+      step, checkpoint_lib.abstract_with_shardings(abstract_state, shardings))
+  checkpointer.close()
+  return config, task, state
+
+
+def log_memory(name: str, compiled):
   analysis = compiled.memory_analysis()
   if analysis is None:
     return
   gib = 1 / 2**30
-  logging.info("Compiled train step per device: arguments %.3f GiB, temporaries %.3f GiB, "
-               "outputs %.3f GiB", analysis.argument_size_in_bytes * gib,
+  logging.info("Compiled train step for %r batches, per device: arguments %.3f GiB, "
+               "temporaries %.3f GiB, outputs %.3f GiB", name,
+               analysis.argument_size_in_bytes * gib,
                analysis.temp_size_in_bytes * gib, analysis.output_size_in_bytes * gib)
 
 
@@ -205,5 +256,16 @@ def main(argv):
   train(_CONFIG.value, _WORKDIR.value)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that reports a bad --config override in one line, no traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
+    sys.stderr.write(f"Invalid command line: {message}\nFix the flag; every config field "
+                     "is listed in the config file (--config=FILE:ARG).\n")
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

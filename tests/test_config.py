@@ -21,7 +21,7 @@ def test_unknown_config_key_is_rejected_by_name(tmp_path):
   result = run_train("--config=experiments/tae.py:tiny", f"--workdir={tmp_path}",
                      "--config.train.num_stepz=5")
   assert result.returncode != 0
-  assert "num_stepz" in result.stderr and "does not exist" in result.stderr
+  assert "num_stepz" in result.stderr and "Traceback" not in result.stderr
   assert not os.path.exists(tmp_path / "checkpoints")  # nothing ran
 
 
@@ -29,7 +29,7 @@ def test_wrongly_typed_override_is_rejected(tmp_path):
   result = run_train("--config=experiments/tae.py:tiny", f"--workdir={tmp_path}",
                      "--config.train.num_steps=many")
   assert result.returncode != 0
-  assert "num_steps" in result.stderr
+  assert "num_steps" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unknown_size_names_the_choices():

@@ -20,7 +20,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from absl import logging
@@ -127,6 +127,7 @@ class ClipLoader:
         continue
       with self._lock:
         self._good.add(index)
+        self._check_skip_fraction()
       return clip
     raise RuntimeError(f"None of the {n} videos in the data set could be read; "
                        f"skipped by kind: {dict(self.skipped)}.")
@@ -146,32 +147,38 @@ class ClipLoader:
 
   def iterate(self, start_step: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
     """Batches for start_step, start_step + 1, ... decoded ahead in a thread."""
-    batches: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
+    return prefetch_batches(self.batch, start_step, prefetch)
 
-    def produce():
-      step = start_step
+
+def prefetch_batches(batch_fn: Callable[[int], dict], start_step: int,
+                     prefetch: int = 2) -> Iterator[dict]:
+  """Yields batch_fn(start_step), batch_fn(start_step + 1), ..., computed ahead in a
+  background thread; an exception there is raised in the consumer."""
+  batches: queue.Queue = queue.Queue(maxsize=prefetch)
+  stop = threading.Event()
+
+  def produce():
+    step = start_step
+    while not stop.is_set():
+      try:
+        item = batch_fn(step)
+      except Exception as e:  # surfaced in the consumer
+        batches.put(e)
+        return
       while not stop.is_set():
         try:
-          item = self.batch(step)
-        except Exception as e:  # surfaced in the consumer
-          batches.put(e)
-          return
-        while not stop.is_set():
-          try:
-            batches.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            pass
-        step += 1
+          batches.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          pass
+      step += 1
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-      while True:
-        item = batches.get()
-        if isinstance(item, Exception):
-          raise item
-        yield item
-    finally:
-      stop.set()
+  threading.Thread(target=produce, daemon=True).start()
+  try:
+    while True:
+      item = batches.get()
+      if isinstance(item, Exception):
+        raise item
+      yield item
+  finally:
+    stop.set()

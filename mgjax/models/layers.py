@@ -28,21 +28,6 @@ def identity_temporal_init(key, shape, dtype=jnp.float32):
   return kernel.at[k // 2, 0, 0].set(jnp.eye(cin, dtype=dtype))
 
 
-def average_temporal_init(key, shape, dtype=jnp.float32):
-  """Kernel [k, 1, 1, C, C] whose taps each hold identity / k.
-
-  For a strided (downsampling) temporal conv: starting as a moving average lets every
-  frame reach the latent, where an identity start would drop all frames but one and
-  leave the model to discover the others. A still clip still maps to itself.
-  """
-  del key
-  k, kh, kw, cin, cout = shape
-  if cin != cout or kh != 1 or kw != 1:
-    raise ValueError(f"average_temporal_init needs a [k, 1, 1, C, C] kernel; got {shape}.")
-  eye = jnp.eye(cin, dtype=dtype) / k
-  return jnp.broadcast_to(eye, shape).astype(dtype)
-
-
 class FrameGroupNorm(nn.Module):
   """GroupNorm over (H, W, C-group) of each frame separately.
 

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mgjax.models.attention import attention
-from mgjax.models.layers import (FrameGroupNorm, average_temporal_init, identity_temporal_init,
-                                 logical_init)
+from mgjax.models.layers import FrameGroupNorm, identity_temporal_init, logical_init
 
 CONV2D_AXES = (None, None, "conv_in", "conv_out")
 CONV_T_AXES = (None, None, None, "conv_in", "conv_out")
@@ -52,8 +51,7 @@ class Conv2Plus1D(nn.Module):
       return y
     # Symmetric replicate padding keeps ceil(T / stride) output frames.
     y = jnp.pad(y, ((0, 0), (k // 2, k // 2), (0, 0), (0, 0), (0, 0)), mode="edge")
-    init = identity_temporal_init if self.temporal_stride == 1 else average_temporal_init
-    kernel = self.param("temporal_kernel", logical_init(init, CONV_T_AXES),
+    kernel = self.param("temporal_kernel", logical_init(identity_temporal_init, CONV_T_AXES),
                         (k, 1, 1, self.features, self.features), jnp.float32)
     bias = self.param("temporal_bias", logical_init(nn.initializers.zeros, ("conv_out",)),
                       (self.features,), jnp.float32)

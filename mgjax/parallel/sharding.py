@@ -65,11 +65,21 @@ def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   """
   logical_specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
-  shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_tree))
+  shapes = jax.tree.map(lambda x: x.shape, strip_boxes(abstract_tree))
   def to_sharding(spec, shape):
     return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
   return jax.tree.map(to_sharding, mesh_specs, shapes,
                       is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def strip_boxes(tree: Any) -> Any:
+  """Removes logical-partitioning boxes without applying sharding constraints.
+
+  (`nn.meta.unbox` constrains each value to its sharding, which only works on
+  concrete or traced arrays, not on the ShapeDtypeStructs of `jax.eval_shape`.)
+  """
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
+                      tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

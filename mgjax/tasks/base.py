@@ -26,8 +26,13 @@ class Task(abc.ABC):
     self.workdir = workdir
 
   @abc.abstractmethod
-  def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global shapes and dtypes of one training batch (leading axis = batch)."""
+  def batch_specs(self) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
+    """Every batch shape the task trains on, by name: {bucket: {key: global shape}}.
+
+    Each batch from `train_batches` matches one of these; the trainer compiles one
+    step per bucket before training (e.g. images as 1-frame videos next to clips,
+    or aspect-ratio x duration buckets).
+    """
 
   @abc.abstractmethod
   def init(self, rng: jax.Array) -> tuple[PyTree, PyTree]:

@@ -14,6 +14,8 @@ both networks correctly.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -23,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from mgjax.data import shapes
-from mgjax.data.clips import ClipLoader, ClipSpec, read_manifest
+from mgjax.data.clips import ClipLoader, ClipSpec, prefetch_batches, read_manifest
 from mgjax.data.video import read_clip, write_video
 from mgjax.eval.metrics import psnr, ssim
 from mgjax.models.discriminator import PatchDiscriminator3D, hinge_d_loss, hinge_g_loss
@@ -79,17 +81,22 @@ class TAETask(Task):
     self.clip_spec = ClipSpec(num_frames=data.num_frames, height=data.height,
                               width=data.width, fps=data.fps or None,
                               resize=tuple(data.resize) if data.resize else None)
-    self._loader = None
+    self._loaders = {}
     self._eval_clips = None
 
   # ------------------------------------------------------------------ model
-  def batch_spec(self):
+  def batch_specs(self):
+    """Clip batches, plus image batches (1-frame videos) when data.image_fraction > 0."""
     c = self.config
-    shape = (c.train.batch_size, c.data.num_frames, c.data.height, c.data.width, 3)
-    return {"video": jax.ShapeDtypeStruct(shape, jnp.uint8)}
+    specs = {"video": {"video": jax.ShapeDtypeStruct(
+        (c.train.batch_size, c.data.num_frames, c.data.height, c.data.width, 3), jnp.uint8)}}
+    if c.data.image_fraction > 0:
+      specs["image"] = {"video": jax.ShapeDtypeStruct(
+          (c.data.image_batch_size, 1, c.data.height, c.data.width, 3), jnp.uint8)}
+    return specs
 
   def init(self, rng):
-    video = jnp.zeros((1,) + self.batch_spec()["video"].shape[1:], jnp.float32)
+    video = jnp.zeros((1,) + self.batch_specs()["video"]["video"].shape[1:], jnp.float32)
     tae_rng, disc_rng, perceptual_rng = jax.random.split(rng, 3)
     params = {"tae": self.model.init(tae_rng, video)["params"]}
     frozen = {}
@@ -139,17 +146,33 @@ class TAETask(Task):
 
   # ------------------------------------------------------------------- data
   def train_batches(self, start_step):
-    data = self.config.data
+    """Clip batches, or with probability data.image_fraction a batch of single frames.
+
+    Images (1-frame videos) train the spatial layers at a fraction of a clip's cost;
+    the paper's TAE likewise trains on images and videos. The choice is a function of
+    (seed, step), so resumed runs see the same sequence.
+    """
+    data, seed = self.config.data, self.config.seed
     records = read_manifest(self.manifest, split="train")
-    self._loader = ClipLoader(records, self.clip_spec, self.config.train.batch_size,
-                              seed=self.config.seed, num_workers=data.num_workers,
-                              max_skip_fraction=data.max_skip_fraction)
-    return self._loader.iterate(start_step)
+    make = lambda spec, batch_size: ClipLoader(
+        records, spec, batch_size, seed=seed, num_workers=data.num_workers,
+        max_skip_fraction=data.max_skip_fraction)
+    self._loaders = {"video": make(self.clip_spec, self.config.train.batch_size)}
+    if data.image_fraction > 0:
+      image_spec = dataclasses.replace(self.clip_spec, num_frames=1)
+      self._loaders["image"] = make(image_spec, data.image_batch_size)
+
+    def batch(step):
+      is_image = np.random.default_rng([seed, step, 1]).random() < data.image_fraction
+      return self._loaders["image" if is_image else "video"].batch(step)
+
+    return prefetch_batches(batch, start_step)
 
   def data_metrics(self):
-    if self._loader is None:
-      return {}
-    return {f"data/skipped_{kind}": count for kind, count in self._loader.skipped.items()}
+    skipped = collections.Counter()
+    for loader in self._loaders.values():
+      skipped.update(loader.skipped)
+    return {f"data/skipped_{kind}": count for kind, count in skipped.items()}
 
   # ------------------------------------------------------------------- eval
   def eval_clips(self) -> np.ndarray:
