@@ -85,6 +85,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.update(num_frames=8, height=32, width=32, image_fraction=0.75,
                        image_batch_size=16)
     config.optimizer.update(learning_rate=2e-3, warmup_steps=50)
-    config.train.update(num_steps=3000, batch_size=8, log_every=100, eval_every=500,
-                        checkpoint_every=500)
+    config.train.update(num_steps=1800, batch_size=8, log_every=100, eval_every=600,
+                        checkpoint_every=600)
   return config

@@ -30,12 +30,6 @@ from mgjax.tasks import get_task_class
 from mgjax.tasks.base import Task
 from mgjax.train_state import TrainState
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics "
-                               "and outputs; a run in an existing workdir resumes.")
-
-
 # ----------------------------------------------------------------------------- step
 
 def train_step(state: TrainState, batch, *, task: Task, optimizer) -> tuple[TrainState, dict]:
@@ -247,13 +241,22 @@ def log_memory(name: str, compiled):
                analysis.temp_size_in_bytes * gib, analysis.output_size_in_bytes * gib)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("Both --config and --workdir are required, e.g. "
-                         "--config=experiments/tae.py:tiny --workdir=/tmp/tae")
-  train(_CONFIG.value, _WORKDIR.value)
+def main():
+  """Command line: defines the flags here so importing this module defines none."""
+  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                                lock_config=True)
+  workdir_flag = flags.DEFINE_string("workdir", None, "Directory for checkpoints, "
+                                     "metrics and outputs; an existing one resumes.")
+
+  def run(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if config_flag.value is None or workdir_flag.value is None:
+      raise app.UsageError("Both --config and --workdir are required, e.g. "
+                           "--config=experiments/tae.py:tiny --workdir=/tmp/tae")
+    train(config_flag.value, workdir_flag.value)
+
+  app.run(run, flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -268,4 +271,4 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  main()
