@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -39,13 +40,8 @@ def train_step(state: TrainState, batch, *, task: Task, optimizer) -> tuple[Trai
   (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, rng, state.step)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax_global_norm(grads))
+  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def optax_global_norm(tree) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 # ---------------------------------------------------------------------------- state
@@ -181,7 +177,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
              for k, v in host_batch.items()}
     state, metrics = compiled(state, batch)
     done = step + 1
-    if done % config.train.log_every == 0 or done == num_steps:
+    is_last = done == num_steps
+    should_save = done % config.train.checkpoint_every == 0 or is_last
+    if should_save:  # never checkpoint a non-finite state
+      check_finite(jax.device_get(metrics), done, checkpointer.latest_step())
+    if done % config.train.log_every == 0 or is_last:
       metrics = jax.device_get(metrics)
       check_finite(metrics, done, checkpointer.latest_step())
       elapsed = time.time() - last_log_time
@@ -192,8 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("step %d/%d %s", done, num_steps,
                    " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
       last_log_time, last_log_step = time.time(), done
-    is_last = done == num_steps
-    if done % config.train.checkpoint_every == 0 or is_last:
+    if should_save:
       checkpointer.save(done, state, config, force=True)
       logging.info("Saving checkpoint at step %d", done)
     if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:

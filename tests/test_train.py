@@ -66,3 +66,11 @@ def test_loss_does_not_depend_on_the_mesh(straight_run, tmp_path):
   sharded = losses(str(tmp_path))
   for step in (1, 2):
     np.testing.assert_allclose(sharded[step], losses(straight)[step], rtol=2e-5)
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+  config = tiny_config(4)
+  config.optimizer.update(learning_rate=1e30, warmup_steps=1, grad_clip_norm=0.0)
+  with pytest.raises(FloatingPointError, match=r"at step \d+\. Last complete checkpoint"):
+    train_lib.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints" / "4")
