@@ -60,8 +60,9 @@ def make_init_fn(task: Task, optimizer, seed: int):
 def create_state(task: Task, optimizer, config, mesh):
   """Initialises the state already sharded: eval_shape -> shardings -> jit(init)."""
   init_boxed = make_init_fn(task, optimizer, config.seed)
-  abstract_boxed = jax.eval_shape(init_boxed)
   rules = sharding_lib.rules_from_config(config.logical_axis_rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract_boxed = jax.eval_shape(init_boxed)
   shardings = sharding_lib.logical_to_shardings(abstract_boxed, mesh, rules)
   init = jax.jit(lambda: nn.meta.unbox(init_boxed()), out_shardings=shardings)
   return init, sharding_lib.strip_boxes(abstract_boxed), shardings
@@ -138,8 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -------------------------------------------------------------------- state
   optimizer, schedule = optim.make_optimizer(config.optimizer, num_steps)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    init, abstract_state, state_shardings = create_state(task, optimizer, config, mesh)
+  init, abstract_state, state_shardings = create_state(task, optimizer, config, mesh)
   logging.info("Trainable parameters: %s; frozen: %s", f"{count_params(abstract_state.params):,}",
                f"{count_params(abstract_state.frozen):,}")
 
@@ -179,11 +179,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     done = step + 1
     is_last = done == num_steps
     should_save = done % config.train.checkpoint_every == 0 or is_last
-    if should_save:  # never checkpoint a non-finite state
-      check_finite(jax.device_get(metrics), done, checkpointer.latest_step())
-    if done % config.train.log_every == 0 or is_last:
+    should_log = done % config.train.log_every == 0 or is_last
+    if should_save or should_log:  # never log or checkpoint a non-finite state
       metrics = jax.device_get(metrics)
       check_finite(metrics, done, checkpointer.latest_step())
+    if should_log:
       elapsed = time.time() - last_log_time
       metrics["steps_per_second"] = (done - last_log_step) / max(elapsed, 1e-9)
       metrics["learning_rate"] = schedule(done - 1)
@@ -216,9 +216,7 @@ def restore_train_state(workdir: str, step: int | None = None):
   task = get_task_class(config.task)(config, workdir)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
-  rules = sharding_lib.rules_from_config(config.logical_axis_rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    _, abstract_state, shardings = create_state(task, optimizer, config, mesh)
+  _, abstract_state, shardings = create_state(task, optimizer, config, mesh)
   checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
   step = checkpointer.latest_step() if step is None else step
   if step is None:

@@ -18,7 +18,6 @@ import collections
 import dataclasses
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
