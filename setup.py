@@ -12,7 +12,7 @@ setup(
         # jax 0.10.x is the newest release for Python 3.11; newer jax on 3.12 works too.
         "jax>=0.10.2",
         "flax==0.12.8",              # Linen + logical partitioning APIs move between releases
-        "optax>=0.2.5",
+        "optax>=0.2.8",
         "orbax-checkpoint==0.12.8",  # CheckpointManager / args API moves between releases
         "grain==0.2.18",
         "ml-collections>=1.1.0",
@@ -21,6 +21,8 @@ setup(
         "numpy>=1.26",
         "av>=14.0",                  # PyAV: H.264 decode/encode
         "pillow>=10.0",
+        "tensorboardX>=2.6",         # TensorBoard event files without TensorFlow
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11"],

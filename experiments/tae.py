@@ -29,6 +29,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       mid_attention=True,
       attention_heads=1,
       num_groups=32,
+      residual_shortcuts=False,  # True: space-to-depth paths around resolution changes
       remat=False,
       dtype="float32",
   ))
@@ -77,7 +78,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   if arg == "tiny":
     config.model.update(base_channels=16, channel_multipliers=(1, 2, 4, 8),
-                        num_res_blocks=1, num_groups=8)
+                        num_res_blocks=1, num_groups=8, residual_shortcuts=True)
     config.loss.update(opl_weight=1.0, opl_start_step=0)
     config.loss.discriminator.update(channels=(16, 32), temporal_strides=(1, 2),
                                      norm_groups=8)

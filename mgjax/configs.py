@@ -8,6 +8,9 @@ keys are rejected because configs are loaded locked.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 # Logical axis -> mesh axes. Model code names only the logical axes on the left.
@@ -53,5 +56,26 @@ def base_config() -> ml_collections.ConfigDict:
       eval_every=500,         # 0: only at the end
       checkpoint_every=500,
       keep_checkpoints=3,
+      ema_decay=0.0,          # > 0: keep an EMA of the weights; eval and sampling use it
+      progress_bar=True,
   ))
+  return config
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of "path/to/file.py:arg" (as given to --config), locked.
+
+  Lets one stage name another's config, e.g. the text-to-video demo naming the TAE
+  it trains first.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Config file {path!r} (from {spec!r}) does not exist; paths "
+                            "are relative to the directory you launch from.")
+  module_spec = importlib.util.spec_from_file_location(
+      f"mgjax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  config.lock()
   return config

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -33,33 +34,39 @@ from mgjax.train_state import TrainState
 
 # ----------------------------------------------------------------------------- step
 
-def train_step(state: TrainState, batch, *, task: Task, optimizer) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch, *, task: Task, optimizer,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict]:
   """One optimizer update. Pure: the same state and batch give the same result."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
   (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, rng, state.step)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+  ema_params = state.ema_params
+  if ema_decay:
+    ema_params = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), ema_params, params)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       ema_params=ema_params), metrics
 
 
 # ---------------------------------------------------------------------------- state
 
-def make_init_fn(task: Task, optimizer, seed: int):
+def make_init_fn(task: Task, optimizer, seed: int, ema: bool = False):
   """A function () -> logically boxed TrainState, for eval_shape and jit."""
   def init_boxed():
     rng = jax.random.key(seed)
     params, frozen = task.init(jax.random.fold_in(rng, 0))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
                       opt_state=optimizer.init(params),
-                      rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
+                      rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
+                      ema_params=params if ema else {})
   return init_boxed
 
 
 def create_state(task: Task, optimizer, config, mesh):
   """Initialises the state already sharded: eval_shape -> shardings -> jit(init)."""
-  init_boxed = make_init_fn(task, optimizer, config.seed)
+  init_boxed = make_init_fn(task, optimizer, config.seed, ema=config.train.ema_decay > 0)
   rules = sharding_lib.rules_from_config(config.logical_axis_rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract_boxed = jax.eval_shape(init_boxed)
@@ -73,13 +80,15 @@ def batch_signature(batch) -> tuple:
   return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
 
 
-def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shardings):
+def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shardings,
+                  ema_decay: float = 0.0):
   """AOT-compiles the train step once per batch shape the task declares.
 
   Returns {batch signature: (compiled step, batch shardings)}; the memory of each
   compiled step is logged before training starts.
   """
-  step_fn = jax.jit(functools.partial(train_step, task=task, optimizer=optimizer),
+  step_fn = jax.jit(functools.partial(train_step, task=task, optimizer=optimizer,
+                                      ema_decay=ema_decay),
                     out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                     donate_argnums=(0,))
   compiled_steps = {}
@@ -103,16 +112,29 @@ def count_params(tree) -> int:
 # ----------------------------------------------------------------------------- loop
 
 class MetricsWriter:
-  """Appends one JSON object per logged step to workdir/metrics.jsonl."""
+  """Writes metrics to workdir/metrics.jsonl (one JSON object per logged step) and
+  to TensorBoard event files in workdir/tensorboard; only process 0 writes."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tensorboard = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict):
-    if jax.process_index() != 0:
+    if self.tensorboard is None:
       return
+    values = {k: float(v) for k, v in metrics.items()}
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+      f.write(json.dumps({"step": step, **values}) + "\n")
+    for name, value in values.items():
+      self.tensorboard.add_scalar(name, value, step)
+    self.tensorboard.flush()
+
+  def close(self):
+    if self.tensorboard is not None:
+      self.tensorboard.close()
 
 
 def check_finite(metrics: dict, step: int, last_checkpoint: int | None):
@@ -130,6 +152,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   jax.config.update("jax_threefry_partitionable", True)
   task = get_task_class(config.task)(config, workdir)
+  task.prepare()
   num_steps = config.train.num_steps
 
   # --------------------------------------------------------------------- mesh
@@ -159,15 +182,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f.write(config.to_json(indent=2))
 
   # --------------------------------------------------------------------- step
-  step_fns = compile_steps(task, optimizer, mesh, rules, abstract_state, state_shardings)
+  step_fns = compile_steps(task, optimizer, mesh, rules, abstract_state, state_shardings,
+                           config.train.ema_decay)
 
   # --------------------------------------------------------------------- loop
   writer = MetricsWriter(workdir)
   eval_metrics: dict = {}
-  last_log_time, last_log_step = time.time(), start_step
+  last_log_time, last_log_step, tokens = time.time(), start_step, 0
   batches = task.train_batches(start_step)
+  progress = tqdm.tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                       disable=not config.train.progress_bar or jax.process_index() != 0)
   for step in range(start_step, num_steps):
     host_batch = next(batches)
+    tokens += task.batch_tokens(host_batch)
     signature = batch_signature(host_batch)
     if signature not in step_fns:
       raise ValueError(f"Batch {signature} at step {step} matches none of the shapes the "
@@ -176,6 +203,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch = {k: jax.make_array_from_process_local_data(shardings[k], v)
              for k, v in host_batch.items()}
     state, metrics = compiled(state, batch)
+    progress.update()
     done = step + 1
     is_last = done == num_steps
     should_save = done % config.train.checkpoint_every == 0 or is_last
@@ -186,20 +214,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if should_log:
       elapsed = time.time() - last_log_time
       metrics["steps_per_second"] = (done - last_log_step) / max(elapsed, 1e-9)
+      if tokens:
+        metrics["tokens_per_second"] = tokens / max(elapsed, 1e-9)
       metrics["learning_rate"] = schedule(done - 1)
       metrics.update(task.data_metrics())
       writer.write(done, metrics)
       logging.info("step %d/%d %s", done, num_steps,
                    " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
-      last_log_time, last_log_step = time.time(), done
+      last_log_time, last_log_step, tokens = time.time(), done, 0
+      progress.set_postfix(loss=f"{float(metrics['loss']):.4g}")
     if should_save:
       checkpointer.save(done, state, config, force=True)
       logging.info("Saving checkpoint at step %d", done)
     if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
-      eval_metrics = task.evaluate(state.params, state.frozen, done)
+      eval_metrics = task.evaluate(state.eval_params(), state.frozen, done)
       writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
       logging.info("eval step %d: %s", done,
                    " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+  progress.close()
+  writer.close()
   checkpointer.wait()
   checkpointer.close()
   return eval_metrics
@@ -225,6 +258,11 @@ def restore_train_state(workdir: str, step: int | None = None):
       step, checkpoint_lib.abstract_with_shardings(abstract_state, shardings))
   checkpointer.close()
   return config, task, state
+
+
+def restore_params(workdir: str, step: int | None = None):
+  """The weights to run a trained model with (the EMA when the run kept one)."""
+  return restore_train_state(workdir, step)[2].eval_params()
 
 
 def log_memory(name: str, compiled):

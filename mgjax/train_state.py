@@ -15,3 +15,8 @@ class TrainState:
   frozen: Any           # parameters the loss uses but does not train
   opt_state: Any
   rng: jax.Array        # uint32[2] raw key; step s uses fold_in(rng, s)
+  ema_params: Any = None  # exponential moving average of params; {} when off
+
+  def eval_params(self):
+    """The weights to evaluate and sample with: the EMA when it is kept."""
+    return self.ema_params if self.ema_params else self.params

@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 
 from mgjax.models.tae import TAE, frame_counts
+from mgjax.models.tae_blocks import (depth_to_space, downsample_shortcut, space_to_depth,
+                                     upsample_shortcut)
 from tests.tiny_models import perturb, tiny_tae
 
 H = W = 16
 
 
-@pytest.fixture(scope="module")
-def model_and_params():
-  model = tiny_tae()
+@pytest.fixture(scope="module", params=[False, True], ids=["paper", "shortcuts"])
+def model_and_params(request):
+  model = tiny_tae(residual_shortcuts=request.param)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, H, W, 3)))
   return model, perturb(variables, 0.05)
 
@@ -31,6 +33,31 @@ def test_encode_decode_shapes(model_and_params, num_frames):
   decoded = model.apply(variables, mean, num_frames, method=TAE.decode)
   assert decoded.shape == video.shape
   assert bool(jnp.all(jnp.isfinite(decoded)))
+
+
+@pytest.mark.parametrize("temporal,num_frames", [(True, 1), (True, 5), (True, 8), (False, 3)])
+def test_space_to_depth_round_trips(temporal, num_frames):
+  x = jax.random.normal(jax.random.key(0), (2, num_frames, 4, 6, 3))
+  folded = space_to_depth(x, temporal)
+  assert folded.shape == (2, -(-num_frames // 2) if temporal else num_frames, 2, 3,
+                          3 * (8 if temporal else 4))
+  np.testing.assert_array_equal(depth_to_space(folded, temporal, num_frames), x)
+
+
+def test_shortcuts_pool_positions_and_mirror_each_other():
+  """Down: each output channel averages one input channel over a block of positions.
+
+  Up then repeats those averages back, so down(up(y)) == y exactly.
+  """
+  x = jax.random.normal(jax.random.key(1), (1, 4, 4, 4, 2))
+  down = downsample_shortcut(x, out_channels=4, temporal=True)  # [1, 2, 2, 2, 4]
+  # Channel 0 <- input channel 0, frame 0 of each pair, 2x2 spatial mean.
+  np.testing.assert_allclose(down[0, 0, 0, 0, 0], x[0, 0, :2, :2, 0].mean(), rtol=1e-6)
+  np.testing.assert_allclose(down[0, 0, 0, 0, 1], x[0, 1, :2, :2, 0].mean(), rtol=1e-6)
+  y = jax.random.normal(jax.random.key(2), (1, 2, 2, 2, 4))
+  up = upsample_shortcut(y, out_channels=2, temporal=True, num_frames=4)
+  assert up.shape == (1, 4, 4, 4, 2)
+  np.testing.assert_allclose(downsample_shortcut(up, 4, True), y, rtol=1e-6)
 
 
 def test_frame_counts_follow_ceil_halving():

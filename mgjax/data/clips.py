@@ -39,7 +39,7 @@ class ClipSpec:
 
 
 def read_manifest(path: str, split: str | None = None) -> list[dict]:
-  """Records of a JSONL manifest, with `video` made absolute; optional split filter."""
+  """Records of a JSONL manifest, media paths made absolute; optional split filter."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"Manifest {path} does not exist; make it with "
                             "`python -m mgjax.data.shapes --out=DIR` or point the "
@@ -56,7 +56,11 @@ def read_manifest(path: str, split: str | None = None) -> list[dict]:
         raise ValueError(f"{path}:{line_number} is not valid JSON: {e}") from e
       if split is not None and record.get("split", "train") != split:
         continue
-      record["video"] = os.path.join(base, record["video"])
+      media = [key for key in ("video", "image") if key in record]
+      if not media:
+        raise ValueError(f"{path}:{line_number} has neither a 'video' nor an 'image' path.")
+      for key in media:
+        record[key] = os.path.join(base, record[key])
       records.append(record)
   return records
 

@@ -145,3 +145,65 @@ def upsample_nearest(x: jax.Array, temporal: bool, num_frames: int) -> jax.Array
   if temporal:
     x = jnp.repeat(x, 2, axis=1)[:, :num_frames]  # [B, num_frames, 2H, 2W, C]
   return x
+
+
+def space_to_depth(x: jax.Array, temporal: bool) -> jax.Array:
+  """Folds each 2x2 (2x2x2 when `temporal`) block of positions into channels.
+
+  [B, T, H, W, C] -> [B, ceil(T/2) or T, H/2, W/2, C * f] with f = 8 or 4. Channel
+  c * f + (dt, dy, dx) holds channel c at that offset, so averaging consecutive
+  channel groups pools positions before it mixes channels. An odd T repeats its last
+  frame, so a 1-frame video folds to itself.
+  """
+  b, t, h, w, c = x.shape
+  st = 2 if temporal else 1
+  if temporal and t % 2:
+    x = jnp.concatenate([x, x[:, -1:]], axis=1)
+    t += 1
+  x = x.reshape(b, t // st, st, h // 2, 2, w // 2, 2, c)
+  x = x.transpose(0, 1, 3, 5, 7, 2, 4, 6)  # [B, T', H', W', C, st, 2, 2]
+  return x.reshape(b, t // st, h // 2, w // 2, c * st * 4)
+
+
+def depth_to_space(x: jax.Array, temporal: bool, num_frames: int) -> jax.Array:
+  """Inverse of `space_to_depth`, keeping the first `num_frames` frames."""
+  b, t, h, w, cf = x.shape
+  st = 2 if temporal else 1
+  c = cf // (st * 4)
+  x = x.reshape(b, t, h, w, c, st, 2, 2).transpose(0, 1, 5, 2, 6, 3, 7, 4)
+  return x.reshape(b, t * st, 2 * h, 2 * w, c)[:, :num_frames]
+
+
+def average_channel_groups(x: jax.Array, out_channels: int) -> jax.Array:
+  """[..., C] -> [..., out_channels]: the mean of each run of C / out_channels channels."""
+  c = x.shape[-1]
+  if c % out_channels:
+    raise ValueError(f"Cannot average {c} channels into {out_channels} equal groups.")
+  return x.reshape(*x.shape[:-1], out_channels, c // out_channels).mean(-1)
+
+
+def repeat_channels(x: jax.Array, out_channels: int) -> jax.Array:
+  """[..., C] -> [..., out_channels]: each channel repeated out_channels / C times."""
+  c = x.shape[-1]
+  if out_channels % c:
+    raise ValueError(f"Cannot repeat {c} channels into {out_channels}.")
+  return jnp.repeat(x, out_channels // c, axis=-1)
+
+
+def downsample_shortcut(x: jax.Array, out_channels: int, temporal: bool) -> jax.Array:
+  """Parameter-free path around a downsampling conv (residual autoencoding).
+
+  Space-to-depth then channel-group averaging: a high-compression autoencoder whose
+  every resolution change has such a shortcut starts out as (and keeps) a
+  well-conditioned linear patch code, and trains far faster than one that must learn
+  to carry detail through every strided conv.
+  """
+  return average_channel_groups(space_to_depth(x, temporal), out_channels)
+
+
+def upsample_shortcut(x: jax.Array, out_channels: int, temporal: bool,
+                      num_frames: int) -> jax.Array:
+  """The decoder's mirror of `downsample_shortcut`: channel repeat, depth-to-space."""
+  f = 8 if temporal else 4
+  return depth_to_space(repeat_channels(x, out_channels * f), temporal, num_frames)
+

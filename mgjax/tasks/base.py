@@ -25,6 +25,10 @@ class Task(abc.ABC):
     self.config = config
     self.workdir = workdir
 
+  def prepare(self) -> None:
+    """Work that must finish before the model is built, run by the trainer only (e.g.
+    an earlier stage the task depends on). Restoring for inference skips it."""
+
   @abc.abstractmethod
   def batch_specs(self) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
     """Every batch shape the task trains on, by name: {bucket: {key: global shape}}.
@@ -47,6 +51,11 @@ class Task(abc.ABC):
   def train_batches(self, start_step: int) -> Iterator[Batch]:
     """Host batches for steps start_step, start_step + 1, ...; deterministic by step,
     so a resumed run sees the batches it would have seen."""
+
+  def batch_tokens(self, batch: Batch) -> int:
+    """Model tokens in a host batch, for the tokens/s metric; 0 when not meaningful."""
+    del batch
+    return 0
 
   def data_metrics(self) -> dict[str, float]:
     """Counters from the input pipeline (e.g. skipped files), logged with the loss."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 
 import jax
@@ -75,13 +76,17 @@ class TAETask(Task):
     self.discriminator = (PatchDiscriminator3D(**loss.discriminator.to_dict())
                           if loss.adversarial_weight > 0 else None)
     self.perceptual = (PerceptualNetwork() if loss.perceptual_weight > 0 else None)
-    self.manifest = prepare_manifest(config.data, workdir)
     data = config.data
     self.clip_spec = ClipSpec(num_frames=data.num_frames, height=data.height,
                               width=data.width, fps=data.fps or None,
                               resize=tuple(data.resize) if data.resize else None)
     self._loaders = {}
     self._eval_clips = None
+
+  @functools.cached_property
+  def manifest(self) -> str:
+    """Made on first use, so restoring a TAE for inference never writes data."""
+    return prepare_manifest(self.config.data, self.workdir)
 
   # ------------------------------------------------------------------ model
   def batch_specs(self):
