@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -92,7 +93,13 @@ def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shar
                     out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                     donate_argnums=(0,))
   compiled_steps = {}
+  batch_shards = math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
   for name, spec in task.batch_specs().items():
+    for key, value in spec.items():
+      if value.shape[0] % batch_shards:
+        raise ValueError(f"Batch {name!r} has {value.shape[0]} examples ({key}), which does "
+                         f"not split over the mesh's {batch_shards} data x fsdp shards; use a "
+                         f"batch size that is a multiple of {batch_shards}.")
     shardings = {k: sharding_lib.batch_sharding(mesh, len(v.shape)) for k, v in spec.items()}
     abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
                       for k, v in spec.items()}

@@ -8,6 +8,7 @@ import importlib
 # when that task runs.
 TASKS = {
     "tae": "mgjax.tasks.tae:TAETask",
+    "t2v": "mgjax.tasks.t2v:T2VTask",
 }
 
 

@@ -1,0 +1,136 @@
+"""Text-to-video (and image) flow-matching transformer configs: tiny | 1b | 5b | 30b.
+
+    python -m mgjax.train --config=experiments/t2v.py:tiny --workdir=W
+    python -m mgjax.train --config=experiments/t2v.py:30b --workdir=gs://.../t2v_30b \
+        --config.mesh.fsdp=-1 --config.mesh.tensor=8
+
+`tiny` runs on CPU (4 layers, width 128). `30b` is the paper's transformer: 48
+LLaMa3 layers, width 6144, FFN 16384, 48 heads of 128, no GQA. `1b` and `5b` keep
+head dim 128 and the paper's FFN/width ratio of 8/3 (rounded to a multiple of 256).
+
+Sizes (from `jax.eval_shape` of the model, text projection from a 4096-wide text
+encoder included): 30b 29.36B, 5b 4.93B, 1b 1.14B parameters; tests/test_dit.py
+checks 30b. Modulation is adaLN-single ("shared"): a per-block Dense(D -> 6D) would
+add 10.9B parameters at 30b size, beyond the paper's 30B.
+
+The positional tables (in latent patches) are sized for the final 768px stage
+with 256-frame clips (32 latent frames) and aspect ratios up to 16:9 (64 patches
+= 1024 px on the long side). For the 256px stages set smaller tables and grow
+them between stages with mgjax.models.positional.resize_positional_tables.
+"""
+
+import ml_collections
+
+from mgjax import configs
+
+SIZES = ("tiny", "1b", "5b", "30b")
+
+# name: (num_layers, embed_dim, mlp_dim, num_heads)
+TRANSFORMER_SHAPES = {
+    "tiny": (4, 128, 384, 4),
+    "1b": (16, 2048, 5632, 16),
+    "5b": (32, 3072, 8192, 24),
+    "30b": (48, 6144, 16384, 48),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  if arg not in SIZES:
+    raise ValueError(f"Unknown t2v size {arg!r}; use experiments/t2v.py:<size> with "
+                     f"size one of {', '.join(SIZES)}.")
+  config = configs.base_config()
+  config.task = "t2v"
+
+  num_layers, embed_dim, mlp_dim, num_heads = TRANSFORMER_SHAPES[arg]
+  config.model = ml_collections.ConfigDict(dict(
+      num_layers=num_layers,
+      embed_dim=embed_dim,
+      mlp_dim=mlp_dim,
+      num_heads=num_heads,
+      patch_size=(1, 2, 2),     # (T, H, W) latent patch of the 3D patchify
+      latent_channels=16,       # TAE latent channels (model input and output)
+      text_dim=4096,            # width of the text encoder's embeddings (UL2)
+      max_frames=32,            # positional table sizes, in patches
+      max_height=64,
+      max_width=64,
+      modulation="shared",      # "shared" (adaLN-single) | "per_block" (adaLN-Zero)
+      qk_norm=True,
+      scan_layers=True,
+      remat_policy="full",      # see mgjax.models.dit_blocks.REMAT_POLICIES
+      dtype="bfloat16",
+      param_dtype="float32",
+  ))
+
+  config.flow = ml_collections.ConfigDict(dict(
+      sigma_min=1e-5,           # X_t = t X1 + (1 - (1 - sigma_min) t) X0
+      t_mean=0.0,               # t ~ logit-normal(t_mean, t_std)
+      t_std=1.0,
+      text_drop_prob=0.1,       # drop text for classifier-free guidance
+      sample_steps=50,
+      schedule="linear_quadratic",
+      emulated_linear_steps=250,  # the linear schedule the 50 steps mimic
+      cfg_scale=7.5,
+  ))
+
+  # The text-encoder interface: "small" is a trainable word-level encoder learnt with
+  # the DiT, the default until the frozen UL2/MetaCLIP/ByT5 encoders are available.
+  config.text_encoder = ml_collections.ConfigDict(dict(
+      name="small",
+      vocab_size=32768,         # hashed word vocabulary
+      max_length=256,           # tokens per prompt; longer prompts are truncated, counted
+      embed_dim=4096,           # must equal model.text_dim
+      num_layers=2,
+      num_heads=8,
+  ))
+
+  # The TAE whose latents the DiT models. `workdir` holds a trained TAE (default
+  # <workdir>/tae); with `train_config` set the trainer first trains that TAE there
+  # for `train_steps` steps (0: the TAE config's own number), on the same data.
+  config.tae = ml_collections.ConfigDict(dict(workdir="", train_config="", train_steps=0))
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="manifest",   # "manifest" (dir/manifest.jsonl) | "shapes" (made if absent)
+      dir="",            # default: <workdir>/shapes
+      shapes=ml_collections.ConfigDict(dict(
+          num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64,
+          num_images=64)),
+      fps=16.0,          # clips are resampled to this rate; its tag prefixes captions
+      # One bucket per batch: (name, frames, height, width, batch size). A clip goes
+      # to the bucket nearest its aspect ratio and duration (mgjax/data/buckets.py);
+      # 1-frame buckets take the still images.
+      buckets=(("image_1x1", 1, 256, 256, 64), ("image_16x9", 1, 256, 448, 32),
+               ("video_1x1", 128, 256, 256, 4), ("video_16x9", 128, 256, 448, 2)),
+      image_fraction=0.1,  # share of steps on image buckets (text-to-image)
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      num_prompts_per_bucket=8,  # held-out captions (split "eval") sampled per bucket
+      num_steps=50,
+      schedule="linear_quadratic",
+      method="euler",
+      cfg_scale=7.5,
+      seed=0,
+      num_videos_to_write=8,
+  ))
+
+  # TAE decoding of sampled latents: clips longer than tile_frames are decoded in
+  # overlapping tiles (in pixel frames) and blended.
+  config.sample = ml_collections.ConfigDict(dict(tile_frames=32, tile_overlap=16))
+
+  config.optimizer.update(learning_rate=1e-4, warmup_steps=1000, weight_decay=0.1)
+  # Batch sizes are per bucket (data.buckets); train.batch_size is unused here.
+  config.train.update(num_steps=100_000, batch_size=0, eval_every=5000,
+                      checkpoint_every=1000, ema_decay=0.9999)
+
+  if arg == "tiny":
+    config.model.update(text_dim=64, max_frames=8, max_height=16, max_width=16,
+                        remat_policy="none", dtype="float32")
+    config.text_encoder.update(vocab_size=4096, max_length=64, embed_dim=64, num_layers=2,
+                               num_heads=4)
+    config.data.buckets = (("image", 1, 64, 64, 32), ("video", 32, 64, 64, 8))
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=100, weight_decay=0.0)
+    config.train.update(num_steps=2000, log_every=100, eval_every=0,
+                        checkpoint_every=500, ema_decay=0.99)
+  elif arg in ("1b", "5b"):
+    config.model.update(remat_policy="save_dots")
+  return config

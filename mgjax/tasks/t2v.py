@@ -1,0 +1,373 @@
+"""Text-to-image/video flow matching on TAE latents: the Movie Gen transformer's task.
+
+The DiT learns the velocity from noise to TAE latents, conditioned on the prompt and
+the flow time. Latents of the training data are computed once with a trained TAE
+(`config.tae.workdir`) and cached in <workdir>/latents; each batch comes from one
+aspect-ratio x duration bucket (`mgjax/data/buckets.py`), images being 1-frame
+latents in the same model. Latents are standardised per channel with statistics of
+the training set, stored beside the cache so sampling can undo it.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mgjax import configs, flow
+from mgjax.checkpoint import Checkpointer
+from mgjax.data import latents as latents_lib
+from mgjax.data.buckets import Bucket, buckets_from_config
+from mgjax.data.clips import read_manifest
+from mgjax.data.shapes import IMAGES_MANIFEST
+from mgjax.data.video import write_video
+from mgjax.models.dit import VideoDiT
+from mgjax.models.tae import TAE
+from mgjax.models.tae_tiling import tiled_decode
+from mgjax.models.text_encoder import make_text_encoder
+from mgjax.tasks.base import Task
+from mgjax.tasks.tae import make_tae, prepare_manifest, to_signed, to_uint8
+
+
+class T2VTask(Task):
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    if config.text_encoder.embed_dim != config.model.text_dim:
+      raise ValueError(f"text_encoder.embed_dim ({config.text_encoder.embed_dim}) must equal "
+                       f"model.text_dim ({config.model.text_dim}); set both.")
+    if config.train.batch_size:
+      raise ValueError("The t2v task takes its batch sizes from data.buckets (name, frames, "
+                       "height, width, batch_size); leave train.batch_size at 0.")
+    self.dit = VideoDiT.from_config(config.model)
+    self.tokenizer, self.text_encoder = make_text_encoder(config.text_encoder)
+    self.buckets = buckets_from_config(config.data.buckets)
+    self.tae_workdir = config.tae.workdir or os.path.join(workdir, "tae")
+    self._tae_params = None
+    self._train_sets: dict[str, latents_lib.LatentSet] | None = None
+    self._stats: tuple[np.ndarray, np.ndarray] | None = None
+    self._guided: dict[float, flow.VelocityFn] = {}
+
+  def prepare(self):
+    """Before the DiT: trains the TAE when `tae.train_config` names one and the TAE in
+    `tae.workdir` is missing or unfinished, then encodes (or loads) the training
+    latents and their statistics, which the compiled loss holds as constants."""
+    if self.config.tae.train_config:
+      train_tae(self.config.tae, self.tae_workdir, self.config.data,
+                self.config.data.dir or os.path.join(self.workdir, "shapes"))
+    self.tae_config  # raises early, naming the fix, when there is no trained TAE
+    self.stats()
+
+  @functools.cached_property
+  def tae_config(self):
+    path = os.path.join(self.tae_workdir, "config.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f"No trained TAE in {self.tae_workdir} (config.tae.workdir). Train one with "
+          f"`python -m mgjax.train --config=experiments/tae.py:tiny --workdir="
+          f"{self.tae_workdir}`, or set --config.tae.train_config=experiments/tae.py:tiny "
+          "to train it first.")
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+
+  @functools.cached_property
+  def tae(self) -> TAE:
+    return make_tae(self.tae_config.model)
+
+  # ------------------------------------------------------------------ shapes
+  def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+    """Latent [T', h, w, C] of a pixel clip, with a clear error for bad sizes."""
+    f = self.tae.spatial_factor
+    patch = tuple(self.config.model.patch_size)
+    if height % (f * patch[1]) or width % (f * patch[2]):
+      raise ValueError(f"Height and width must be multiples of {f * patch[1]} (TAE {f}x times "
+                       f"patch {patch[1]}); got {height}x{width}.")
+    return (self.tae.latent_frames(num_frames), height // f, width // f,
+            self.tae_config.model.latent_channels)
+
+  def batch_specs(self):
+    length = self.config.text_encoder.max_length
+    specs = {}
+    for b in self.buckets:
+      specs[b.name] = {
+          "latent": jax.ShapeDtypeStruct(
+              (b.batch_size,) + self.latent_shape(b.num_frames, b.height, b.width), jnp.float32),
+          "text_ids": jax.ShapeDtypeStruct((b.batch_size, length), jnp.int32),
+          "text_mask": jax.ShapeDtypeStruct((b.batch_size, length), jnp.bool_)}
+    return specs
+
+  def batch_tokens(self, batch) -> int:
+    """Transformer tokens in a batch, for tokens/s."""
+    b, t, h, w, _ = batch["latent"].shape
+    pt, ph, pw = self.config.model.patch_size
+    return b * (t // pt) * (h // ph) * (w // pw)
+
+  # ------------------------------------------------------------------- model
+  def init(self, rng):
+    dit_rng, text_rng = jax.random.split(rng)
+    spec = next(iter(self.batch_specs().values()))
+    ids = jnp.zeros((1,) + spec["text_ids"].shape[1:], jnp.int32)
+    mask = jnp.ones(ids.shape, bool)
+    text_params = self.text_encoder.init(text_rng, ids, mask)["params"]
+    text = jnp.zeros(ids.shape + (self.config.text_encoder.embed_dim,))
+    latent = jnp.zeros((1,) + spec["latent"].shape[1:])
+    dit_params = self.dit.init(dit_rng, latent, jnp.zeros((1,)), text, mask)["params"]
+    return {"dit": dit_params, "text": text_params}, {}
+
+  def velocity(self, params, x, t, text_ids, text_mask):
+    """DiT velocity [B, T', h, w, C] for standardised latents x; masked text is unseen."""
+    text = self.text_encoder.apply({"params": params["text"]}, text_ids, text_mask)
+    return self.dit.apply({"params": params["dit"]}, x, t, text, text_mask)
+
+  def loss(self, params, frozen, batch, rng, step):
+    del frozen, step
+    f = self.config.flow
+    mean, std = (jnp.asarray(s) for s in self.stats())
+    x1 = (batch["latent"] - mean) / std  # [B, T', h, w, C]
+    path_rng, drop_rng = jax.random.split(rng)
+    keep = flow.drop_condition(drop_rng, x1.shape[0], f.text_drop_prob)  # [B]
+    text_mask = batch["text_mask"] & keep[:, None]  # dropped prompts: no text token
+    t, x_t, target = flow.training_example(path_rng, x1, f.sigma_min, f.t_mean, f.t_std)
+    prediction = self.velocity(params, x_t, t, batch["text_ids"], text_mask)
+    loss = flow.velocity_loss(prediction, target)
+    return loss, {"velocity_mse": loss}
+
+  # -------------------------------------------------------------------- data
+  def tae_params(self):
+    if self._tae_params is None:
+      from mgjax.train import restore_params  # the trainer imports tasks lazily
+      self._tae_params = restore_params(self.tae_workdir)["tae"]
+    return self._tae_params
+
+  @functools.cached_property
+  def _encode(self):
+    return jax.jit(lambda p, v: self.tae.apply({"params": p}, to_signed(v),
+                                               method=TAE.encode)[0])
+
+  @functools.cached_property
+  def _decode(self):
+    return jax.jit(lambda p, z: self.tae.apply({"params": p}, z, method=TAE.decode))
+
+  def encode_pixels(self, pixels_uint8: np.ndarray) -> np.ndarray:
+    """Posterior-mean latents of uint8 [B, T, H, W, 3] videos."""
+    return np.asarray(self._encode(self.tae_params(), pixels_uint8))
+
+  def latent_sets(self, split: str) -> dict[str, latents_lib.LatentSet]:
+    data = self.config.data
+    manifest = prepare_manifest(data, self.workdir)
+    records = read_manifest(manifest, split=split)
+    images = os.path.join(os.path.dirname(manifest), IMAGES_MANIFEST)
+    if os.path.exists(images):
+      records += read_manifest(images, split=split)
+    step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
+    fingerprint = f"{os.path.abspath(self.tae_workdir)}@{step}"
+    return latents_lib.cached_latents(os.path.join(self.workdir, "latents"), split, records,
+                                      self.buckets, data.fps or None, fingerprint,
+                                      self.encode_pixels)
+
+  def train_sets(self):
+    if self._train_sets is None:
+      self._train_sets = self.latent_sets("train")
+    return self._train_sets
+
+  def stats(self) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel latent (mean, std) of the training set, saved for sampling."""
+    if self._stats is None:
+      path = os.path.join(self.workdir, "latents", "stats.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          saved = json.load(f)
+        self._stats = (np.asarray(saved["mean"], np.float32),
+                       np.asarray(saved["std"], np.float32))
+      else:
+        self._stats = latents_lib.channel_stats(self.train_sets())
+        if jax.process_index() == 0:
+          with open(path, "w") as f:
+            json.dump({"mean": self._stats[0].tolist(), "std": self._stats[1].tolist()}, f)
+    return self._stats
+
+  def train_batches(self, start_step):
+    sets = self.train_sets()
+    self.stats()
+    seed, data = self.config.seed, self.config.data
+    buckets = [b for b in self.buckets if b.name in sets]
+    weights = bucket_weights(buckets, sets, data.image_fraction)
+    by_name = {b.name: b for b in buckets}
+    logging.info("Training buckets: %s", ", ".join(
+        f"{b.name} ({len(sets[b.name].captions)} examples, p={w:.2f})"
+        for b, w in zip(buckets, weights)))
+
+    def batch(step):
+      name = latents_lib.choose_bucket(step, seed, [b.name for b in buckets], weights)
+      latent_set = sets[name]
+      index = latents_lib.sample_indices(step, seed, len(latent_set.captions),
+                                         by_name[name].batch_size)
+      ids, mask = self.tokenizer([latent_set.captions[i] for i in index])
+      return {"latent": latent_set.latents[index], "text_ids": ids, "text_mask": mask}
+
+    step = start_step
+    while True:
+      yield batch(step)
+      step += 1
+
+  def data_metrics(self):
+    skipped = collections.Counter()
+    for latent_set in (self._train_sets or {}).values():
+      skipped.update(latent_set.skipped)
+    metrics = {f"data/skipped_{kind}": n for kind, n in skipped.items()}
+    metrics["data/truncated_prompts"] = self.tokenizer.num_truncated
+    return metrics
+
+  # ---------------------------------------------------------------- sampling
+  def sample_latents(self, params, prompts: list[str], latent_shape, *, num_steps: int,
+                     schedule: str, cfg_scale: float, seed: int, method: str = "euler",
+                     step_callback=None) -> np.ndarray:
+    """Standardised latents [N, T', h, w, C] for prompts, integrated from noise."""
+    for i, prompt in enumerate(prompts):
+      if not prompt.strip():
+        raise ValueError(f"Prompt {i} is empty; give every video a description.")
+    ids, mask = self.tokenizer(prompts)
+    noise = jax.random.normal(jax.random.key(seed), (len(prompts),) + tuple(latent_shape))
+    times = flow.make_schedule(schedule, num_steps, self.config.flow.emulated_linear_steps)
+
+    return np.asarray(flow.solve(self.guided_velocity(float(cfg_scale)), noise, times, method,
+                                 step_callback,
+                                 args=(params, jnp.asarray(ids), jnp.asarray(mask))))
+
+  def guided_velocity(self, cfg_scale: float):
+    """velocity_fn(x, t, params, ids, mask) with guidance; one per scale, so sampling
+    again reuses the compiled step."""
+    if cfg_scale not in self._guided:
+
+      def model_fn(x, t, use_condition, params, ids, mask):
+        twice = lambda a: jnp.concatenate([a] * (x.shape[0] // a.shape[0]))
+        return self.velocity(params, x, t, twice(ids), twice(mask) & use_condition[:, None])
+
+      self._guided[cfg_scale] = flow.cfg_velocity_fn(model_fn, cfg_scale)
+    return self._guided[cfg_scale]
+
+  def decode_latents(self, latents: np.ndarray, num_frames: int) -> np.ndarray:
+    """Standardised latents -> uint8 videos [N, num_frames, H, W, 3]; tiled when long."""
+    mean, std = self.stats()
+    z = jnp.asarray(latents) * std + mean
+    tiling = self.config.sample
+    decode = functools.partial(self._decode, self.tae_params())
+    if num_frames > tiling.tile_frames:
+      video = tiled_decode(decode, z, num_frames, tiling.tile_frames, tiling.tile_overlap,
+                           self.tae.temporal_factor)
+    else:
+      video = decode(z)[:, :num_frames]
+    return np.asarray(to_uint8(video))
+
+  def generate(self, params, prompts: list[str], num_frames: int, height: int, width: int,
+               **sample_kwargs) -> np.ndarray:
+    """uint8 videos [N, num_frames, height, width, 3] for the prompts."""
+    shape = self.latent_shape(num_frames, height, width)
+    latents = self.sample_latents(params, prompts, shape, **sample_kwargs)
+    return self.decode_latents(latents, num_frames)
+
+  # -------------------------------------------------------------------- eval
+  def eval_prompts(self) -> list[tuple[str, int]]:
+    """Held-out (tagged prompt, num_frames): captions of the eval split, bucket order."""
+    e = self.config.eval
+    prompts = []
+    for name, latent_set in self.latent_sets("eval").items():
+      bucket = next(b for b in self.buckets if b.name == name)
+      for caption in latent_set.captions[:e.num_prompts_per_bucket]:
+        prompts.append((caption, bucket))
+    return prompts
+
+  def evaluate(self, params, frozen, step):
+    """Samples the held-out prompts of every bucket; on shapes data, scores them.
+
+    shapes_color/shape/motion are per-attribute accuracies (motion on videos only);
+    shapes_score is the share of all attribute checks that are right.
+    """
+    del frozen
+    from mgjax.eval import shapes as shapes_eval
+    e = self.config.eval
+    by_bucket: dict[str, tuple[Bucket, list[str]]] = {}
+    for prompt, bucket in self.eval_prompts():
+      by_bucket.setdefault(bucket.name, (bucket, []))[1].append(prompt)
+    hits, counts, details, writes = (collections.Counter(), collections.Counter(), [], [])
+    for name, (bucket, prompts) in by_bucket.items():
+      videos = self.generate(params, prompts, bucket.num_frames, bucket.height, bucket.width,
+                             num_steps=e.num_steps, schedule=e.schedule, method=e.method,
+                             cfg_scale=e.cfg_scale, seed=e.seed)
+      writes.append((name, prompts, videos))
+      if self.config.data.name != "shapes":
+        continue
+      report = shapes_eval.score(list(videos), [strip_fps_tag(p) for p in prompts])
+      for key, n in report["counts"].items():
+        if n:
+          hits[key] += report[key] * n
+          counts[key] += n
+      details += [dict(d, bucket=name) for d in report["details"]]
+    self.write_samples(writes, step, details)
+    results = {f"shapes_{key}": hits[key] / counts[key] for key in counts}
+    if counts:
+      results["shapes_score"] = sum(hits.values()) / sum(counts.values())
+      if jax.process_index() == 0:
+        print(f"Prompt following at step {step} on {len(details)} held-out prompts "
+              f"({sum(counts.values())} attribute checks): "
+              + ", ".join(f"{k} {100 * results[f'shapes_{k}']:.1f}%" for k in counts)
+              + f"; all attributes {100 * results['shapes_score']:.1f}%", flush=True)
+    return results
+
+  def write_samples(self, writes, step, details):
+    """Videos (the first eval.num_videos_to_write per bucket), prompts and checker
+    readings to <workdir>/samples/step_N."""
+    if jax.process_index() != 0:
+      return
+    out_dir = os.path.join(self.workdir, "samples", f"step_{step}")
+    os.makedirs(out_dir, exist_ok=True)
+    fps = self.config.data.fps or 16
+    for name, prompts, videos in writes:
+      for i, video in enumerate(videos[:self.config.eval.num_videos_to_write]):
+        write_video(os.path.join(out_dir, f"{name}_{i:02d}.mp4"), video, fps=fps)
+      with open(os.path.join(out_dir, f"{name}_prompts.txt"), "w") as f:
+        f.write("\n".join(prompts) + "\n")
+    if details:
+      with open(os.path.join(out_dir, "shapes_checker.jsonl"), "w") as f:
+        f.writelines(json.dumps(d, default=str) + "\n" for d in details)
+    logging.info("Wrote samples to %s", out_dir)
+
+
+def strip_fps_tag(prompt: str) -> str:
+  head, _, rest = prompt.partition(" ")
+  return rest if head.startswith("FPS-") else prompt
+
+
+def bucket_weights(buckets: list[Bucket], sets, image_fraction: float) -> list[float]:
+  """Probability of each bucket per step: images get `image_fraction` in total (when
+  there are image buckets), and buckets of a kind share by their number of examples."""
+  sizes = np.array([len(sets[b.name].captions) for b in buckets], np.float64)
+  is_image = np.array([b.is_image for b in buckets])
+  if not is_image.any() or is_image.all():
+    return list(sizes / sizes.sum())
+  weights = np.where(is_image, image_fraction * sizes / sizes[is_image].sum(),
+                     (1 - image_fraction) * sizes / sizes[~is_image].sum())
+  return list(weights)
+
+
+def train_tae(tae_section, tae_workdir: str, data_config, data_dir: str):
+  """Trains (or finishes training) the TAE of `tae.train_config` on the same data."""
+  tae_config = configs.load_config(tae_section.train_config)
+  with tae_config.unlocked():
+    tae_config.train.num_steps = tae_section.train_steps or tae_config.train.num_steps
+    tae_config.data.name = data_config.name
+    tae_config.data.dir = data_dir
+    tae_config.data.shapes = data_config.shapes
+  done = (Checkpointer(tae_workdir, read_only=True).latest_step()
+          if os.path.exists(os.path.join(tae_workdir, "config.json")) else None)
+  if done is None or done < tae_config.train.num_steps:
+    from mgjax.train import train  # the trainer imports tasks lazily
+    logging.info("Stage 1: training the TAE in %s", tae_workdir)
+    train(tae_config, tae_workdir)

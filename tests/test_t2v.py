@@ -1,0 +1,168 @@
+"""The text-to-video task end to end on tiny models: train, evaluate, sample, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import t2v as t2v_config
+from mgjax import sample as sample_lib
+from mgjax import train as train_lib
+from mgjax.data.video import probe
+from tests.test_train import tiny_config as tiny_tae_config
+
+NUM_FRAMES, SIZE = 16, 32
+
+
+def tiny_t2v_config(tae_workdir, num_steps):
+  config = t2v_config.get_config("tiny")
+  config.model.update(num_layers=2, embed_dim=32, mlp_dim=64, num_heads=2, text_dim=32)
+  config.text_encoder.update(vocab_size=256, max_length=12, embed_dim=32, num_layers=1,
+                             num_heads=2)
+  config.tae.workdir = tae_workdir
+  config.data.update(name="shapes", dir=os.path.join(os.path.dirname(tae_workdir), "shapes"),
+                     buckets=(("image", 1, SIZE, SIZE, 8), ("video", NUM_FRAMES, SIZE, SIZE, 8)))
+  config.data.shapes.update(num_videos=24, num_frames=NUM_FRAMES, height=SIZE, width=SIZE,
+                            num_images=8)  # the set the TAE trained on
+  config.eval.update(num_prompts_per_bucket=2, num_steps=2, num_videos_to_write=1)
+  config.train.update(num_steps=num_steps, log_every=1, checkpoint_every=num_steps)
+  config.optimizer.warmup_steps = 1
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny TAE (2 steps) and a tiny DiT (4 steps) on 24 shapes clips and 8 stills."""
+  root = str(tmp_path_factory.mktemp("t2v"))
+  tae_workdir = os.path.join(root, "tae")
+  tae = tiny_tae_config(2)
+  tae.data.update(dir=os.path.join(root, "shapes"), image_fraction=0.0)
+  tae.data.shapes.update(num_images=8)
+  tae.eval.num_clips = 1
+  train_lib.train(tae, tae_workdir)
+  workdir = os.path.join(root, "dit")
+  eval_metrics = train_lib.train(tiny_t2v_config(tae_workdir, 4), workdir)
+  return workdir, eval_metrics
+
+
+def test_training_logs_metrics_and_evaluates_prompt_following(trained):
+  workdir, eval_metrics = trained
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+  for row in train_rows:
+    assert np.isfinite(row["loss"]) and row["loss"] > 0
+    assert row["grad_norm"] > 0 and row["tokens_per_second"] > 0
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  for key in ("shapes_color", "shapes_shape", "shapes_motion", "shapes_score"):
+    assert 0.0 <= eval_metrics[key] <= 1.0
+  assert any("eval/shapes_score" in r for r in rows)
+  samples = os.path.join(workdir, "samples", "step_4")
+  info = probe(os.path.join(samples, "video_00.mp4"))
+  assert (info.num_frames, info.height, info.width) == (NUM_FRAMES, SIZE, SIZE)
+  with open(os.path.join(samples, "video_prompts.txt")) as f:
+    assert all(line.startswith("FPS-16 ") for line in f.read().splitlines())
+
+
+def test_latents_are_cached_with_their_statistics(trained):
+  workdir, _ = trained
+  latents = os.path.join(workdir, "latents")
+  assert {"train_image.npz", "train_video.npz", "stats.json"} <= set(os.listdir(latents))
+  with np.load(os.path.join(latents, "train_video.npz")) as data:
+    assert data["latents"].shape[1:] == (2, 4, 4, 16)  # 16 frames, 32 px -> 8x in T, H, W
+    assert all(str(c).startswith("FPS-16 ") for c in data["captions"])
+  with open(os.path.join(latents, "stats.json")) as f:
+    stats = json.load(f)
+  assert len(stats["mean"]) == 16 and min(stats["std"]) > 0
+
+
+def test_sample_cli_writes_videos_and_contact_sheet(trained, tmp_path):
+  workdir, _ = trained
+  prompts_file = tmp_path / "prompts.txt"
+  long_prompt = " ".join(["a red circle moves to the left on a striped background"] * 20)
+  prompts_file.write_text(f"\n  \na blue square moves up\n\n{long_prompt}\n")
+  prompts = sample_lib.read_prompts(["a green triangle is still"], str(prompts_file))
+  assert len(prompts) == 3  # blank lines skipped
+  out = tmp_path / "out"
+  paths = sample_lib.sample(workdir, prompts, str(out), num_steps=3, schedule="linear",
+                            cfg_scale=2.0, batch_size=2)
+  assert [os.path.splitext(p)[1] for p in paths] == [".mp4"] * 3
+  for path in paths:
+    info = probe(path)
+    assert (info.num_frames, info.height, info.width) == (NUM_FRAMES, SIZE, SIZE)
+  sheet = np.asarray(Image.open(out / "contact_sheet.png"))
+  assert sheet.shape == (3 * SIZE, 8 * SIZE, 3)
+  tagged = (out / "prompts.txt").read_text().splitlines()
+  assert tagged[0] == "FPS-16 a green triangle is still"
+
+
+def test_one_frame_samples_an_image(trained, tmp_path):
+  workdir, _ = trained
+  paths = sample_lib.sample(workdir, ["a yellow circle"], str(tmp_path), num_steps=2,
+                            num_frames=1, height=SIZE, width=2 * SIZE)
+  assert paths[0].endswith(".png")
+  image = np.asarray(Image.open(paths[0]))
+  assert image.shape == (SIZE, 2 * SIZE, 3)
+  assert (tmp_path / "prompts.txt").read_text() == "a yellow circle\n"  # no FPS tag
+
+
+def test_sampling_is_deterministic_for_a_seed(trained):
+  workdir, _ = trained
+  _, task, state = train_lib.restore_train_state(workdir)
+  kwargs = dict(num_frames=NUM_FRAMES, height=SIZE, width=SIZE, num_steps=2,
+                schedule="linear_quadratic", cfg_scale=3.0)
+  prompts = ["FPS-16 a red square moves down"]
+  first = task.generate(state.eval_params(), prompts, seed=1, **kwargs)
+  again = task.generate(state.eval_params(), prompts, seed=1, **kwargs)
+  other = task.generate(state.eval_params(), prompts, seed=2, **kwargs)
+  np.testing.assert_array_equal(first, again)
+  assert np.abs(first.astype(int) - other.astype(int)).mean() > 0
+
+
+def test_bad_prompts_and_sizes_are_clear_errors(trained, tmp_path):
+  workdir, _ = trained
+  with pytest.raises(ValueError, match="Prompt 2 is empty"):
+    sample_lib.read_prompts(["a red circle", "   "], None)
+  with pytest.raises(ValueError, match="No prompts"):
+    sample_lib.read_prompts(None, None)
+  empty_file = tmp_path / "blank.txt"
+  empty_file.write_text("\n \n")
+  with pytest.raises(ValueError, match="No prompts"):
+    sample_lib.read_prompts(None, str(empty_file))
+  with pytest.raises(ValueError, match="does not exist"):
+    sample_lib.read_prompts(None, str(tmp_path / "missing.txt"))
+  with pytest.raises(ValueError, match="multiples of 16"):
+    sample_lib.sample(workdir, ["a red circle"], str(tmp_path), num_steps=1, height=40,
+                      width=SIZE)
+
+
+def test_cli_reports_bad_input_in_one_line(trained):
+  workdir, _ = trained
+  result = subprocess.run(
+      [sys.executable, "-m", "mgjax.sample", f"--workdir={workdir}", "--prompt=a red circle",
+       "--height=40", "--num_steps=1"], capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "mgjax.sample: Height and width must be multiples of 16")
+  assert "Traceback" not in result.stderr
+
+
+def test_config_mismatches_are_rejected(tmp_path, trained):
+  workdir, _ = trained
+  config = tiny_t2v_config(os.path.join(os.path.dirname(workdir), "tae"), 1)
+  config.data.buckets = (("video", NUM_FRAMES, SIZE, SIZE, 6),)
+  with pytest.raises(ValueError, match="multiple of 8"):  # 8 fake devices
+    train_lib.train(config, str(tmp_path / "c"))
+  config = tiny_t2v_config(str(tmp_path / "tae"), 1)
+  config.text_encoder.embed_dim = 48
+  with pytest.raises(ValueError, match="text_encoder.embed_dim"):
+    train_lib.train(config, str(tmp_path / "a"))
+  config = tiny_t2v_config(str(tmp_path / "tae"), 1)
+  with pytest.raises(FileNotFoundError, match="No trained TAE"):
+    train_lib.train(config, str(tmp_path / "b"))
