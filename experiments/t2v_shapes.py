@@ -24,7 +24,7 @@ def get_config(arg: str = ""):
     raise ValueError(f"experiments/t2v_shapes.py takes no argument; got {arg!r}.")
   config = configs.load_config(os.path.join(HERE, "t2v.py") + ":tiny")
   with config.unlocked():
-    config.tae.update(train_config=os.path.join(HERE, "tae.py") + ":tiny", train_steps=900)
+    config.tae.update(train_config=os.path.join(HERE, "tae.py") + ":tiny", train_steps=1200)
     config.data.update(name="shapes", fps=16.0, image_fraction=0.2)
     config.data.shapes.update(num_videos=512, num_images=256, num_frames=32, height=64,
                               width=64)
