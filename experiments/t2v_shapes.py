@@ -29,4 +29,5 @@ def get_config(arg: str = ""):
     config.data.shapes.update(num_videos=512, num_images=256, num_frames=32, height=64,
                               width=64)
     config.eval.update(num_prompts_per_bucket=24, num_steps=50, cfg_scale=4.0)
+    config.flow.cfg_scale = 4.0  # mgjax.sample's default
   return config
