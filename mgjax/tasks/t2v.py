@@ -51,7 +51,7 @@ class T2VTask(Task):
     self.buckets = buckets_from_config(config.data.buckets)
     self.tae_workdir = config.tae.workdir or os.path.join(workdir, "tae")
     self._tae_params = None
-    self._train_sets: dict[str, latents_lib.LatentSet] | None = None
+    self._latent_sets: dict[str, dict[str, latents_lib.LatentSet]] = {}
     self._stats: tuple[np.ndarray, np.ndarray] | None = None
     self._guided: dict[float, flow.VelocityFn] = {}
 
@@ -160,22 +160,20 @@ class T2VTask(Task):
     return np.asarray(self._encode(self.tae_params(), pixels_uint8))
 
   def latent_sets(self, split: str) -> dict[str, latents_lib.LatentSet]:
-    data = self.config.data
-    manifest = prepare_manifest(data, self.workdir)
-    records = read_manifest(manifest, split=split)
-    images = os.path.join(os.path.dirname(manifest), IMAGES_MANIFEST)
-    if os.path.exists(images):
-      records += read_manifest(images, split=split)
-    step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
-    fingerprint = f"{os.path.abspath(self.tae_workdir)}@{step}"
-    return latents_lib.cached_latents(os.path.join(self.workdir, "latents"), split, records,
-                                      self.buckets, data.fps or None, fingerprint,
-                                      self.encode_pixels)
-
-  def train_sets(self):
-    if self._train_sets is None:
-      self._train_sets = self.latent_sets("train")
-    return self._train_sets
+    """{bucket name: latents} of a split, encoded once and cached on disk and here."""
+    if split not in self._latent_sets:
+      data = self.config.data
+      manifest = prepare_manifest(data, self.workdir)
+      records = read_manifest(manifest, split=split)
+      images = os.path.join(os.path.dirname(manifest), IMAGES_MANIFEST)
+      if os.path.exists(images):
+        records += read_manifest(images, split=split)
+      step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
+      fingerprint = f"{os.path.abspath(self.tae_workdir)}@{step}"
+      self._latent_sets[split] = latents_lib.cached_latents(
+          os.path.join(self.workdir, "latents"), split, records, self.buckets,
+          data.fps or None, fingerprint, self.encode_pixels)
+    return self._latent_sets[split]
 
   def stats(self) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel latent (mean, std) of the training set, saved for sampling."""
@@ -187,14 +185,14 @@ class T2VTask(Task):
         self._stats = (np.asarray(saved["mean"], np.float32),
                        np.asarray(saved["std"], np.float32))
       else:
-        self._stats = latents_lib.channel_stats(self.train_sets())
+        self._stats = latents_lib.channel_stats(self.latent_sets("train"))
         if jax.process_index() == 0:
           with open(path, "w") as f:
             json.dump({"mean": self._stats[0].tolist(), "std": self._stats[1].tolist()}, f)
     return self._stats
 
   def train_batches(self, start_step):
-    sets = self.train_sets()
+    sets = self.latent_sets("train")
     self.stats()
     seed, data = self.config.seed, self.config.data
     buckets = [b for b in self.buckets if b.name in sets]
@@ -219,7 +217,7 @@ class T2VTask(Task):
 
   def data_metrics(self):
     skipped = collections.Counter()
-    for latent_set in (self._train_sets or {}).values():
+    for latent_set in self._latent_sets.get("train", {}).values():
       skipped.update(latent_set.skipped)
     metrics = {f"data/skipped_{kind}": n for kind, n in skipped.items()}
     metrics["data/truncated_prompts"] = self.tokenizer.num_truncated
@@ -274,18 +272,9 @@ class T2VTask(Task):
     return self.decode_latents(latents, num_frames)
 
   # -------------------------------------------------------------------- eval
-  def eval_prompts(self) -> list[tuple[str, int]]:
-    """Held-out (tagged prompt, num_frames): captions of the eval split, bucket order."""
-    e = self.config.eval
-    prompts = []
-    for name, latent_set in self.latent_sets("eval").items():
-      bucket = next(b for b in self.buckets if b.name == name)
-      for caption in latent_set.captions[:e.num_prompts_per_bucket]:
-        prompts.append((caption, bucket))
-    return prompts
-
   def evaluate(self, params, frozen, step):
-    """Samples the held-out prompts of every bucket; on shapes data, scores them.
+    """Samples the first eval.num_prompts_per_bucket held-out captions of every bucket;
+    on shapes data, scores them.
 
     shapes_color/shape/motion are per-attribute accuracies (motion on videos only);
     shapes_score is the share of all attribute checks that are right.
@@ -293,11 +282,10 @@ class T2VTask(Task):
     del frozen
     from mgjax.eval import shapes as shapes_eval
     e = self.config.eval
-    by_bucket: dict[str, tuple[Bucket, list[str]]] = {}
-    for prompt, bucket in self.eval_prompts():
-      by_bucket.setdefault(bucket.name, (bucket, []))[1].append(prompt)
+    by_name = {b.name: b for b in self.buckets}
     hits, counts, details, writes = (collections.Counter(), collections.Counter(), [], [])
-    for name, (bucket, prompts) in by_bucket.items():
+    for name, latent_set in self.latent_sets("eval").items():
+      bucket, prompts = by_name[name], latent_set.captions[:e.num_prompts_per_bucket]
       videos = self.generate(params, prompts, bucket.num_frames, bucket.height, bucket.width,
                              num_steps=e.num_steps, schedule=e.schedule, method=e.method,
                              cfg_scale=e.cfg_scale, seed=e.seed)
