@@ -166,3 +166,13 @@ def test_config_mismatches_are_rejected(tmp_path, trained):
   config = tiny_t2v_config(str(tmp_path / "tae"), 1)
   with pytest.raises(FileNotFoundError, match="No trained TAE"):
     train_lib.train(config, str(tmp_path / "b"))
+
+
+def test_manifest_without_eval_split_evaluates_nothing(trained, monkeypatch):
+  workdir, _ = trained
+  _, task, state = train_lib.restore_train_state(workdir)
+  from mgjax.tasks import t2v
+  read = t2v.read_manifest
+  monkeypatch.setattr(t2v, "read_manifest",
+                      lambda path, split=None: [] if split == "eval" else read(path, split))
+  assert task.evaluate(state.eval_params(), state.frozen, 0) == {}

@@ -168,6 +168,11 @@ class T2VTask(Task):
       images = os.path.join(os.path.dirname(manifest), IMAGES_MANIFEST)
       if os.path.exists(images):
         records += read_manifest(images, split=split)
+      if not records and split != "train":
+        logging.warning("The manifest has no %r records (\"split\": %r); nothing to sample "
+                        "for evaluation.", split, split)
+        self._latent_sets[split] = {}
+        return {}
       step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
       fingerprint = f"{os.path.abspath(self.tae_workdir)}@{step}"
       self._latent_sets[split] = latents_lib.cached_latents(
