@@ -23,9 +23,13 @@ setup(
         "pillow>=10.0",
         "tensorboardX>=2.6",         # TensorBoard event files without TensorFlow
         "tqdm>=4.66",
+        "transformers>=5.0",         # tokenizers of the text encoders; no PyTorch needed
+        "safetensors>=0.4",          # Hugging Face weight files, read as numpy
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11"],
+        # torch: the reference implementations the text-encoder parity tests compare to.
+        # Pinned: a range would let pip pick a newer, multi-GB CUDA build.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11", "torch==2.13.0"],
         # Ahead-of-time compilation for TPU topologies on a CPU machine: libtpu matching jax.
         "tpu": ["jax[tpu]"],
     },

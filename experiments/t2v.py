@@ -19,6 +19,8 @@ with 256-frame clips (32 latent frames) and aspect ratios up to 16:9 (64 patches
 them between stages with mgjax.models.positional.resize_positional_tables.
 """
 
+import functools
+
 import ml_collections
 
 from mgjax import configs
@@ -32,6 +34,29 @@ TRANSFORMER_SHAPES = {
     "5b": (32, 3072, 8192, 24),
     "30b": (48, 6144, 16384, 48),
 }
+
+
+def text_encoder(kind: str, max_length: int, source: str = "prompt", model=None,
+                 tokenizer: str = "", trainable: bool = False,
+                 dtype: str = "bfloat16") -> ml_collections.ConfigDict:
+  """One entry of config.text.encoders; `model` (HF config keys) for a random one."""
+  return ml_collections.ConfigDict(dict(
+      kind=kind, path="", model=ml_collections.ConfigDict(model or {}), tokenizer=tokenizer,
+      max_length=max_length, source=source, trainable=trainable, dtype=dtype))
+
+
+def tiny_text_encoders(width: int = 64, trainable: bool = True) -> dict:
+  """Random tiny UL2-, MetaCLIP- and ByT5-shaped encoders on ByT5's byte tokenizer
+  (384 ids, no files): the default of the CPU configs and the tests."""
+  t5 = dict(model_type="t5", vocab_size=384, d_model=width, d_kv=width // 4, d_ff=2 * width,
+            num_layers=2, num_heads=4, feed_forward_proj="gated-gelu")
+  clip = dict(vocab_size=384, hidden_size=width, intermediate_size=2 * width,
+              num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=96,
+              eos_token_id=1)  # ByT5's </s>: CLIP pools at the end-of-sequence token
+  make = functools.partial(text_encoder, tokenizer="byte", trainable=trainable,
+                           dtype="float32")
+  return dict(ul2=make("t5", 96, model=t5), metaclip=make("clip", 96, model=clip),
+              byt5=make("t5", 32, source="visual_text", model=t5))
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -49,7 +74,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       num_heads=num_heads,
       patch_size=(1, 2, 2),     # (T, H, W) latent patch of the 3D patchify
       latent_channels=16,       # TAE latent channels (model input and output)
-      text_dim=4096,            # width of the text encoder's embeddings (UL2)
       max_frames=32,            # positional table sizes, in patches
       max_height=64,
       max_width=64,
@@ -72,16 +96,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       cfg_scale=7.5,
   ))
 
-  # The text-encoder interface: "small" is a trainable word-level encoder learnt with
-  # the DiT, the default until the frozen UL2/MetaCLIP/ByT5 encoders are available.
-  config.text_encoder = ml_collections.ConfigDict(dict(
-      name="small",
-      vocab_size=32768,         # hashed word vocabulary
-      max_length=256,           # tokens per prompt; longer prompts are truncated, counted
-      embed_dim=4096,           # must equal model.text_dim
-      num_layers=2,
-      num_heads=8,
-  ))
+  # The frozen text encoders (mgjax/text/conditioning.py documents the keys). Point
+  # each path at a Hugging Face directory (config.json, weights, tokenizer), e.g.
+  # --config.text.encoders.ul2.path=/ckpt/ul2. `tiny` uses random tiny encoders.
+  config.text = ml_collections.ConfigDict(dict(encoders=ml_collections.ConfigDict(dict(
+      ul2=text_encoder("t5", max_length=256),
+      metaclip=text_encoder("clip", max_length=256),
+      byt5=text_encoder("t5", max_length=128, source="visual_text"),
+  ))))
 
   # The TAE whose latents the DiT models. `workdir` holds a trained TAE (default
   # <workdir>/tae); with `train_config` set the trainer first trains that TAE there
@@ -123,10 +145,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                       checkpoint_every=1000, ema_decay=0.9999)
 
   if arg == "tiny":
-    config.model.update(text_dim=64, max_frames=8, max_height=16, max_width=16,
+    config.model.update(max_frames=8, max_height=16, max_width=16,
                         remat_policy="none", dtype="float32")
-    config.text_encoder.update(vocab_size=4096, max_length=64, embed_dim=64, num_layers=2,
-                               num_heads=4)
+    config.text.encoders.update(tiny_text_encoders())
     config.data.buckets = (("image", 1, 64, 64, 32), ("video", 32, 64, 64, 8))
     config.optimizer.update(learning_rate=1e-3, warmup_steps=100, weight_decay=0.0)
     config.train.update(num_steps=2000, log_every=100, eval_every=0,

@@ -84,13 +84,13 @@ def sample(workdir: str, prompts: list[str], out_dir: str, *, num_steps: int | N
   with tqdm.tqdm(total=kwargs["num_steps"] * -(-len(prompts) // batch_size),
                  unit="step", desc="sampling") as bar:
     for start in range(0, len(prompts), batch_size):
-      videos.append(task.generate(params, tagged[start:start + batch_size], num_frames,
+      videos.append(task.generate(params, state.frozen, tagged[start:start + batch_size], num_frames,
                                   height, width, seed=seed + start,
                                   step_callback=lambda i, n: bar.update(), **kwargs))
   videos = np.concatenate(videos)  # [N, T, H, W, 3]
-  if task.tokenizer.num_truncated:
-    logging.warning("%d prompts were longer than %d tokens and were truncated.",
-                    task.tokenizer.num_truncated, task.tokenizer.max_length)
+  report = task.text.truncation_report()
+  if report:
+    logging.warning("%s.", report)
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for i, (prompt, video) in enumerate(zip(prompts, videos)):

@@ -76,6 +76,42 @@ def create_state(task: Task, optimizer, config, mesh):
   return init, sharding_lib.strip_boxes(abstract_boxed), shardings
 
 
+def _replace_subtrees(tree, new, shardings, path: str = ""):
+  """`tree` with the leaves `new` names replaced, each placed with its sharding."""
+  if not isinstance(new, dict):
+    expected = tuple(tree.shape)
+    if tuple(np.shape(new)) != expected:
+      raise ValueError(f"Pretrained weight {path} has shape {np.shape(new)}; the model "
+                       f"expects {expected}.")
+    value = np.asarray(new, tree.dtype)  # the same on every host: each takes its shards
+    return jax.make_array_from_callback(value.shape, shardings, lambda index: value[index])
+  missing = set(new) - set(tree)
+  if missing:
+    raise ValueError(f"Pretrained weights {sorted(missing)} under {path or '/'} are not in "
+                     f"the model.")
+  out = dict(tree)
+  for key, value in new.items():
+    out[key] = _replace_subtrees(tree[key], value, shardings[key], f"{path}/{key}")
+  return out
+
+
+def with_pretrained(state: TrainState, task: Task, shardings: TrainState) -> TrainState:
+  """A fresh state with the task's pretrained weights in place (e.g. frozen text
+  encoders), loaded on the host after init so they never become jit constants;
+  pretrained trainable weights start the EMA too."""
+  pretrained = task.pretrained_weights()
+  if not jax.tree.leaves(pretrained):
+    return state
+  params, frozen = pretrained.get("params", {}), pretrained.get("frozen", {})
+  replaced = state.replace(
+      params=_replace_subtrees(state.params, params, shardings.params),
+      frozen=_replace_subtrees(state.frozen, frozen, shardings.frozen))
+  if state.ema_params and jax.tree.leaves(params):
+    replaced = replaced.replace(
+        ema_params=_replace_subtrees(state.ema_params, params, shardings.ema_params))
+  return replaced
+
+
 def batch_signature(batch) -> tuple:
   """Hashable (key, shape, dtype) description of a batch, host or abstract."""
   return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
@@ -185,6 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step = 0
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       state = init()
+    state = with_pretrained(state, task, state_shardings)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
 

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,16 +15,20 @@ from experiments import t2v as t2v_config
 from mgjax import sample as sample_lib
 from mgjax import train as train_lib
 from mgjax.data.video import probe
+from mgjax.models.clip_text import load_clip_text
+from tests.test_text_conditioning import save_tiny_hf_encoders
 from tests.test_train import tiny_config as tiny_tae_config
 
 NUM_FRAMES, SIZE = 16, 32
 
 
-def tiny_t2v_config(tae_workdir, num_steps):
+def tiny_t2v_config(tae_workdir, num_steps, clip_path=""):
   config = t2v_config.get_config("tiny")
-  config.model.update(num_layers=2, embed_dim=32, mlp_dim=64, num_heads=2, text_dim=32)
-  config.text_encoder.update(vocab_size=256, max_length=12, embed_dim=32, num_layers=1,
-                             num_heads=2)
+  config.model.update(num_layers=2, embed_dim=32, mlp_dim=64, num_heads=2)
+  config.text.encoders = t2v_config.tiny_text_encoders(width=16)
+  config.text.encoders.metaclip.trainable = False  # one frozen encoder, in state.frozen
+  if clip_path:  # ... imported from a Hugging Face directory
+    config.text.encoders.metaclip.update(path=clip_path, model=ml_collections.ConfigDict())
   config.tae.workdir = tae_workdir
   config.data.update(name="shapes", dir=os.path.join(os.path.dirname(tae_workdir), "shapes"),
                      buckets=(("image", 1, SIZE, SIZE, 8), ("video", NUM_FRAMES, SIZE, SIZE, 8)))
@@ -45,7 +51,8 @@ def trained(tmp_path_factory):
   tae.eval.num_clips = 1
   train_lib.train(tae, tae_workdir)
   workdir = os.path.join(root, "dit")
-  eval_metrics = train_lib.train(tiny_t2v_config(tae_workdir, 4), workdir)
+  clip_path = save_tiny_hf_encoders(os.path.join(root, "hf"))[0]["clip"]
+  eval_metrics = train_lib.train(tiny_t2v_config(tae_workdir, 4, clip_path), workdir)
   return workdir, eval_metrics
 
 
@@ -59,8 +66,13 @@ def test_training_logs_metrics_and_evaluates_prompt_following(trained):
     assert np.isfinite(row["loss"]) and row["loss"] > 0
     assert row["grad_norm"] > 0 and row["tokens_per_second"] > 0
   assert os.listdir(os.path.join(workdir, "tensorboard"))
-  for key in ("shapes_color", "shapes_shape", "shapes_motion", "shapes_score"):
+  for key in ("shapes_color", "shapes_shape", "shapes_motion", "shapes_score",
+              "shapes_color_motion"):
     assert 0.0 <= eval_metrics[key] <= 1.0
+  color, motion = eval_metrics["shapes_color"], eval_metrics["shapes_motion"]
+  # A weighted mean of the two (colour is checked on images and videos, motion on videos).
+  assert min(color, motion) - 1e-9 <= eval_metrics["shapes_color_motion"]
+  assert eval_metrics["shapes_color_motion"] <= max(color, motion) + 1e-9
   assert any("eval/shapes_score" in r for r in rows)
   samples = os.path.join(workdir, "samples", "step_4")
   info = probe(os.path.join(samples, "video_00.mp4"))
@@ -117,9 +129,9 @@ def test_sampling_is_deterministic_for_a_seed(trained):
   kwargs = dict(num_frames=NUM_FRAMES, height=SIZE, width=SIZE, num_steps=2,
                 schedule="linear_quadratic", cfg_scale=3.0)
   prompts = ["FPS-16 a red square moves down"]
-  first = task.generate(state.eval_params(), prompts, seed=1, **kwargs)
-  again = task.generate(state.eval_params(), prompts, seed=1, **kwargs)
-  other = task.generate(state.eval_params(), prompts, seed=2, **kwargs)
+  first = task.generate(state.eval_params(), state.frozen, prompts, seed=1, **kwargs)
+  again = task.generate(state.eval_params(), state.frozen, prompts, seed=1, **kwargs)
+  other = task.generate(state.eval_params(), state.frozen, prompts, seed=2, **kwargs)
   np.testing.assert_array_equal(first, again)
   assert np.abs(first.astype(int) - other.astype(int)).mean() > 0
 
@@ -153,6 +165,18 @@ def test_cli_reports_bad_input_in_one_line(trained):
   assert "Traceback" not in result.stderr
 
 
+def test_pretrained_frozen_encoder_is_imported_and_stays_frozen(trained):
+  workdir, _ = trained
+  config, _, state = train_lib.restore_train_state(workdir)
+  clip = config.text.encoders.metaclip
+  _, imported = load_clip_text(clip.path, max_length=clip.max_length)
+  trained_leaves = jax.tree.leaves(state.frozen["text"]["metaclip"])
+  assert len(trained_leaves) == len(jax.tree.leaves(imported)) > 0
+  for a, b in zip(trained_leaves, jax.tree.leaves(imported)):
+    np.testing.assert_array_equal(np.asarray(a), b)  # after 4 steps: still the import
+  assert "metaclip" not in state.params["text"] and "ul2" in state.params["text"]
+
+
 def test_config_mismatches_are_rejected(tmp_path, trained):
   workdir, _ = trained
   config = tiny_t2v_config(os.path.join(os.path.dirname(workdir), "tae"), 1)
@@ -160,8 +184,8 @@ def test_config_mismatches_are_rejected(tmp_path, trained):
   with pytest.raises(ValueError, match="multiple of 8"):  # 8 fake devices
     train_lib.train(config, str(tmp_path / "c"))
   config = tiny_t2v_config(str(tmp_path / "tae"), 1)
-  config.text_encoder.embed_dim = 48
-  with pytest.raises(ValueError, match="text_encoder.embed_dim"):
+  config.text.encoders.ul2.kind = "bert"
+  with pytest.raises(ValueError, match="text.encoders.ul2.kind"):
     train_lib.train(config, str(tmp_path / "a"))
   config = tiny_t2v_config(str(tmp_path / "tae"), 1)
   with pytest.raises(FileNotFoundError, match="No trained TAE"):

@@ -157,7 +157,7 @@ class VideoDiT(nn.Module):
   @classmethod
   def from_config(cls, model_config: Any) -> VideoDiT:
     """Builds the model from a `config.model` section; fields it lacks are ignored
-    (e.g. text_dim and latent_channels describe the inputs, not parameters)."""
+    (e.g. latent_channels describes the inputs, not parameters)."""
     values = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
     names = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     kwargs = {k: v for k, v in values.items() if k in names}

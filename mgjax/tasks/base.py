@@ -42,6 +42,11 @@ class Task(abc.ABC):
   def init(self, rng: jax.Array) -> tuple[PyTree, PyTree]:
     """(trainable params, frozen params), logically boxed. Called under jit."""
 
+  def pretrained_weights(self) -> dict[str, PyTree]:
+    """{"params": subtree, "frozen": subtree} of host arrays that replace the matching
+    leaves of a fresh state (pretrained encoders); read on the host, never under jit."""
+    return {}
+
   @abc.abstractmethod
   def loss(self, params: PyTree, frozen: PyTree, batch: Batch, rng: jax.Array,
            step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
