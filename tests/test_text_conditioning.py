@@ -128,6 +128,32 @@ def test_pretrained_encoders_embed_like_transformers(tmp_path):
       assert diff.max() < 1e-4, (name, diff.max())
 
 
+def save_word_tokenizer(directory):
+  """A tiny word-level fast tokenizer that appends </s>, as T5's do, saved to `directory`."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  words = ["<pad>", "</s>", "<unk>", "a", "red", "circle", "moves", "left"]
+  tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+  tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                           special_tokens=[("</s>", 1)])
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+      unk_token="<unk>").save_pretrained(directory)
+
+
+def test_tokenizer_is_read_from_the_encoder_directory(tmp_path):
+  paths, _ = save_tiny_hf_encoders(str(tmp_path))
+  save_word_tokenizer(paths["t5"])
+  section = tiny_section()
+  section.encoders.ul2.update(path=paths["t5"], model=ml_collections.ConfigDict(),
+                              tokenizer="", max_length=4)
+  conditioner = TextConditioner(section)
+  tokens = conditioner.tokenize(["a red circle", "a red circle moves left"])
+  np.testing.assert_array_equal(tokens["ul2_ids"], [[3, 4, 5, 1], [3, 4, 5, 1]])
+  np.testing.assert_array_equal(tokens["ul2_mask"].sum(1), [4, 4])
+  assert conditioner.num_truncated["ul2"] == 1  # the second kept its </s>
+
+
 def test_precompute_matches_embed_and_runs_as_a_command(tmp_path):
   conditioner = TextConditioner(tiny_section())
   captions = ["FPS-16 a red circle", 'a sign that says "HELLO"', "a green square"]
