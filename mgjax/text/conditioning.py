@@ -91,9 +91,6 @@ def make_encoder(name: str, spec) -> Encoder:
   if spec.source not in SOURCES:
     raise ValueError(f"text.encoders.{name}.source is {spec.source!r}; use one of {SOURCES}.")
   tokenizer_kind = spec.tokenizer or ("" if spec.path else BYTE)
-  if not tokenizer_kind and not spec.path:
-    raise ValueError(f"text.encoders.{name}: a tokenizer from the path needs a path; set "
-                     f"tokenizer='byte'.")
   model_config, origin = _model_config(name, spec)
   if spec.kind == "t5":
     module, width = t5.T5Encoder(model_config), model_config.d_model
@@ -177,9 +174,7 @@ class TextConditioner:
     for e in self.encoders:
       params = (trainable if e.trainable else frozen)[e.name]
       ids, mask = tokens[f"{e.name}_ids"], tokens[f"{e.name}_mask"]
-      emb = e.embed(params, ids, mask)
-      if not e.trainable:
-        emb = jax.lax.stop_gradient(emb)
+      emb = e.embed(params, ids, mask)  # frozen params are not differentiated: no grads
       out[e.name] = (emb, mask if keep is None else mask & keep[:, None])
     return out
 
