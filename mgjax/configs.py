@@ -13,9 +13,14 @@ import os
 
 import ml_collections
 
-# Logical axis -> mesh axes. Model code names only the logical axes on the left.
+# Logical axis -> mesh axes. Model code names only the logical axes on the left;
+# docs/parallelism.md explains each. A mesh axis is used at most once per array, so
+# an activation's "embed" stays whole when its "batch" already took fsdp.
 DEFAULT_LOGICAL_AXIS_RULES = (
     ("batch", ("data", "fsdp")),
+    ("seq", "context"),        # residual-stream tokens (+ tensor with sequence_parallel)
+    ("attn_seq", "context"),   # tokens inside attention and the MLP (never tensor)
+    ("text_seq", None),        # text tokens: short, replicated over context
     ("frames", None),
     ("height", None),
     ("width", None),
@@ -29,14 +34,30 @@ DEFAULT_LOGICAL_AXIS_RULES = (
 )
 
 
+PARALLEL_DEFAULTS = dict(
+    sequence_parallel=False,         # also split norms/residuals' tokens over tensor
+    context_attention="all_gather",  # "all_gather" | "ring" (parallel/context_parallel.py)
+)
+
+
+def parallel_settings(config: ml_collections.ConfigDict) -> dict:
+  """config.parallel with its defaults filled in (configs saved before it existed)."""
+  saved = config.get("parallel")
+  return {**PARALLEL_DEFAULTS, **(saved.to_dict() if saved is not None else {})}
+
+
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = ""  # a name in mgjax.tasks.TASKS
   config.seed = 0
 
-  # Mesh axis sizes; -1 takes the remaining devices. See mgjax/parallel/mesh.py.
+  # Mesh axis sizes within a slice / node (ICI, NVLink); -1 takes the remaining
+  # devices. `dcn_mesh` multiplies them across slices / nodes (DCN, InfiniBand):
+  # axis size = mesh x dcn_mesh. See mgjax/parallel/mesh.py and docs/parallelism.md.
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+  config.dcn_mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, context=1, tensor=1))
   config.logical_axis_rules = [list(rule) for rule in DEFAULT_LOGICAL_AXIS_RULES]
+  config.parallel = ml_collections.ConfigDict(PARALLEL_DEFAULTS)
 
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-4,

@@ -23,10 +23,12 @@ import numpy as np
 import optax
 import tqdm
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from mgjax import checkpoint as checkpoint_lib
 from mgjax import optim
+from mgjax.parallel import distributed
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.parallel import sharding as sharding_lib
 from mgjax.tasks import get_task_class
@@ -68,7 +70,7 @@ def make_init_fn(task: Task, optimizer, seed: int, ema: bool = False):
 def create_state(task: Task, optimizer, config, mesh):
   """Initialises the state already sharded: eval_shape -> shardings -> jit(init)."""
   init_boxed = make_init_fn(task, optimizer, config.seed, ema=config.train.ema_decay > 0)
-  rules = sharding_lib.rules_from_config(config.logical_axis_rules)
+  rules = sharding_lib.rules_for(config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract_boxed = jax.eval_shape(init_boxed)
   shardings = sharding_lib.logical_to_shardings(abstract_boxed, mesh, rules)
@@ -199,9 +201,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_steps = config.train.num_steps
 
   # --------------------------------------------------------------------- mesh
-  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  mesh = mesh_lib.mesh_from_config(config)
   logging.info("Mesh: %s", dict(mesh.shape))
-  rules = sharding_lib.rules_from_config(config.logical_axis_rules)
+  task.check_mesh(mesh)
+  rules = sharding_lib.rules_for(config)
 
   # -------------------------------------------------------------------- state
   optimizer, schedule = optim.make_optimizer(config.optimizer, num_steps)
@@ -222,8 +225,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       state = init()
     state = with_pretrained(state, task, state_shardings)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
 
   # --------------------------------------------------------------------- step
   step_fns = compile_steps(task, optimizer, mesh, rules, abstract_state, state_shardings,
@@ -244,8 +248,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       raise ValueError(f"Batch {signature} at step {step} matches none of the shapes the "
                        f"task declared in batch_specs(): {list(step_fns)}.")
     compiled, shardings = step_fns[signature]
-    batch = {k: jax.make_array_from_process_local_data(shardings[k], v)
-             for k, v in host_batch.items()}
+    batch = sharding_lib.host_batch_to_global(host_batch, shardings)
     state, metrics = compiled(state, batch)
     progress.update()
     done = step + 1
@@ -271,7 +274,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpointer.save(done, state, config, force=True)
       logging.info("Saving checkpoint at step %d", done)
     if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
-      eval_metrics = task.evaluate(state.eval_params(), state.frozen, done)
+      eval_metrics = task.evaluate(*evaluation_copy(state), done)
       writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
       logging.info("eval step %d: %s", done,
                    " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
@@ -280,6 +283,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer.wait()
   checkpointer.close()
   return eval_metrics
+
+
+def evaluation_copy(state: TrainState):
+  """(params, frozen) for `task.evaluate`, which runs on the host's own devices.
+
+  In a single-process run these are the state's (sharded) arrays. Across processes,
+  every process gets a whole copy on its first local device, gathered from the
+  shards, and evaluates on its own (process 0 writes): fine for the model sizes one
+  device can hold; set train.eval_every=0 for larger ones and sample from a
+  checkpoint instead.
+  """
+  params, frozen = state.eval_params(), state.frozen
+  if jax.process_count() == 1:
+    return params, frozen
+  device = jax.local_devices()[0]
+  gathered = multihost_utils.process_allgather((params, frozen), tiled=True)
+  return jax.device_put(gathered, device)
 
 
 def restore_train_state(workdir: str, step: int | None = None):
@@ -292,7 +312,7 @@ def restore_train_state(workdir: str, step: int | None = None):
     config = ml_collections.ConfigDict(json.load(f))
   task = get_task_class(config.task)(config, workdir)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
-  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  mesh = mesh_lib.mesh_from_config(config)
   _, abstract_state, shardings = create_state(task, optimizer, config, mesh)
   checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
   step = checkpointer.latest_step() if step is None else step
@@ -326,6 +346,11 @@ def main():
                                                 lock_config=True)
   workdir_flag = flags.DEFINE_string("workdir", None, "Directory for checkpoints, "
                                      "metrics and outputs; an existing one resumes.")
+  coordinator = flags.DEFINE_string(
+      "coordinator_address", "", "host:port of process 0 in a multi-process run; see "
+      "mgjax/parallel/distributed.py for the environment and cluster alternatives.")
+  num_processes = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
+  process_id = flags.DEFINE_integer("process_id", -1, "This process's index.")
 
   def run(argv):
     if len(argv) > 1:
@@ -333,6 +358,7 @@ def main():
     if config_flag.value is None or workdir_flag.value is None:
       raise app.UsageError("Both --config and --workdir are required, e.g. "
                            "--config=experiments/tae.py:tiny --workdir=/tmp/tae")
+    distributed.initialize(coordinator.value, num_processes.value, process_id.value)
     train(config_flag.value, workdir_flag.value)
 
   app.run(run, flags_parser=parse_flags)

@@ -16,6 +16,8 @@ from mgjax import sample as sample_lib
 from mgjax import train as train_lib
 from mgjax.data.video import probe
 from mgjax.models.clip_text import load_clip_text
+from mgjax.parallel import mesh as mesh_lib
+from mgjax.tasks.t2v import T2VTask
 from tests.test_text_conditioning import save_tiny_hf_encoders
 from tests.test_train import tiny_config as tiny_tae_config
 
@@ -200,3 +202,19 @@ def test_manifest_without_eval_split_evaluates_nothing(trained, monkeypatch):
   monkeypatch.setattr(t2v, "read_manifest",
                       lambda path, split=None: [] if split == "eval" else read(path, split))
   assert task.evaluate(state.eval_params(), state.frozen, 0) == {}
+
+
+@pytest.mark.parametrize("mesh, sequence_parallel, message", [
+    (dict(tensor=4), False, r"tensor=4 does not divide model.num_heads=2"),
+    (dict(context=3), False, r"context = 3 do not divide the 4 tokens of bucket 'image'"),
+    (dict(context=4, tensor=2), True, r"tensor \(sequence_parallel\) = 8 do not divide the 4"),
+])
+def test_mesh_that_does_not_divide_the_model_is_rejected(trained, tmp_path, mesh,
+                                                          sequence_parallel, message):
+  workdir, _ = trained
+  config = tiny_t2v_config(os.path.join(os.path.dirname(workdir), "tae"), 1)
+  config.mesh.update(dict(fsdp=1, **mesh))
+  config.parallel.sequence_parallel = sequence_parallel
+  devices = jax.devices()[:int(np.prod(list(mesh.values())))]
+  with pytest.raises(ValueError, match=message):
+    T2VTask(config, str(tmp_path)).check_mesh(mesh_lib.make_mesh(config.mesh.to_dict(), devices))

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from experiments import tae as tae_config
 from mgjax import train as train_lib
 from mgjax.data.video import probe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(num_steps, **mesh):
@@ -66,6 +70,26 @@ def test_loss_does_not_depend_on_the_mesh(straight_run, tmp_path):
   sharded = losses(str(tmp_path))
   for step in (1, 2):
     np.testing.assert_allclose(sharded[step], losses(straight)[step], rtol=2e-5)
+
+
+def test_two_processes_train_like_one(straight_run, tmp_path):
+  """2 processes x 4 CPU devices, started by the local launcher, form one 8-device
+  mesh: every loss and the final evaluation equal the 1 x 8 run's."""
+  straight, eval_metrics = straight_run
+  workdir = str(tmp_path / "2x4")
+  command = [sys.executable, "-m", "mgjax.launch.local", "--num_processes=2",
+             "--devices_per_process=4", "--", sys.executable, "-m", "mgjax.train",
+             "--config=tests/configs/tae_tiny.py:6", f"--workdir={workdir}"]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-4000:]
+  assert "Process 1 of 2; 4 local and 8 global devices" in result.stdout
+  two_processes = losses(workdir)
+  assert sorted(two_processes) == [1, 2, 3, 4, 5, 6]
+  for step, loss in losses(straight).items():
+    np.testing.assert_allclose(two_processes[step], loss, rtol=1e-5)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    final = [json.loads(line) for line in f if "eval/psnr" in line][-1]
+  np.testing.assert_allclose(final["eval/psnr"], eval_metrics["psnr"], rtol=1e-4)
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):

@@ -33,6 +33,7 @@ from mgjax.models.dit_blocks import (ACTIVATION_AXES, MODULATIONS, NUM_MODULATIO
 from mgjax.models.layers import dense
 from mgjax.models.positional import MODULE_NAME as POSITIONAL_NAME
 from mgjax.models.positional import FactorizedPositionalEmbedding
+from mgjax.parallel.sharding import constrain
 
 TextInput = jax.Array | Mapping[str, Any]
 SINGLE_TEXT_NAME = "text"  # encoder name used when `text` is one array
@@ -132,6 +133,8 @@ class VideoDiT(nn.Module):
     modulation: "shared" (adaLN-single) or "per_block" (adaLN-Zero); see
       `mgjax.models.dit_blocks.MODULATIONS`.
     qk_norm: RMSNorm on each head's queries and keys.
+    context_attention: "all_gather" | "ring", self-attention when the mesh's
+      `context` axis splits the tokens (mgjax/parallel/context_parallel.py).
     frequency_dim: width of the sinusoidal timestep features.
     scan_layers: nn.scan over blocks (params stacked on a "layers" axis) vs a loop.
     remat_policy: a name in `mgjax.models.dit_blocks.REMAT_POLICIES`.
@@ -148,6 +151,7 @@ class VideoDiT(nn.Module):
   max_width: int = 64
   modulation: str = "shared"
   qk_norm: bool = True
+  context_attention: str = "all_gather"
   frequency_dim: int = 256
   scan_layers: bool = True
   remat_policy: str = "none"
@@ -155,10 +159,12 @@ class VideoDiT(nn.Module):
   param_dtype: Any = jnp.float32
 
   @classmethod
-  def from_config(cls, model_config: Any) -> VideoDiT:
-    """Builds the model from a `config.model` section; fields it lacks are ignored
-    (e.g. latent_channels describes the inputs, not parameters)."""
+  def from_config(cls, model_config: Any, **overrides) -> VideoDiT:
+    """Builds the model from a `config.model` section and `overrides` (settings kept
+    elsewhere in the config); fields it lacks are ignored (e.g. latent_channels
+    describes the inputs, not parameters)."""
     values = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+    values.update(overrides)
     names = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     kwargs = {k: v for k, v in values.items() if k in names}
     for key in ("dtype", "param_dtype"):
@@ -195,7 +201,7 @@ class VideoDiT(nn.Module):
 
     tokens = dense(d, ("patch", "embed"), "patch_embed", use_bias=True, **common)(
         patchify(x.astype(self.dtype), patch))  # [B, S, D]
-    tokens = nn.with_logical_constraint(tokens, ACTIVATION_AXES)
+    tokens = constrain(tokens, ACTIVATION_AXES)
     pos = FactorizedPositionalEmbedding(d, self.max_frames, self.max_height, self.max_width,
                                         param_dtype=self.param_dtype,
                                         name=POSITIONAL_NAME)(grid)  # [S, D]
@@ -237,7 +243,8 @@ class VideoDiT(nn.Module):
     """The N conditioned blocks, scanned or looped, with remat per block."""
     block_kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                         modulation=self.modulation, qk_norm=self.qk_norm,
-                        dtype=self.dtype, param_dtype=self.param_dtype)
+                        context_attention=self.context_attention, dtype=self.dtype,
+                        param_dtype=self.param_dtype)
     block_cls = DiTBlock
     policy_name = self.remat_policy
     if policy_name != "none":

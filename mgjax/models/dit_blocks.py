@@ -27,10 +27,16 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mgjax.models.attention import attention
 from mgjax.models.layers import dense, logical_init
+from mgjax.parallel import context_parallel
+from mgjax.parallel.sharding import constrain
 
+# Logical names of activations. The residual stream's "seq" is split over `context`
+# (and `tensor` under sequence parallelism); inside attention and the MLP the tokens
+# are "attn_seq" (`context` only), where `tensor` splits heads and MLP hidden units.
 ACTIVATION_AXES = ("batch", "seq", "embed")
-QKV_AXES = ("batch", "seq", "heads", "kv")
+QKV_AXES = context_parallel.QKV_AXES
 TEXT_KV_AXES = ("batch", "text_seq", "heads", "kv")  # text is never context-sharded
+MLP_AXES = ("batch", "attn_seq", "mlp")
 
 # How adaLN conditioning reaches each block:
 #   "shared":    one Dense(silu(t_emb)) -> 6 x D for all blocks, plus a learned
@@ -105,7 +111,7 @@ class TimestepEmbedder(nn.Module):
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
     emb = timestep_embedding(t, self.frequency_dim).astype(self.dtype)  # [B, F]
-    emb = dense(self.features, ("freq", "mlp"), "hidden", self.dtype, self.param_dtype,
+    emb = dense(self.features, ("freq", "embed"), "hidden", self.dtype, self.param_dtype,
                 use_bias=True)(emb)
     return dense(self.features, ("mlp", "embed"), "out", self.dtype, self.param_dtype,
                  use_bias=True)(nn.silu(emb))  # [B, D]
@@ -136,11 +142,15 @@ class Attention(nn.Module):
 
   Self-attention when `context` is None; cross-attention to `context` otherwise.
   QK-norm bounds the attention logits, which keeps bf16 training of large video
-  models from the logit growth that otherwise shows up as loss spikes.
+  models from the logit growth that otherwise shows up as loss spikes. Self-attention
+  is context-parallel under a mesh that splits the tokens (`context_attention`:
+  "all_gather" or "ring", mgjax/parallel/context_parallel.py); cross-attention needs
+  nothing more, as every device holds the whole (short) text.
   """
   num_heads: int
   qk_norm: bool = True
   zero_init_output: bool = False
+  context_attention: str = "all_gather"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -164,11 +174,14 @@ class Attention(nn.Module):
       q = rms_norm("query_norm", self.dtype, self.param_dtype)(q)
       k = rms_norm("key_norm", self.dtype, self.param_dtype)(k)
     prefix = "cross_" if cross else ""
-    q = checkpoint_name(nn.with_logical_constraint(q, QKV_AXES), prefix + "query_proj")
-    k = checkpoint_name(nn.with_logical_constraint(k, kv_axes), prefix + "key_proj")
-    v = checkpoint_name(nn.with_logical_constraint(v, kv_axes), prefix + "value_proj")
-    out = attention(q, k, v, mask)  # [B, S, N, Dh]
-    out = checkpoint_name(nn.with_logical_constraint(out, QKV_AXES), prefix + "attention_out")
+    q = checkpoint_name(constrain(q, QKV_AXES), prefix + "query_proj")
+    k = checkpoint_name(constrain(k, kv_axes), prefix + "key_proj")
+    v = checkpoint_name(constrain(v, kv_axes), prefix + "value_proj")
+    if cross:
+      out = attention(q, k, v, mask)  # [B, S, N, Dh]
+    else:
+      out = context_parallel.attention(q, k, v, mask, mode=self.context_attention)
+    out = checkpoint_name(constrain(out, QKV_AXES), prefix + "attention_out")
     return dense(d, ("heads", "kv", "embed"), "out", self.dtype, self.param_dtype,
                  zero=self.zero_init_output, num_inputs=2)(out)  # [B, S, D]
 
@@ -183,7 +196,7 @@ class SwiGLU(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, S, D]
     gate = dense(self.mlp_dim, ("embed", "mlp"), "gate", self.dtype, self.param_dtype)(x)
     up = dense(self.mlp_dim, ("embed", "mlp"), "up", self.dtype, self.param_dtype)(x)
-    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "seq", "mlp"))
+    hidden = constrain(nn.silu(gate) * up, MLP_AXES)
     hidden = checkpoint_name(hidden, "mlp_hidden")  # [B, S, F]
     return dense(x.shape[-1], ("mlp", "embed"), "down", self.dtype, self.param_dtype)(hidden)
 
@@ -199,6 +212,7 @@ class DiTBlock(nn.Module):
   mlp_dim: int
   modulation: str = "shared"
   qk_norm: bool = True
+  context_attention: str = "all_gather"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -206,7 +220,7 @@ class DiTBlock(nn.Module):
   def __call__(self, x, pos, modulation, text, text_mask):
     d = x.shape[-1]
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = nn.with_logical_constraint(x + pos.astype(x.dtype), ACTIVATION_AXES)  # [B, S, D]
+    x = constrain(x + pos.astype(x.dtype), ACTIVATION_AXES)  # [B, S, D]
 
     if self.modulation == "per_block":
       mod = dense((NUM_MODULATION_VECTORS, d), ("embed", "modulation", "mlp"), "adaln",
@@ -223,7 +237,8 @@ class DiTBlock(nn.Module):
         mod[:, i] for i in range(NUM_MODULATION_VECTORS))  # each [B, D]
 
     h = modulate(rms_norm("attention_norm", **common)(x), shift_a, scale_a)
-    h = Attention(self.num_heads, self.qk_norm, name="self_attention", **common)(h)
+    h = Attention(self.num_heads, self.qk_norm, context_attention=self.context_attention,
+                  name="self_attention", **common)(h)
     x = x + gate_a[:, None] * h
 
     h = rms_norm("cross_attention_norm", **common)(x)
@@ -232,4 +247,4 @@ class DiTBlock(nn.Module):
 
     h = modulate(rms_norm("mlp_norm", **common)(x), shift_f, scale_f)
     x = x + gate_f[:, None] * SwiGLU(self.mlp_dim, name="mlp", **common)(h)
-    return nn.with_logical_constraint(x, ACTIVATION_AXES), None
+    return constrain(x, ACTIVATION_AXES), None

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from mgjax.models.attention import attention
 from mgjax.models.layers import FrameGroupNorm, identity_temporal_init, logical_init
+from mgjax.parallel.sharding import constrain
 
 CONV2D_AXES = (None, None, "conv_in", "conv_out")
 CONV_T_AXES = (None, None, None, "conv_in", "conv_out")
@@ -82,7 +83,7 @@ class ResBlock(nn.Module):
                    kernel_init=logical_init(nn.initializers.lecun_normal(),
                                             ("conv_in", "conv_out")),
                    bias_init=logical_init(nn.initializers.zeros, ("conv_out",)))(x)
-    return nn.with_logical_constraint(x + h, ACTIVATION_AXES)
+    return constrain(x + h, ACTIVATION_AXES)
 
 
 class SelfAttention(nn.Module):

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
@@ -57,12 +58,51 @@ def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> dict[str, 
   return resolved
 
 
-def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds the (data, fsdp, context, tensor) mesh with Auto axis types."""
+def resolve_dcn_sizes(dcn_sizes: Mapping[str, int] | None) -> dict[str, int]:
+  """Per-axis slice (node) counts of a multi-slice mesh; every size explicit."""
+  dcn_sizes = dict(dcn_sizes or {})
+  unknown = set(dcn_sizes) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"Unknown dcn_mesh axes {sorted(unknown)}; mesh axes are {MESH_AXES}.")
+  resolved = {axis: int(dcn_sizes.get(axis, 1)) for axis in MESH_AXES}
+  bad = [axis for axis, size in resolved.items() if size < 1]
+  if bad:
+    raise ValueError(f"dcn_mesh sizes must be positive (no -1); bad: {bad}.")
+  return resolved
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None,
+              dcn_sizes: Mapping[str, int] | None = None) -> Mesh:
+  """Builds the (data, fsdp, context, tensor) mesh with Auto axis types.
+
+  `sizes` lay out the devices of one slice (TPU) or node (GPU), whose links are
+  fast (ICI, NVLink); `dcn_sizes` (default all 1) repeat that layout across slices
+  or nodes over the data-centre network, so that axis `a` spans
+  sizes[a] x dcn_sizes[a] devices with the slow hops on the outside. Put only `data`
+  (or `fsdp`) across slices: their collectives are one all-reduce or all-gather per
+  step, which DCN bandwidth can carry.
+  """
   devices = list(devices if devices is not None else jax.devices())
-  resolved = resolve_axis_sizes(sizes, len(devices))
+  dcn = resolve_dcn_sizes(dcn_sizes)
+  num_slices = math.prod(dcn.values())
+  if len(devices) % num_slices:
+    raise ValueError(f"dcn_mesh {dcn} asks for {num_slices} slices, which do not divide the "
+                     f"{len(devices)} devices.")
+  resolved = resolve_axis_sizes(sizes, len(devices) // num_slices)
   shape = tuple(resolved[axis] for axis in MESH_AXES)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if num_slices > 1:
+    # A slice is a TPU slice where devices know theirs, else one process (a GPU node).
+    grid = mesh_utils.create_hybrid_device_mesh(
+        shape, tuple(dcn[axis] for axis in MESH_AXES), devices,
+        process_is_granule=not hasattr(devices[0], "slice_index"))
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
   if devices == list(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+
+
+def mesh_from_config(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh of a run's config (`mesh`, and `dcn_mesh` when present)."""
+  dcn = config.get("dcn_mesh")
+  return make_mesh(config.mesh.to_dict(), devices, dcn.to_dict() if dcn else None)

@@ -47,6 +47,12 @@ class Task(abc.ABC):
     leaves of a fresh state (pretrained encoders); read on the host, never under jit."""
     return {}
 
+  def check_mesh(self, mesh: jax.sharding.Mesh) -> None:
+    """Raises ValueError, naming the mesh axis and the sizes, when an axis does not
+    divide a dimension the task needs split (heads, MLP width, tokens); the trainer
+    calls it before building the state."""
+    del mesh
+
   @abc.abstractmethod
   def loss(self, params: PyTree, frozen: PyTree, batch: Batch, rng: jax.Array,
            step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -32,6 +32,7 @@ from mgjax.data.video import write_video
 from mgjax.models.dit import VideoDiT
 from mgjax.models.tae import TAE
 from mgjax.models.tae_tiling import tiled_decode
+from mgjax.parallel import distributed
 from mgjax.tasks.base import Task
 from mgjax.tasks.tae import make_tae, prepare_manifest, to_signed, to_uint8
 from mgjax.text.conditioning import TextConditioner
@@ -44,7 +45,8 @@ class T2VTask(Task):
     if config.train.batch_size:
       raise ValueError("The t2v task takes its batch sizes from data.buckets (name, frames, "
                        "height, width, batch_size); leave train.batch_size at 0.")
-    self.dit = VideoDiT.from_config(config.model)
+    self.dit = VideoDiT.from_config(
+        config.model, context_attention=configs.parallel_settings(config)["context_attention"])
     self.text = TextConditioner(config.text)
     self.buckets = buckets_from_config(config.data.buckets)
     self.tae_workdir = config.tae.workdir or os.path.join(workdir, "tae")
@@ -106,6 +108,23 @@ class T2VTask(Task):
     b, t, h, w, _ = batch["latent"].shape
     pt, ph, pw = self.config.model.patch_size
     return b * (t // pt) * (h // ph) * (w // pw)
+
+  def check_mesh(self, mesh):
+    """`tensor` must split heads and MLP width; `context` (x `tensor` under sequence
+    parallelism) every bucket's token count."""
+    model, tensor = self.config.model, mesh.shape["tensor"]
+    for name, size in (("num_heads", model.num_heads), ("mlp_dim", model.mlp_dim)):
+      if size % tensor:
+        raise ValueError(f"Mesh axis tensor={tensor} does not divide model.{name}={size}; "
+                         f"use a tensor size that divides {name}.")
+    sequence_parallel = configs.parallel_settings(self.config)["sequence_parallel"]
+    split = mesh.shape["context"] * (tensor if sequence_parallel else 1)
+    for name, spec in self.batch_specs().items():
+      tokens = self.batch_tokens(spec) // spec["latent"].shape[0]
+      if tokens % split:
+        axes = "context x tensor (sequence_parallel)" if sequence_parallel else "context"
+        raise ValueError(f"Mesh axes {axes} = {split} do not divide the {tokens} tokens of "
+                         f"bucket {name!r}; pick sizes that divide every bucket's tokens.")
 
   # ------------------------------------------------------------------- model
   def init(self, rng):
@@ -182,9 +201,10 @@ class T2VTask(Task):
         return {}
       step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
       fingerprint = f"{os.path.abspath(self.tae_workdir)}@{step}"
-      self._latent_sets[split] = latents_lib.cached_latents(
-          os.path.join(self.workdir, "latents"), split, records, self.buckets,
-          data.fps or None, fingerprint, self.encode_pixels)
+      self._latent_sets[split] = distributed.first_process_first(
+          f"latents_{split}", lambda: latents_lib.cached_latents(
+              os.path.join(self.workdir, "latents"), split, records, self.buckets,
+              data.fps or None, fingerprint, self.encode_pixels))
     return self._latent_sets[split]
 
   def stats(self) -> tuple[np.ndarray, np.ndarray]:

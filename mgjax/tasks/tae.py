@@ -33,6 +33,7 @@ from mgjax.models.perceptual import (PerceptualNetwork, load_perceptual_params,
                                      perceptual_distance)
 from mgjax.models.tae import TAE
 from mgjax.models.tae_losses import kl_divergence, latent_norm_ratio, outlier_penalty
+from mgjax.parallel import distributed
 from mgjax.tasks.base import Task
 
 
@@ -59,9 +60,9 @@ def prepare_manifest(data_config, workdir: str) -> str:
   data_dir = data_config.dir or os.path.join(workdir, "shapes")
   if data_config.name == "shapes":
     s = data_config.shapes
-    return shapes.ensure_dataset(data_dir, num_videos=s.num_videos, seed=s.seed, fps=s.fps,
-                                 num_frames=s.num_frames, height=s.height, width=s.width,
-                                 num_images=s.num_images)
+    return distributed.first_process_first("shapes", lambda: shapes.ensure_dataset(
+        data_dir, num_videos=s.num_videos, seed=s.seed, fps=s.fps, num_frames=s.num_frames,
+        height=s.height, width=s.width, num_images=s.num_images))
   if data_config.name == "manifest":
     return os.path.join(data_dir, "manifest.jsonl")
   raise ValueError(f"Unknown data.name {data_config.name!r}; use 'shapes' or 'manifest'.")
