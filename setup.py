@@ -29,7 +29,11 @@ setup(
     extras_require={
         # torch: the reference implementations the text-encoder parity tests compare to.
         # Pinned: a range would let pip pick a newer, multi-GB CUDA build.
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11", "torch==2.13.0"],
+        # jax[tpu]: the libtpu matching whichever jax resolves (0.0.42.x for jax 0.10.2;
+        # ~210 MB wheel, ~680 MB installed), for the ahead-of-time TPU v5p compile test of
+        # the Pallas TPU attention (skipped without it). Unused with JAX_PLATFORMS=cpu.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11", "torch==2.13.0",
+                 "jax[tpu]"],
         # Ahead-of-time compilation for TPU topologies on a CPU machine: libtpu matching jax.
         "tpu": ["jax[tpu]"],
     },

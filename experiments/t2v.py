@@ -79,6 +79,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       max_width=64,
       modulation="shared",      # "shared" (adaLN-single) | "per_block" (adaLN-Zero)
       qk_norm=True,
+      attention_implementation="auto",  # mgjax/kernels/attention: xla|cudnn|pallas_gpu|pallas_tpu
       scan_layers=True,
       remat_policy="full",      # see mgjax.models.dit_blocks.REMAT_POLICIES
       dtype="bfloat16",

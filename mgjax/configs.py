@@ -36,7 +36,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
 
 PARALLEL_DEFAULTS = dict(
     sequence_parallel=False,         # also split norms/residuals' tokens over tensor
-    context_attention="all_gather",  # "all_gather" | "ring" (parallel/context_parallel.py)
+    context_attention="all_gather",  # "all_gather" | "ring" (parallel/attention.py)
 )
 
 

@@ -7,6 +7,7 @@ one-device step, and the parameters, optimizer state and batch must carry the
 shardings the logical rules promise.
 """
 
+import dataclasses
 import functools
 import re
 
@@ -23,7 +24,8 @@ from mgjax import configs, flow, optim
 from mgjax import train as train_lib
 from mgjax.models.dit import VideoDiT
 from mgjax.models.dit_blocks import ACTIVATION_AXES, MLP_AXES, QKV_AXES
-from mgjax.parallel import context_parallel
+from mgjax.kernels.attention import reference
+from mgjax.parallel import attention as mesh_attention
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.parallel import sharding as sharding_lib
 from mgjax.tasks.base import Task
@@ -32,11 +34,12 @@ BATCH, FRAMES, SIZE, CHANNELS = 8, 4, 8, 16  # latents [8, 4, 8, 8, 16]: 64 toke
 TEXT_LENGTH, TEXT_DIM = 12, 32
 
 
-def tiny_dit(context_attention="all_gather"):
+def tiny_dit(context_attention="all_gather", attention_implementation="auto", remat="full"):
   # 8 heads so that tensor=8 splits them; remat + scan as in the large configs.
   return VideoDiT(num_layers=2, embed_dim=64, mlp_dim=128, num_heads=8, max_frames=8,
-                  max_height=8, max_width=8, remat_policy="full",
-                  context_attention=context_attention)
+                  max_height=8, max_width=8, remat_policy=remat,
+                  context_attention=context_attention,
+                  attention_implementation=attention_implementation)
 
 
 class DiTFlowTask(Task):
@@ -88,11 +91,12 @@ def run_config(mesh_sizes, sequence_parallel=False, context_attention="all_gathe
   return config
 
 
-def two_steps(config, devices):
+def two_steps(config, devices, attention_implementation="auto", remat="full"):
   """(state after two steps, their metrics, state shardings, mesh, compiled step).
 
   Two, because warmup makes the first step's learning rate 0."""
-  task = DiTFlowTask(config, tiny_dit(config.parallel.context_attention))
+  task = DiTFlowTask(config, tiny_dit(config.parallel.context_attention,
+                                      attention_implementation, remat))
   mesh = mesh_lib.make_mesh(config.mesh.to_dict(), devices)
   rules = sharding_lib.rules_for(config)
   optimizer, _ = optim.make_optimizer(config.optimizer, 10)
@@ -216,7 +220,7 @@ def test_activation_shardings_follow_the_rules():
     assert specs[MLP_AXES] == P(("data", "fsdp"), "context", "tensor")
 
 
-@pytest.mark.parametrize("mode", context_parallel.MODES)
+@pytest.mark.parametrize("mode", mesh_attention.MODES)
 def test_context_parallel_attention_equals_plain_attention(mode):
   """Forward and gradients of the all-gather and ring variants on a context=4 mesh."""
   rng = np.random.default_rng(1)
@@ -227,9 +231,9 @@ def test_context_parallel_attention_equals_plain_attention(mode):
   def loss(attention_fn, q, k, v):
     return jnp.sum(jnp.sin(attention_fn(q, k, v)))
 
-  plain = jax.value_and_grad(functools.partial(loss, context_parallel.plain_attention),
+  plain = jax.value_and_grad(functools.partial(loss, reference.attention),
                              argnums=(0, 1, 2))(q, k, v)
-  parallel_fn = functools.partial(context_parallel.attention, mode=mode)
+  parallel_fn = functools.partial(mesh_attention.self_attention, mode=mode)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.rules_for(config)):
     lowered = jax.jit(jax.value_and_grad(functools.partial(loss, parallel_fn),
                                          argnums=(0, 1, 2))).lower(q, k, v)
@@ -272,8 +276,47 @@ def test_dcn_mesh_needs_matching_slices():
     mesh_lib.make_mesh(dict(fsdp=-1), jax.devices()[:8], dcn_sizes=dict(data=-1))
 
 
-@pytest.mark.parametrize("mode", context_parallel.MODES)
+@pytest.mark.parametrize("mode", mesh_attention.MODES)
 def test_step_memory_falls_as_context_grows(mode):
   """XLA's per-device temporaries of a 1024-token step (benchmarks/ prints larger)."""
   temp = [step_temp_bytes(context, frames=16, size=16, mode=mode) for context in (1, 2, 4)]
   assert temp[1] < 0.7 * temp[0] and temp[2] < 0.7 * temp[1], temp
+
+
+def test_dcn_mesh_puts_slices_outermost():
+  """Two 4-device processes (GPU nodes): dcn data=2 makes each data row one node;
+  dcn fsdp=2 splits fsdp with the node as its outer part."""
+  @dataclasses.dataclass(frozen=True)
+  class Device:
+    id: int
+    process_index: int
+    platform: str = "cpu"
+    device_kind: str = "cpu"
+
+  devices = [Device(i, i // 4) for i in range(8)]
+  grid = mesh_lib.device_grid(dict(fsdp=-1), devices, dict(data=2))
+  assert grid.shape == (2, 4, 1, 1)
+  assert [{d.process_index for d in row.ravel()} for row in grid] == [{0}, {1}]
+  grid = mesh_lib.device_grid(dict(fsdp=2, tensor=2), devices, dict(fsdp=2))
+  assert grid.shape == (1, 4, 1, 2)
+  assert [[d.process_index for d in row] for row in grid[0, :, 0]] == [[0, 0], [0, 0],
+                                                                         [1, 1], [1, 1]]
+
+
+@pytest.mark.parametrize("implementation, mesh, mode, remat", [
+    ("pallas_gpu", {}, "all_gather", "full"),
+    ("pallas_gpu", dict(fsdp=2, context=2, tensor=2), "ring", "full"),
+])
+def test_dit_trains_with_the_pallas_kernels_like_xla(implementation, mesh, mode, remat):
+  """The whole tiny DiT (self- and cross-attention, masks from text padding) through
+  the Pallas kernels, run in interpret mode on CPU; on a mesh each device runs the
+  kernel on its shard and the ring merges the kernel's log-sum-exps."""
+  devices = jax.devices()[:max(1, int(np.prod(list(mesh.values()) or [1])))]
+  state, metrics, *_ = two_steps(run_config(mesh, context_attention=mode), devices,
+                                 implementation, remat)
+  ref_params, ref_metrics = reference_step()
+  np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-4)
+  np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-3)
+  for got, want in zip(jax.tree.leaves(jax.device_get(state.params)),
+                       jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)

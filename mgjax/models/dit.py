@@ -134,7 +134,9 @@ class VideoDiT(nn.Module):
       `mgjax.models.dit_blocks.MODULATIONS`.
     qk_norm: RMSNorm on each head's queries and keys.
     context_attention: "all_gather" | "ring", self-attention when the mesh's
-      `context` axis splits the tokens (mgjax/parallel/context_parallel.py).
+      `context` axis splits the tokens (mgjax/parallel/attention.py).
+    attention_implementation: the attention kernel, a name in
+      `mgjax.kernels.attention.IMPLEMENTATIONS` ("auto" picks per platform).
     frequency_dim: width of the sinusoidal timestep features.
     scan_layers: nn.scan over blocks (params stacked on a "layers" axis) vs a loop.
     remat_policy: a name in `mgjax.models.dit_blocks.REMAT_POLICIES`.
@@ -152,6 +154,7 @@ class VideoDiT(nn.Module):
   modulation: str = "shared"
   qk_norm: bool = True
   context_attention: str = "all_gather"
+  attention_implementation: str = "auto"
   frequency_dim: int = 256
   scan_layers: bool = True
   remat_policy: str = "none"
@@ -216,9 +219,8 @@ class VideoDiT(nn.Module):
       block_modulation = cond  # [B, D]; each block has its own Dense
 
     text_tokens, text_valid = self._embed_text(text, text_mask)  # [B, L, D], [B, L]
-    text_attention_mask = text_valid[:, None, None, :]  # [B, 1, 1, L]
 
-    x_tok = self._blocks(tokens, pos, block_modulation, text_tokens, text_attention_mask)
+    x_tok = self._blocks(tokens, pos, block_modulation, text_tokens, text_valid)
 
     h = rms_norm("final_norm", use_scale=False, **common)(x_tok)
     shift, scale = jnp.split(dense((2, d), ("embed", "modulation", "mlp"), "final_adaln",
@@ -239,12 +241,13 @@ class VideoDiT(nn.Module):
       masks.append(mask)
     return jnp.concatenate(embs, axis=1), jnp.concatenate(masks, axis=1)
 
-  def _blocks(self, x, pos, modulation, text, text_mask):
+  def _blocks(self, x, pos, modulation, text, text_valid):
     """The N conditioned blocks, scanned or looped, with remat per block."""
     block_kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                         modulation=self.modulation, qk_norm=self.qk_norm,
-                        context_attention=self.context_attention, dtype=self.dtype,
-                        param_dtype=self.param_dtype)
+                        context_attention=self.context_attention,
+                        attention_implementation=self.attention_implementation,
+                        dtype=self.dtype, param_dtype=self.param_dtype)
     block_cls = DiTBlock
     policy_name = self.remat_policy
     if policy_name != "none":
@@ -257,10 +260,10 @@ class VideoDiT(nn.Module):
       stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast,) * 4, length=self.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="layers", **block_kwargs)(x, pos, modulation, text, text_mask)
+      x, _ = stack(name="layers", **block_kwargs)(x, pos, modulation, text, text_valid)
       return x
     for i in range(self.num_layers):
-      x, _ = block_cls(name=f"layers_{i}", **block_kwargs)(x, pos, modulation, text, text_mask)
+      x, _ = block_cls(name=f"layers_{i}", **block_kwargs)(x, pos, modulation, text, text_valid)
     return x
 
 

@@ -25,17 +25,16 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from mgjax.models.attention import attention
 from mgjax.models.layers import dense, logical_init
-from mgjax.parallel import context_parallel
+from mgjax.parallel import attention as mesh_attention
 from mgjax.parallel.sharding import constrain
 
 # Logical names of activations. The residual stream's "seq" is split over `context`
 # (and `tensor` under sequence parallelism); inside attention and the MLP the tokens
 # are "attn_seq" (`context` only), where `tensor` splits heads and MLP hidden units.
 ACTIVATION_AXES = ("batch", "seq", "embed")
-QKV_AXES = context_parallel.QKV_AXES
-TEXT_KV_AXES = ("batch", "text_seq", "heads", "kv")  # text is never context-sharded
+QKV_AXES = mesh_attention.QKV_AXES
+TEXT_KV_AXES = mesh_attention.TEXT_KV_AXES
 MLP_AXES = ("batch", "attn_seq", "mlp")
 
 # How adaLN conditioning reaches each block:
@@ -142,22 +141,24 @@ class Attention(nn.Module):
 
   Self-attention when `context` is None; cross-attention to `context` otherwise.
   QK-norm bounds the attention logits, which keeps bf16 training of large video
-  models from the logit growth that otherwise shows up as loss spikes. Self-attention
-  is context-parallel under a mesh that splits the tokens (`context_attention`:
-  "all_gather" or "ring", mgjax/parallel/context_parallel.py); cross-attention needs
-  nothing more, as every device holds the whole (short) text.
+  models from the logit growth that otherwise shows up as loss spikes. The kernel
+  is `attention_implementation` (mgjax/kernels/attention: auto, xla, cudnn,
+  pallas_gpu, pallas_tpu), run per device under a mesh; self-attention is
+  context-parallel when the mesh splits the tokens (`context_attention`: "all_gather"
+  or "ring", mgjax/parallel/attention.py).
   """
   num_heads: int
   qk_norm: bool = True
   zero_init_output: bool = False
   context_attention: str = "all_gather"
+  attention_implementation: str = "auto"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               mask: jax.Array | None = None) -> jax.Array:
-    # x: [B, S, D]; context: [B, L, D] or None; mask: bool broadcastable to [B, N, S, L].
+               context_valid: jax.Array | None = None) -> jax.Array:
+    # x: [B, S, D]; context: [B, L, D] or None; context_valid: bool [B, L] or None.
     d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"Model width {d} is not divisible by {self.num_heads} heads.")
@@ -178,9 +179,12 @@ class Attention(nn.Module):
     k = checkpoint_name(constrain(k, kv_axes), prefix + "key_proj")
     v = checkpoint_name(constrain(v, kv_axes), prefix + "value_proj")
     if cross:
-      out = attention(q, k, v, mask)  # [B, S, N, Dh]
+      out = mesh_attention.cross_attention(
+          q, k, v, context_valid, implementation=self.attention_implementation)
     else:
-      out = context_parallel.attention(q, k, v, mask, mode=self.context_attention)
+      out = mesh_attention.self_attention(
+          q, k, v, mode=self.context_attention,
+          implementation=self.attention_implementation)  # [B, S, N, Dh]
     out = checkpoint_name(constrain(out, QKV_AXES), prefix + "attention_out")
     return dense(d, ("heads", "kv", "embed"), "out", self.dtype, self.param_dtype,
                  zero=self.zero_init_output, num_inputs=2)(out)  # [B, S, D]
@@ -205,19 +209,20 @@ class DiTBlock(nn.Module):
   """One conditioned LLaMa3 layer; returns (x, None) so nn.scan can stack it.
 
   Call with x [B, S, D], pos [S, D], modulation (silu(t_emb) [B, D] for
-  "per_block", shared [B, 6, D] for "shared"), text [B, L, D], text_mask
-  [B, 1, 1, L].
+  "per_block", shared [B, 6, D] for "shared"), text [B, L, D], text_valid
+  bool [B, L].
   """
   num_heads: int
   mlp_dim: int
   modulation: str = "shared"
   qk_norm: bool = True
   context_attention: str = "all_gather"
+  attention_implementation: str = "auto"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, pos, modulation, text, text_mask):
+  def __call__(self, x, pos, modulation, text, text_valid):
     d = x.shape[-1]
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = constrain(x + pos.astype(x.dtype), ACTIVATION_AXES)  # [B, S, D]
@@ -237,13 +242,14 @@ class DiTBlock(nn.Module):
         mod[:, i] for i in range(NUM_MODULATION_VECTORS))  # each [B, D]
 
     h = modulate(rms_norm("attention_norm", **common)(x), shift_a, scale_a)
+    attention_kwargs = dict(attention_implementation=self.attention_implementation, **common)
     h = Attention(self.num_heads, self.qk_norm, context_attention=self.context_attention,
-                  name="self_attention", **common)(h)
+                  name="self_attention", **attention_kwargs)(h)
     x = x + gate_a[:, None] * h
 
     h = rms_norm("cross_attention_norm", **common)(x)
     x = x + Attention(self.num_heads, self.qk_norm, zero_init_output=True,
-                      name="cross_attention", **common)(h, text, text_mask)
+                      name="cross_attention", **attention_kwargs)(h, text, text_valid)
 
     h = modulate(rms_norm("mlp_norm", **common)(x), shift_f, scale_f)
     x = x + gate_f[:, None] * SwiGLU(self.mlp_dim, name="mlp", **common)(h)

@@ -27,6 +27,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
+AXIS_TYPES = (AxisType.Auto,) * len(MESH_AXES)
 
 
 def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
@@ -71,9 +72,9 @@ def resolve_dcn_sizes(dcn_sizes: Mapping[str, int] | None) -> dict[str, int]:
   return resolved
 
 
-def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None,
-              dcn_sizes: Mapping[str, int] | None = None) -> Mesh:
-  """Builds the (data, fsdp, context, tensor) mesh with Auto axis types.
+def device_grid(sizes: Mapping[str, int], devices: Sequence[jax.Device],
+                dcn_sizes: Mapping[str, int] | None = None) -> np.ndarray:
+  """The devices arranged as the (data, fsdp, context, tensor) mesh array.
 
   `sizes` lay out the devices of one slice (TPU) or node (GPU), whose links are
   fast (ICI, NVLink); `dcn_sizes` (default all 1) repeat that layout across slices
@@ -82,7 +83,7 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = N
   (or `fsdp`) across slices: their collectives are one all-reduce or all-gather per
   step, which DCN bandwidth can carry.
   """
-  devices = list(devices if devices is not None else jax.devices())
+  devices = list(devices)
   dcn = resolve_dcn_sizes(dcn_sizes)
   num_slices = math.prod(dcn.values())
   if len(devices) % num_slices:
@@ -90,16 +91,21 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = N
                      f"{len(devices)} devices.")
   resolved = resolve_axis_sizes(sizes, len(devices) // num_slices)
   shape = tuple(resolved[axis] for axis in MESH_AXES)
-  axis_types = (AxisType.Auto,) * len(MESH_AXES)
   if num_slices > 1:
     # A slice is a TPU slice where devices know theirs, else one process (a GPU node).
-    grid = mesh_utils.create_hybrid_device_mesh(
+    return mesh_utils.create_hybrid_device_mesh(
         shape, tuple(dcn[axis] for axis in MESH_AXES), devices,
         process_is_granule=not hasattr(devices[0], "slice_index"))
-    return Mesh(grid, MESH_AXES, axis_types=axis_types)
-  if devices == list(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+  if devices == list(jax.devices()):  # lets jax pick a topology-aware order
+    return jax.make_mesh(shape, MESH_AXES, axis_types=AXIS_TYPES).devices
+  return np.asarray(devices).reshape(shape)
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None,
+              dcn_sizes: Mapping[str, int] | None = None) -> Mesh:
+  """The (data, fsdp, context, tensor) mesh over `devices` (default: all), Auto axes."""
+  devices = list(devices if devices is not None else jax.devices())
+  return Mesh(device_grid(sizes, devices, dcn_sizes), MESH_AXES, axis_types=AXIS_TYPES)
 
 
 def mesh_from_config(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
