@@ -13,9 +13,8 @@ Implementations, all with the layout [B, S, N, D] and segment-id masking (see
   pallas_tpu  mgjax's Pallas Mosaic TPU flash attention.
   auto        tpu -> pallas_tpu; gpu -> cudnn where it applies (and no lse is
               asked for), else pallas_gpu;
-              cpu -> xla. The GPU choice follows the measured table in
-              docs/benchmarks.md (`benchmarks/attention.py`); revise it when a
-              device's figures say otherwise.
+              cpu -> xla. The GPU rule is not yet measured: run
+              `benchmarks/attention.py` on the device and revise it from the table.
 
 On CPU the Pallas kernels run in interpret mode (their GPU or TPU semantics,
 executed by the interpreter), which is how the test suite proves them; slow, but
