@@ -54,9 +54,11 @@ def self_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     local = functools.partial(kernels.attention, implementation=implementation)
   else:
     axes = (seq_axes,) if isinstance(seq_axes, str) else tuple(seq_axes)
-    size = math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in axes)
-    local = functools.partial(_gathered if mode == "all_gather" else _ring, axes=axes,
-                              size=size, implementation=implementation)
+    if mode == "all_gather":
+      local = functools.partial(_gathered, axes=axes, implementation=implementation)
+    else:
+      size = math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in axes)
+      local = functools.partial(_ring, axes=axes, size=size, implementation=implementation)
   return jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec,
                        check_vma=False)(query, key, value)
 
@@ -84,9 +86,8 @@ def cross_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                        out_specs=q_spec, check_vma=False)(query, key, value, q_ids, kv_ids)
 
 
-def _gathered(query, key, value, *, axes, size, implementation):
+def _gathered(query, key, value, *, axes, implementation):
   """Local queries [B, S/c, N, D] against the all-gathered keys and values."""
-  del size
   key = jax.lax.all_gather(key, axes, axis=1, tiled=True)  # [B, S, N, D]
   value = jax.lax.all_gather(value, axes, axis=1, tiled=True)
   return kernels.attention(query, key, value, implementation=implementation)
