@@ -15,6 +15,8 @@ setup(
         "optax>=0.2.8",
         "orbax-checkpoint==0.12.8",  # CheckpointManager / args API moves between releases
         "grain==0.2.18",
+        "array-record>=0.8",         # ArrayRecord shards of precomputed latents
+        "tensorflow-datasets>=4.9.9",  # TFDS sets via tfds.data_source; no TensorFlow needed
         "ml-collections>=1.1.0",
         "absl-py>=2.1",
         "einops>=0.8",

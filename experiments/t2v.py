@@ -111,20 +111,28 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # for `train_steps` steps (0: the TAE config's own number), on the same data.
   config.tae = ml_collections.ConfigDict(dict(workdir="", train_config="", train_steps=0))
 
-  config.data = ml_collections.ConfigDict(dict(
-      name="manifest",   # "manifest" (dir/manifest.jsonl) | "shapes" (made if absent)
-      dir="",            # default: <workdir>/shapes
-      shapes=ml_collections.ConfigDict(dict(
-          num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64,
-          num_images=64)),
-      fps=16.0,          # clips are resampled to this rate; its tag prefixes captions
+  # Sources and pipeline knobs: mgjax/configs.py `data_config`.
+  config.data = configs.data_config(
+      name="manifest",
       # One bucket per batch: (name, frames, height, width, batch size). A clip goes
       # to the bucket nearest its aspect ratio and duration (mgjax/data/buckets.py);
       # 1-frame buckets take the still images.
       buckets=(("image_1x1", 1, 256, 256, 64), ("image_16x9", 1, 256, 448, 32),
                ("video_1x1", 128, 256, 256, 4), ("video_16x9", 128, 256, 448, 2)),
       image_fraction=0.1,  # share of steps on image buckets (text-to-image)
-  ))
+      # Precomputed latents (mgjax/data/latent_shards.py): made by
+      # `python -m mgjax.data.precompute`, or in <workdir>/latents when empty.
+      latents_dir="",
+      shard_size=256,      # examples per ArrayRecord shard
+      # Also store the outputs of the frozen text encoders that load weights from a
+      # path (float32 [L, D] per encoder and example: large for UL2), so training
+      # skips them.
+      precompute_text=False,
+      # True: encode every batch with the TAE instead (random clips each epoch).
+      encode_on_the_fly=False,
+      random_clip_start=True,  # on the fly: clips start anywhere in the video
+      stats_examples=1024,     # on the fly: examples per bucket for the latent statistics
+  )
 
   config.eval = ml_collections.ConfigDict(dict(
       num_prompts_per_bucket=8,  # held-out captions (split "eval") sampled per bucket

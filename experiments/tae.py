@@ -48,22 +48,20 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
           channels=(64, 128, 256), temporal_strides=(1, 2, 2), norm_groups=32)),
   ))
 
-  config.data = ml_collections.ConfigDict(dict(
-      name="shapes",     # "shapes" (made if absent) | "manifest" (dir/manifest.jsonl)
-      dir="",            # default: <workdir>/shapes
+  # Sources and pipeline knobs: mgjax/configs.py `data_config`.
+  config.data = configs.data_config(
       shapes=ml_collections.ConfigDict(dict(
           num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64,
           num_images=8)),
-      num_frames=8,      # frames per training clip
+      num_frames=8,        # frames per training clip
       image_fraction=0.0,  # share of steps that train on single frames (images)
       image_batch_size=64,
-      fps=0.0,           # sample clips at this frame rate; 0: the file's own
-      resize=(),         # (h, w) to scale-and-crop frames to before cropping; (): none
-      height=64,         # training crop
+      fps=0.0,             # the file's own frame rate (at least min_fps)
+      min_fps=0.0,
+      scale_to=(),         # (h, w) to scale-to-cover frames to before cropping; (): none
+      height=64,           # training crop
       width=64,
-      num_workers=2,
-      max_skip_fraction=0.1,
-  ))
+  )
 
   config.eval = ml_collections.ConfigDict(dict(
       num_clips=16, num_frames=32, height=0, width=0, batch_size=4,

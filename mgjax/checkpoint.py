@@ -1,7 +1,8 @@
 """Orbax checkpoints of the whole training state, saved asynchronously.
 
 A checkpoint holds the train state (params, frozen params, optimizer state, step,
-RNG) and the config as JSON. Orbax writes each step into a temporary directory and
+RNG), the input pipeline's state (`DataIterator.get_state()`, JSON) and the config
+as JSON. Orbax writes each step into a temporary directory and
 renames it when complete, so a process killed mid-save leaves nothing that
 `latest_step()` would pick up. Restoring takes the abstract state with the target
 shardings, so a checkpoint loads onto whatever mesh the current run uses.
@@ -26,18 +27,19 @@ class Checkpointer:
         save_interval_steps=max(save_every, 1), max_to_keep=keep, create=not read_only,
         enable_async_checkpointing=async_save, read_only=read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "config"))
+                                         item_names=("state", "config", "data"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
-           force: bool = False) -> bool:
+           data_state: dict | None = None, force: bool = False) -> bool:
     """Starts an async save when `step` is due (or `force`); returns whether it did."""
-    return self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      config=ocp.args.JsonSave(config.to_dict())),
-        force=force)
+    items = dict(state=ocp.args.StandardSave(state),
+                 config=ocp.args.JsonSave(config.to_dict()))
+    if data_state is not None:
+      items["data"] = ocp.args.JsonSave(data_state)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores the state at `step` with the shardings of `abstract_state`."""
@@ -48,6 +50,13 @@ class Checkpointer:
   def restore_config(self, step: int) -> dict:
     return self.manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+  def restore_data(self, step: int) -> dict | None:
+    """The input pipeline's state saved at `step`, or None when it has none."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+      return None
+    return self.manager.restore(
+        step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
 
   def wait(self):
     self.manager.wait_until_finished()

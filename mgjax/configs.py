@@ -83,6 +83,30 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def data_config(**fields) -> ml_collections.ConfigDict:
+  """The `data` section every family shares (mgjax/data/sources.py), plus `fields`."""
+  data = ml_collections.ConfigDict(dict(
+      # "shapes" (synthetic, made in `dir` if absent) | "manifest" (dir/manifest.jsonl)
+      # | "image_folder" (images with a caption .txt each) | "tfds" (see `tfds`)
+      name="shapes",
+      dir="",              # default: <workdir>/shapes
+      shapes=ml_collections.ConfigDict(dict(
+          num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64,
+          num_images=64)),
+      # A TFDS data set prepared in array_record format (no TensorFlow needed).
+      tfds=ml_collections.ConfigDict(dict(
+          name="", split="train", data_dir="", media_key="image", caption_key="caption")),
+      fps=16.0,            # resample clips to this rate; 0: each video's own rate ...
+      min_fps=16.0,        # ... but at least this (the paper: original rate, >= 16)
+      num_threads=4,       # Grain read threads per process
+      num_workers=0,       # Grain worker processes (0: none, decode in threads)
+      prefetch=4,          # batches read ahead
+      max_skip_fraction=0.1,  # stop the run when more of the data is unusable
+  ))
+  data.update(fields)
+  return data
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config of "path/to/file.py:arg" (as given to --config), locked.
 

@@ -22,7 +22,7 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from mgjax.data.latents import tagged_caption
+from mgjax.data.examples import tagged_caption
 from mgjax.data.video import write_image, write_video
 from mgjax.flow import SCHEDULES, SOLVERS
 

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -123,8 +124,9 @@ def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shar
                   ema_decay: float = 0.0):
   """AOT-compiles the train step once per batch shape the task declares.
 
-  Returns {batch signature: (compiled step, batch shardings)}; the memory of each
-  compiled step is logged before training starts.
+  Returns {signature of this process's rows of the batch: (compiled step, batch
+  shardings, global rows)}; the memory of each compiled step is logged before
+  training starts.
   """
   step_fn = jax.jit(functools.partial(train_step, task=task, optimizer=optimizer,
                                       ema_decay=ema_decay),
@@ -146,8 +148,19 @@ def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shar
           checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings),
           abstract_batch).compile()
     log_memory(name, compiled)
-    compiled_steps[batch_signature(spec)] = (compiled, shardings)
+    rows = batch_rows(mesh)(next(iter(spec.values())).shape[0])
+    local_spec = {k: jax.ShapeDtypeStruct((rows.stop - rows.start,) + v.shape[1:], v.dtype)
+                  for k, v in spec.items()}
+    compiled_steps[batch_signature(local_spec)] = (compiled, shardings,
+                                                   next(iter(spec.values())).shape[0])
   return compiled_steps
+
+
+def batch_rows(mesh) -> Callable[[int], slice]:
+  """batch size -> the rows of a global batch this process's devices hold (and so
+  the rows its input pipeline reads)."""
+  sharding = sharding_lib.batch_sharding(mesh, 1)
+  return lambda batch_size: sharding_lib.process_rows(sharding, (batch_size,))
 
 
 def count_params(tree) -> int:
@@ -237,47 +250,55 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = MetricsWriter(workdir)
   eval_metrics: dict = {}
   last_log_time, last_log_step, tokens = time.time(), start_step, 0
-  batches = task.train_batches(start_step)
+  batches = task.train_batches(start_step, batch_rows(mesh))
+  data_state = checkpointer.restore_data(start_step) if start_step else None
+  if data_state is not None:
+    batches.set_state(data_state)
   progress = tqdm.tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        disable=not config.train.progress_bar or jax.process_index() != 0)
-  for step in range(start_step, num_steps):
-    host_batch = next(batches)
-    tokens += task.batch_tokens(host_batch)
-    signature = batch_signature(host_batch)
-    if signature not in step_fns:
-      raise ValueError(f"Batch {signature} at step {step} matches none of the shapes the "
-                       f"task declared in batch_specs(): {list(step_fns)}.")
-    compiled, shardings = step_fns[signature]
-    batch = sharding_lib.host_batch_to_global(host_batch, shardings)
-    state, metrics = compiled(state, batch)
-    progress.update()
-    done = step + 1
-    is_last = done == num_steps
-    should_save = done % config.train.checkpoint_every == 0 or is_last
-    should_log = done % config.train.log_every == 0 or is_last
-    if should_save or should_log:  # never log or checkpoint a non-finite state
-      metrics = jax.device_get(metrics)
-      check_finite(metrics, done, checkpointer.latest_step())
-    if should_log:
-      elapsed = time.time() - last_log_time
-      metrics["steps_per_second"] = (done - last_log_step) / max(elapsed, 1e-9)
-      if tokens:
-        metrics["tokens_per_second"] = tokens / max(elapsed, 1e-9)
-      metrics["learning_rate"] = schedule(done - 1)
-      metrics.update(task.data_metrics())
-      writer.write(done, metrics)
-      logging.info("step %d/%d %s", done, num_steps,
-                   " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
-      last_log_time, last_log_step, tokens = time.time(), done, 0
-      progress.set_postfix(loss=f"{float(metrics['loss']):.4g}")
-    if should_save:
-      checkpointer.save(done, state, config, force=True)
-      logging.info("Saving checkpoint at step %d", done)
-    if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
-      eval_metrics = task.evaluate(*evaluation_copy(state), done)
-      writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-      logging.info("eval step %d: %s", done,
-                   " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+  try:
+    for step in range(start_step, num_steps):
+      host_batch = next(batches)
+      signature = batch_signature(host_batch)
+      if signature not in step_fns:
+        raise ValueError(f"Batch {signature} at step {step} matches none of the shapes the "
+                         f"task declared in batch_specs(): {list(step_fns)}.")
+      compiled, shardings, global_rows = step_fns[signature]
+      local_rows = signature[0][1][0]
+      tokens += task.batch_tokens(host_batch) * global_rows // local_rows
+      batch = sharding_lib.host_batch_to_global(host_batch, shardings, global_rows)
+      state, metrics = compiled(state, batch)
+      progress.update()
+      done = step + 1
+      is_last = done == num_steps
+      should_save = done % config.train.checkpoint_every == 0 or is_last
+      should_log = done % config.train.log_every == 0 or is_last
+      if should_save or should_log:  # never log or checkpoint a non-finite state
+        metrics = jax.device_get(metrics)
+        check_finite(metrics, done, checkpointer.latest_step())
+      if should_log:
+        elapsed = time.time() - last_log_time
+        metrics["steps_per_second"] = (done - last_log_step) / max(elapsed, 1e-9)
+        if tokens:
+          metrics["tokens_per_second"] = tokens / max(elapsed, 1e-9)
+        metrics["learning_rate"] = schedule(done - 1)
+        metrics.update(batches.metrics())
+        metrics.update(task.data_metrics())
+        writer.write(done, metrics)
+        logging.info("step %d/%d %s", done, num_steps,
+                     " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
+        last_log_time, last_log_step, tokens = time.time(), done, 0
+        progress.set_postfix(loss=f"{float(metrics['loss']):.4g}")
+      if should_save:
+        checkpointer.save(done, state, config, data_state=batches.get_state(), force=True)
+        logging.info("Saving checkpoint at step %d", done)
+      if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
+        eval_metrics = task.evaluate(*evaluation_copy(state), done)
+        writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        logging.info("eval step %d: %s", done,
+                     " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+  finally:
+    batches.close()
   progress.close()
   writer.close()
   checkpointer.wait()

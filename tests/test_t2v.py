@@ -14,6 +14,8 @@ from PIL import Image
 from experiments import t2v as t2v_config
 from mgjax import sample as sample_lib
 from mgjax import train as train_lib
+from mgjax.data.latent_shards import LatentShards
+from mgjax.data.records import Records, read_manifest
 from mgjax.data.video import probe
 from mgjax.models.clip_text import load_clip_text
 from mgjax.parallel import mesh as mesh_lib
@@ -83,16 +85,99 @@ def test_training_logs_metrics_and_evaluates_prompt_following(trained):
     assert all(line.startswith("FPS-16 ") for line in f.read().splitlines())
 
 
-def test_latents_are_cached_with_their_statistics(trained):
+def test_latents_are_precomputed_into_shards_with_their_statistics(trained):
   workdir, _ = trained
   latents = os.path.join(workdir, "latents")
-  assert {"train_image.npz", "train_video.npz", "stats.json"} <= set(os.listdir(latents))
-  with np.load(os.path.join(latents, "train_video.npz")) as data:
-    assert data["latents"].shape[1:] == (2, 4, 4, 16)  # 16 frames, 32 px -> 8x in T, H, W
-    assert all(str(c).startswith("FPS-16 ") for c in data["captions"])
+  assert {"fingerprint.json", "stats.json", "train"} <= set(os.listdir(latents))
+  video = LatentShards(latents, "train", "video")
+  shapes_dir = os.path.join(os.path.dirname(workdir), "shapes")
+  train_videos = read_manifest(os.path.join(shapes_dir, "manifest.jsonl"), "train").records
+  assert len(video) == len(train_videos) > 12
+  assert len(LatentShards(latents, "train", "image")) == len(
+      read_manifest(os.path.join(shapes_dir, "images.jsonl"), "train").records)
+  assert video[3]["latent"].shape == (2, 4, 4, 16)  # 16 frames, 32 px -> 8x in T, H, W
+  assert all(video[i]["caption"].startswith("FPS-16 ") for i in range(len(video)))
   with open(os.path.join(latents, "stats.json")) as f:
     stats = json.load(f)
   assert len(stats["mean"]) == 16 and min(stats["std"]) > 0
+  everything = np.concatenate([
+      shards[i]["latent"].reshape(-1, 16) for bucket in ("video", "image")
+      for shards in [LatentShards(latents, "train", bucket)] for i in range(len(shards))])
+  np.testing.assert_allclose(stats["mean"], everything.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_training_from_shards_matches_encoding_on_the_fly(trained, tmp_path):
+  """The same clips (clip at the start, as precompute takes it) give the same losses."""
+  workdir, _ = trained
+  tae_workdir = os.path.join(os.path.dirname(workdir), "tae")
+  losses = {}
+  for on_the_fly in (False, True):
+    config = tiny_t2v_config(tae_workdir, 2)
+    config.data.update(encode_on_the_fly=on_the_fly, random_clip_start=False,
+                       stats_examples=1000)
+    config.eval.num_prompts_per_bucket = 0
+    run = str(tmp_path / f"on_the_fly_{on_the_fly}")
+    train_lib.train(config, run)
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+      losses[on_the_fly] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+  assert len(losses[True]) == 2
+  np.testing.assert_allclose(losses[True], losses[False], rtol=2e-4)
+
+
+def test_precomputed_text_embeddings_train_like_the_encoder(trained, tmp_path):
+  """The frozen, imported CLIP encoder's outputs stored in the shards give the losses
+  of running it in the step; the trainable encoders still read tokens."""
+  workdir, _ = trained
+  root = os.path.dirname(workdir)
+  clip_path = os.path.join(root, "hf", "clip")
+  losses = {}
+  for precompute_text in (False, True):
+    config = tiny_t2v_config(os.path.join(root, "tae"), 2, clip_path)
+    config.data.precompute_text = precompute_text
+    config.eval.num_prompts_per_bucket = 0
+    run = str(tmp_path / f"text_{precompute_text}")
+    train_lib.train(config, run)
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+      losses[precompute_text] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+  example = LatentShards(os.path.join(run, "latents"), "train", "video")[0]
+  assert example["metaclip_emb"].shape[-1:] == (16,) and example["metaclip_mask"].dtype == bool
+  assert "ul2_emb" not in example  # trainable: computed in the step
+  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+
+
+def test_precompute_command_splits_work_across_processes_and_resumes(trained, tmp_path):
+  workdir, _ = trained
+  root = os.path.dirname(workdir)
+  out = str(tmp_path / "latents")
+  command = [sys.executable, "-m", "mgjax.data.precompute", "--config=experiments/t2v.py:tiny",
+             f"--config.tae.workdir={root}/tae", "--config.data.name=manifest",
+             f"--config.data.dir={root}/shapes", "--config.data.shard_size=8",
+             "--config.data.buckets=(('image',1,32,32,8),('video',16,32,32,8))",
+             f"--out={out}", "--splits=train", "--process_count=2"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
+  workers = [subprocess.Popen(command + [f"--process_index={i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+  for worker in workers:
+    output = worker.communicate(timeout=600)[0]
+    assert worker.returncode == 0, output[-3000:]
+  ours = LatentShards(out, "train", "video")
+  theirs = LatentShards(os.path.join(workdir, "latents"), "train", "video")
+  assert len(ours) == len(theirs) > 16  # 3 shards of 8: process 0 wrote 0 and 2, 1 wrote 1
+  for i in (0, 9, len(ours) - 1):
+    np.testing.assert_allclose(ours[i]["latent"], theirs[i]["latent"], rtol=1e-5, atol=1e-5)
+    assert ours[i]["caption"] == theirs[i]["caption"]
+  # Killed before shard 1 was done: a rerun redoes only that shard.
+  video_dir = os.path.join(out, "train", "video")
+  os.remove(os.path.join(video_dir, "shard-00001.json"))
+  before = {f: os.path.getmtime(os.path.join(video_dir, f)) for f in os.listdir(video_dir)}
+  done = subprocess.run(command[:-1] + ["--process_count=1"], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  after = {f: os.path.getmtime(os.path.join(video_dir, f)) for f in os.listdir(video_dir)}
+  changed = {f for f in after if after[f] != before.get(f)}
+  assert changed == {"shard-00001.json", "shard-00001.array_record"}
+  assert len(LatentShards(out, "train", "video")) == len(theirs)
 
 
 def test_sample_cli_writes_videos_and_contact_sheet(trained, tmp_path):
@@ -197,10 +282,10 @@ def test_config_mismatches_are_rejected(tmp_path, trained):
 def test_manifest_without_eval_split_evaluates_nothing(trained, monkeypatch):
   workdir, _ = trained
   _, task, state = train_lib.restore_train_state(workdir)
-  from mgjax.tasks import t2v
-  read = t2v.read_manifest
-  monkeypatch.setattr(t2v, "read_manifest",
-                      lambda path, split=None: [] if split == "eval" else read(path, split))
+  from mgjax.data import sources
+  read = sources.read_records
+  monkeypatch.setattr(sources, "read_records", lambda data, workdir, split: (
+      Records([]) if split == "eval" else read(data, workdir, split)))
   assert task.evaluate(state.eval_params(), state.frozen, 0) == {}
 
 

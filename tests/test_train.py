@@ -10,6 +10,7 @@ import pytest
 
 from experiments import tae as tae_config
 from mgjax import train as train_lib
+from mgjax.data.pipeline import DataQualityError
 from mgjax.data.video import probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,3 +99,43 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
   with pytest.raises(FloatingPointError, match=r"at step \d+\. Last complete checkpoint"):
     train_lib.train(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints" / "4")
+
+
+def salted_manifest(straight_workdir, out_dir):
+  """The straight run's shapes videos plus one bad file or line of every kind."""
+  shapes_dir = os.path.join(straight_workdir, "shapes")
+  with open(os.path.join(shapes_dir, "manifest.jsonl")) as f:
+    lines = [json.loads(line) for line in f]
+  for record in lines:
+    record["video"] = os.path.join(shapes_dir, record["video"])
+  good = open(lines[0]["video"], "rb").read()
+  bad_bytes = {"empty": b"", "undecodable": os.urandom(3000), "truncated": good[:len(good) // 3]}
+  for kind, data in bad_bytes.items():
+    with open(os.path.join(out_dir, f"{kind}.mp4"), "wb") as f:
+      f.write(data)
+  lines += [{"video": f"{kind}.mp4", "caption": kind} for kind in (*bad_bytes, "missing")]
+  rows = [json.dumps(line) for line in lines]
+  rows += ['{"video": 3, "caption": "wrong type"}', '{"video": "x.mp4", "caption": ""}',
+           "not json"]
+  with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:
+    f.write("\n".join(rows) + "\n")
+
+
+def test_bad_input_is_counted_in_the_metrics_and_too_much_stops_the_run(straight_run,
+                                                                          tmp_path):
+  straight, _ = straight_run
+  salted_manifest(straight, str(tmp_path))
+  config = tiny_config(4)
+  config.data.update(name="manifest", dir=str(tmp_path), max_skip_fraction=0.4)
+  train_lib.train(config, str(tmp_path / "run"))
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    last = [json.loads(line) for line in f if '"loss"' in line][-1]
+  assert last["step"] == 4
+  assert last["data/skipped_bad_field"] == 1 and last["data/skipped_empty_caption"] == 1
+  assert last["data/skipped_bad_json"] == 1
+  for kind in ("empty", "undecodable", "truncated", "missing"):  # read in the 2 epochs
+    assert last[f"data/skipped_{kind}"] == 1, kind
+  assert 0 < last["data/skipped_fraction"] < 0.4
+  config.data.max_skip_fraction = 0.05
+  with pytest.raises(DataQualityError, match="data.max_skip_fraction=0.05"):
+    train_lib.train(config, str(tmp_path / "strict"))

@@ -10,9 +10,16 @@ carry more examples for the same token count.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import math
 from collections.abc import Sequence
+
+from absl import logging
+
+from mgjax.data.examples import with_metadata
+from mgjax.data.video import MediaDecodeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +63,7 @@ def assign_bucket(record: dict, buckets: Sequence[Bucket], fps: float | None) ->
   bucket of nearest aspect ratio (in log space) and, among those, the longest whose
   duration at `fps` (the file's own rate when None) the video covers.
   """
-  is_image = "image" in record and "video" not in record
+  is_image = "video" not in record and "num_frames" not in record
   candidates = [b for b in buckets if b.is_image == is_image]
   if not candidates:
     return None
@@ -66,7 +73,43 @@ def assign_bucket(record: dict, buckets: Sequence[Bucket], fps: float | None) ->
   candidates = [b for b in candidates if math.isclose(distance(b), nearest, abs_tol=1e-6)]
   if is_image:
     return candidates[0]
-  video_fps = record.get("fps") or fps
+  video_fps = record.get("fps") or fps or 16.0
   frames_available = record["num_frames"] * ((fps or video_fps) / video_fps)
   fitting = [b for b in candidates if b.num_frames <= frames_available + 1e-6]
   return max(fitting, key=lambda b: b.num_frames) if fitting else None
+
+
+def group_by_bucket(records: Sequence[dict], buckets: Sequence[Bucket], fps: float | None,
+                    min_fps: float = 0.0, num_threads: int = 16
+                    ) -> tuple[dict[str, list[dict]], collections.Counter]:
+  """({bucket name: records}, skipped by kind) of a record list.
+
+  Records without size/length metadata are probed (in threads); files that cannot be
+  probed are skipped under their kind, and records that fit no bucket (too short,
+  or no bucket of their kind) under "no_bucket".
+  """
+  def complete(record):
+    try:
+      return with_metadata(record)
+    except MediaDecodeError as e:
+      logging.warning("Skipping %s (%s): %s", e.path, e.kind, e.detail)
+      return e.kind
+
+  with concurrent.futures.ThreadPoolExecutor(max(num_threads, 1)) as pool:
+    completed = list(pool.map(complete, records))
+  groups: dict[str, list[dict]] = {b.name: [] for b in buckets}
+  skipped = collections.Counter()
+  for record in completed:
+    if isinstance(record, str):
+      skipped[record] += 1
+      continue
+    record_fps = fps or (max(record["fps"], min_fps) if record.get("fps") else None)
+    bucket = assign_bucket(record, buckets, record_fps)
+    if bucket is None:
+      skipped["no_bucket"] += 1
+    else:
+      groups[bucket.name].append(record)
+  if skipped["no_bucket"]:
+    logging.warning("%d records fit no bucket (too short, or no bucket of their kind).",
+                    skipped["no_bucket"])
+  return groups, skipped

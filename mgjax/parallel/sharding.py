@@ -148,12 +148,21 @@ def process_rows(sharding: jax.sharding.Sharding, shape: Sequence[int]) -> slice
   return slice(min(starts), max(stops))
 
 
-def host_batch_to_global(host_batch: dict, shardings: dict) -> dict:
-  """Global arrays from a batch every process built in full (deterministic by step):
-  each process hands over only the rows its own devices hold."""
+def host_batch_to_global(host_batch: dict, shardings: dict, global_rows: int | None = None
+                         ) -> dict:
+  """Global arrays from host batches.
+
+  With `global_rows`, `host_batch` holds only this process's rows of a batch of
+  `global_rows` rows (the rows `process_rows` names: each process reads its own
+  share of the data). Without it, every process built the whole batch
+  (deterministic by step) and hands over only the rows its own devices hold.
+  """
   out = {}
   for key, value in host_batch.items():
-    rows = process_rows(shardings[key], value.shape)
-    out[key] = jax.make_array_from_process_local_data(shardings[key], value[rows],
-                                                      value.shape)
+    if global_rows is None:
+      local = value[process_rows(shardings[key], value.shape)]
+      global_shape = value.shape
+    else:
+      local, global_shape = value, (global_rows,) + value.shape[1:]
+    out[key] = jax.make_array_from_process_local_data(shardings[key], local, global_shape)
   return out

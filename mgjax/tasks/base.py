@@ -8,12 +8,14 @@ evaluation. All array-valued methods are pure so the trainer can jit them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+
+from mgjax.data.pipeline import DataIterator
 
 Batch = Mapping[str, np.ndarray]
 PyTree = Any
@@ -59,9 +61,12 @@ class Task(abc.ABC):
     """Scalar loss to minimise over `params`, and scalar metrics to log."""
 
   @abc.abstractmethod
-  def train_batches(self, start_step: int) -> Iterator[Batch]:
-    """Host batches for steps start_step, start_step + 1, ...; deterministic by step,
-    so a resumed run sees the batches it would have seen."""
+  def train_batches(self, start_step: int,
+                    rows_of: Callable[[int], slice]) -> DataIterator:
+    """Host batches for steps start_step, start_step + 1, ...: an iterator whose state
+    the trainer checkpoints (mgjax/data/pipeline.py), deterministic by step, so a
+    resumed run sees the batches it would have seen. Each batch holds only this
+    process's rows, `rows_of(global batch size)`, of the global batch."""
 
   def batch_tokens(self, batch: Batch) -> int:
     """Model tokens in a host batch, for the tokens/s metric; 0 when not meaningful."""
@@ -69,7 +74,8 @@ class Task(abc.ABC):
     return 0
 
   def data_metrics(self) -> dict[str, float]:
-    """Counters from the input pipeline (e.g. skipped files), logged with the loss."""
+    """Task counters logged with the loss (the pipeline's own, e.g. skipped files,
+    come from its iterator)."""
     return {}
 
   @abc.abstractmethod

@@ -3,15 +3,19 @@
 The DiT learns the velocity from noise to TAE latents, conditioned on the prompt
 (every text encoder of `config.text`, mgjax/text/conditioning.py) and the flow time.
 Latents of the training data are computed once with a trained TAE
-(`config.tae.workdir`) and cached in <workdir>/latents; each batch comes from one
-aspect-ratio x duration bucket (`mgjax/data/buckets.py`), images being 1-frame
-latents in the same model. Latents are standardised per channel with statistics of
-the training set, stored beside the cache so sampling can undo it.
+(`config.tae.workdir`) into ArrayRecord shards (`data.latents_dir`, default
+<workdir>/latents; `python -m mgjax.data.precompute` makes them ahead of time, on
+many processes), or with `data.encode_on_the_fly` on every batch. Each batch comes
+from one aspect-ratio x duration bucket (`mgjax/data/buckets.py`), images being
+1-frame latents in the same model. Latents are standardised per channel with
+statistics of the training set, saved in <workdir>/latents/stats.json so sampling
+can undo it.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import os
@@ -24,17 +28,18 @@ from absl import logging
 
 from mgjax import configs, flow
 from mgjax.checkpoint import Checkpointer
-from mgjax.data import latents as latents_lib
-from mgjax.data.buckets import Bucket, buckets_from_config
-from mgjax.data.clips import read_manifest
-from mgjax.data.shapes import IMAGES_MANIFEST
-from mgjax.data.video import write_video
+from mgjax.data import latent_shards, sources
+from mgjax.data.buckets import Bucket, buckets_from_config, group_by_bucket
+from mgjax.data.examples import LoadExample, load_pixels, tagged_caption
+from mgjax.data.pipeline import DataIterator, Stream
+from mgjax.data.records import Records
+from mgjax.data.video import MediaDecodeError, write_video
 from mgjax.models.dit import VideoDiT
 from mgjax.models.tae import TAE
 from mgjax.models.tae_tiling import tiled_decode
 from mgjax.parallel import distributed
 from mgjax.tasks.base import Task
-from mgjax.tasks.tae import make_tae, prepare_manifest, to_signed, to_uint8
+from mgjax.tasks.tae import make_tae, to_signed, to_uint8
 from mgjax.text.conditioning import TextConditioner
 
 
@@ -51,7 +56,6 @@ class T2VTask(Task):
     self.buckets = buckets_from_config(config.data.buckets)
     self.tae_workdir = config.tae.workdir or os.path.join(workdir, "tae")
     self._tae_params = None
-    self._latent_sets: dict[str, dict[str, latents_lib.LatentSet]] = {}
     self._stats: tuple[np.ndarray, np.ndarray] | None = None
     self._guided: dict[float, flow.VelocityFn] = {}
 
@@ -64,6 +68,8 @@ class T2VTask(Task):
       train_tae(self.config.tae, self.tae_workdir, self.config.data,
                 self.config.data.dir or os.path.join(self.workdir, "shapes"))
     self.tae_config  # raises early, naming the fix, when there is no trained TAE
+    if not self.config.data.encode_on_the_fly:
+      distributed.first_process_first("latents", lambda: self.precompute_latents("train"))
     self.stats()
 
   @functools.cached_property
@@ -100,7 +106,7 @@ class T2VTask(Task):
       specs[b.name] = {
           "latent": jax.ShapeDtypeStruct(
               (b.batch_size,) + self.latent_shape(b.num_frames, b.height, b.width), jnp.float32),
-          **self.text.token_specs(b.batch_size)}
+          **self.text.token_specs(b.batch_size, self.precomputed_text)}
     return specs
 
   def batch_tokens(self, batch) -> int:
@@ -185,27 +191,85 @@ class T2VTask(Task):
     """Posterior-mean latents of uint8 [B, T, H, W, 3] videos."""
     return np.asarray(self._encode(self.tae_params(), pixels_uint8))
 
-  def latent_sets(self, split: str) -> dict[str, latents_lib.LatentSet]:
-    """{bucket name: latents} of a split, encoded once and cached on disk and here."""
-    if split not in self._latent_sets:
-      data = self.config.data
-      manifest = prepare_manifest(data, self.workdir)
-      records = read_manifest(manifest, split=split)
-      images = os.path.join(os.path.dirname(manifest), IMAGES_MANIFEST)
-      if os.path.exists(images):
-        records += read_manifest(images, split=split)
-      if not records and split != "train":
-        logging.warning("The manifest has no %r records (\"split\": %r); nothing to sample "
-                        "for evaluation.", split, split)
-        self._latent_sets[split] = {}
-        return {}
-      step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
-      fingerprint = f"{os.path.abspath(self.tae_workdir)}@{step}"
-      self._latent_sets[split] = distributed.first_process_first(
-          f"latents_{split}", lambda: latents_lib.cached_latents(
-              os.path.join(self.workdir, "latents"), split, records, self.buckets,
-              data.fps or None, fingerprint, self.encode_pixels))
-    return self._latent_sets[split]
+  @functools.cached_property
+  def precomputed_text(self) -> list[str]:
+    """Text encoders whose embeddings the latent shards hold (data.precompute_text)."""
+    data = self.config.data
+    if not data.precompute_text or data.encode_on_the_fly:
+      return []
+    if not self.text.precomputable:
+      logging.warning("data.precompute_text is set but no text encoder is frozen with "
+                      "weights from a path; every encoder runs in the train step.")
+    return self.text.precomputable
+
+  def embed_text(self, captions: list[str]) -> dict[str, np.ndarray]:
+    """{<name>_emb [B, L, D], <name>_mask [B, L]} of the precomputed encoders."""
+    tokens = self.text.tokenize(captions)
+    out = {}
+    for name, (emb, mask) in self._embed_frozen(self.pretrained_text[1], tokens).items():
+      out[f"{name}_emb"], out[f"{name}_mask"] = np.asarray(emb, np.float32), np.asarray(mask)
+    return out
+
+  @functools.cached_property
+  def _embed_frozen(self):
+    names = self.precomputed_text
+    return jax.jit(lambda frozen, tokens: self.text.embed({}, frozen, tokens, names=names))
+
+  @property
+  def latents_dir(self) -> str:
+    return self.config.data.latents_dir or os.path.join(self.workdir, "latents")
+
+  def records_by_bucket(self, split: str) -> tuple[dict[str, list[dict]], Records]:
+    """({bucket: records}, all records with everything skipped so far counted)."""
+    data = self.config.data
+    records = sources.read_records(data, self.workdir, split)
+    groups, skipped = group_by_bucket(records.records, self.buckets, data.fps or None,
+                                      data.min_fps, data.num_threads)
+    return groups, Records(records.records, records.skipped + skipped)
+
+  def bucket_spec(self, bucket: Bucket, random_clip: bool = False):
+    data = self.config.data
+    return latent_shards.bucket_spec(bucket, data.fps or None, data.min_fps, random_clip)
+
+  def precompute_latents(self, split: str, process_index: int = 0, process_count: int = 1):
+    """Encodes a split into ArrayRecord shards in `latents_dir`; resumes unfinished work.
+
+    Latents from a different TAE checkpoint, data set or bucket table are redone.
+    """
+    data = self.config.data
+    step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
+    fingerprint = {"tae": f"{os.path.abspath(self.tae_workdir)}@{step}",
+                   "buckets": [list(dataclasses.astuple(b)) for b in self.buckets],
+                   "data": {k: data[k].to_dict() if hasattr(data[k], "to_dict") else data[k]
+                            for k in ("name", "dir", "shapes", "tfds", "fps", "min_fps")},
+                   "text": {name: self.config.text.encoders[name].to_dict()
+                            for name in self.precomputed_text}}
+    if process_index == 0:
+      latent_shards.check_fingerprint(self.latents_dir, fingerprint)
+    groups, records = self.records_by_bucket(split)
+    skipped_path = os.path.join(self.latents_dir, split, "records_skipped.json")
+    if process_index == 0:
+      os.makedirs(os.path.dirname(skipped_path), exist_ok=True)
+      with open(skipped_path, "w") as f:
+        json.dump({"skipped": dict(records.skipped), "records": len(records.records)}, f)
+    for bucket in self.buckets:
+      if groups[bucket.name]:
+        latent_shards.write_bucket(
+            self.latents_dir, split, bucket, groups[bucket.name], self.bucket_spec(bucket),
+            self.encode_pixels, embed_text=self.embed_text if self.precomputed_text else None,
+            shard_size=data.shard_size, num_threads=data.num_threads,
+            process_index=process_index, process_count=process_count)
+
+  def latent_shards(self, split: str) -> dict[str, latent_shards.LatentShards]:
+    """{bucket: its precomputed examples}, for the buckets that have any."""
+    sets = {b.name: latent_shards.LatentShards(self.latents_dir, split, b.name)
+            for b in self.buckets}
+    sets = {name: s for name, s in sets.items() if len(s)}
+    if not sets:
+      raise ValueError(f"No precomputed {split} latents in {self.latents_dir}; make them with "
+                       "`python -m mgjax.data.precompute --config=... --out=DIR` and set "
+                       "data.latents_dir=DIR, or leave data.latents_dir empty.")
+    return sets
 
   def stats(self) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel latent (mean, std) of the training set, saved for sampling."""
@@ -217,44 +281,88 @@ class T2VTask(Task):
         self._stats = (np.asarray(saved["mean"], np.float32),
                        np.asarray(saved["std"], np.float32))
       else:
-        self._stats = latents_lib.channel_stats(self.latent_sets("train"))
+        self._stats = (self._stats_on_the_fly() if self.config.data.encode_on_the_fly
+                       else latent_shards.channel_stats(list(self.latent_shards("train").values())))
         if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(path), exist_ok=True)
           with open(path, "w") as f:
             json.dump({"mean": self._stats[0].tolist(), "std": self._stats[1].tolist()}, f)
     return self._stats
 
-  def train_batches(self, start_step):
-    sets = self.latent_sets("train")
+  def _stats_on_the_fly(self) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of the first data.stats_examples readable examples of each bucket."""
+    groups, _ = self.records_by_bucket("train")
+    sums, rng = latent_shards.ChannelSums(), np.random.default_rng(0)
+    for bucket in self.buckets:
+      examples = []
+      for record in groups[bucket.name]:
+        if len(examples) == self.config.data.stats_examples:
+          break
+        try:
+          examples.append((load_pixels(record, self.bucket_spec(bucket), rng)[0], ""))
+        except MediaDecodeError:
+          continue
+      for latents, _ in latent_shards.encode_in_batches(examples, self.encode_pixels, 8):
+        sums.add(latents)
+    return sums.mean_std()
+
+  def train_batches(self, start_step, rows_of):
+    data = self.config.data
     self.stats()
-    seed, data = self.config.seed, self.config.data
-    buckets = [b for b in self.buckets if b.name in sets]
-    weights = bucket_weights(buckets, sets, data.image_fraction)
-    by_name = {b.name: b for b in buckets}
+    if data.encode_on_the_fly:
+      groups, records = self.records_by_bucket("train")
+      loads = {b.name: (len(groups[b.name]), LoadExample(
+          groups[b.name], self.bucket_spec(b, data.random_clip_start))) for b in self.buckets
+               if groups[b.name]}
+      finish = lambda batch: {"latent": self.encode_pixels(batch["pixels"]),
+                              **self.text.tokenize(batch["caption"])}
+      skipped, num_records = records.skipped, len(records.records) + sum(records.skipped.values())
+    else:
+      sets = self.latent_shards("train")
+      loads = {name: (len(s), latent_shards.ReadLatent(s)) for name, s in sets.items()}
+      finish = lambda batch: {
+          **{k: v for k, v in batch.items() if k != "caption"},
+          **self.text.tokenize(batch["caption"], skip=self.precomputed_text)}
+      skipped = sum((s.skipped for s in sets.values()), self._records_skipped("train"))
+      num_records = sum(len(s) for s in sets.values()) + sum(skipped.values())
+    buckets = [b for b in self.buckets if b.name in loads]
+    weights = bucket_weights(buckets, {name: size for name, (size, _) in loads.items()},
+                             data.image_fraction)
     logging.info("Training buckets: %s", ", ".join(
-        f"{b.name} ({len(sets[b.name].captions)} examples, p={w:.2f})"
-        for b, w in zip(buckets, weights)))
+        f"{b.name} ({loads[b.name][0]} examples, p={w:.2f})" for b, w in zip(buckets, weights)))
+    streams = [Stream(b.name, loads[b.name][0], loads[b.name][1], b.batch_size, w)
+               for b, w in zip(buckets, weights)]
+    return DataIterator(streams, sources.loader_options(data, self.config.seed), finish,
+                        rows_of=rows_of, skipped_records=skipped, num_records=num_records,
+                        start=start_step)
 
-    def batch(step):
-      name = latents_lib.choose_bucket(step, seed, [b.name for b in buckets], weights)
-      latent_set = sets[name]
-      index = latents_lib.sample_indices(step, seed, len(latent_set.captions),
-                                         by_name[name].batch_size)
-      return {"latent": latent_set.latents[index],
-              **self.text.tokenize([latent_set.captions[i] for i in index])}
+  def _records_skipped(self, split: str) -> collections.Counter:
+    path = os.path.join(self.latents_dir, split, "records_skipped.json")
+    if not os.path.exists(path):
+      return collections.Counter()
+    with open(path) as f:
+      return collections.Counter(json.load(f)["skipped"])
 
-    step = start_step
-    while True:
-      yield batch(step)
-      step += 1
+  def eval_prompts(self) -> dict[str, list[str]]:
+    """{bucket: held-out captions, frame-rate tagged as training sees them}."""
+    data = self.config.data
+    groups, _ = self.records_by_bucket("eval")
+    prompts = {}
+    for bucket in self.buckets:
+      records = groups[bucket.name][:self.config.eval.num_prompts_per_bucket]
+      if records:
+        prompts[bucket.name] = [
+            tagged_caption(r["caption"],
+                           None if bucket.is_image else data.fps or max(r["fps"], data.min_fps))
+            for r in records]
+    if not prompts:
+      logging.warning("The data set has no \"eval\" split records; nothing to sample for "
+                      "evaluation.")
+    return prompts
 
   def data_metrics(self):
-    skipped = collections.Counter()
-    for latent_set in self._latent_sets.get("train", {}).values():
-      skipped.update(latent_set.skipped)
-    metrics = {f"data/skipped_{kind}": n for kind, n in skipped.items()}
-    for name, count in self.text.num_truncated.items():
-      metrics[f"data/truncated_prompts_{name}"] = count
-    return metrics
+    return {f"data/truncated_prompts_{name}": count
+            for name, count in self.text.num_truncated.items()}
 
   # ---------------------------------------------------------------- sampling
   def sample_latents(self, params, frozen, prompts: list[str], latent_shape, *, num_steps: int,
@@ -319,8 +427,8 @@ class T2VTask(Task):
     e = self.config.eval
     by_name = {b.name: b for b in self.buckets}
     hits, counts, details, writes = (collections.Counter(), collections.Counter(), [], [])
-    for name, latent_set in self.latent_sets("eval").items():
-      bucket, prompts = by_name[name], latent_set.captions[:e.num_prompts_per_bucket]
+    for name, prompts in self.eval_prompts().items():
+      bucket = by_name[name]
       videos = self.generate(params, frozen, prompts, bucket.num_frames, bucket.height,
                              bucket.width, num_steps=e.num_steps, schedule=e.schedule,
                              method=e.method, cfg_scale=e.cfg_scale, seed=e.seed)
@@ -372,10 +480,11 @@ def strip_fps_tag(prompt: str) -> str:
   return rest if head.startswith("FPS-") else prompt
 
 
-def bucket_weights(buckets: list[Bucket], sets, image_fraction: float) -> list[float]:
-  """Probability of each bucket per step: images get `image_fraction` in total (when
-  there are image buckets), and buckets of a kind share by their number of examples."""
-  sizes = np.array([len(sets[b.name].captions) for b in buckets], np.float64)
+def bucket_weights(buckets: list[Bucket], sizes: dict[str, int],
+                   image_fraction: float) -> list[float]:
+  """Share of steps of each bucket: images get `image_fraction` in total (when there
+  are image buckets), and buckets of a kind share by their number of examples."""
+  sizes = np.array([sizes[b.name] for b in buckets], np.float64)
   is_image = np.array([b.is_image for b in buckets])
   if not is_image.any() or is_image.all():
     return list(sizes / sizes.sum())

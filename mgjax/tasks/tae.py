@@ -14,9 +14,7 @@ both networks correctly.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import functools
 import os
 
 import jax
@@ -24,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mgjax.data import shapes
-from mgjax.data.clips import ClipLoader, ClipSpec, prefetch_batches, read_manifest
+from mgjax.data import sources
+from mgjax.data.examples import ExampleSpec, LoadExample
+from mgjax.data.pipeline import DataIterator, Stream
 from mgjax.data.video import read_clip, write_video
 from mgjax.eval.metrics import psnr, ssim
 from mgjax.models.discriminator import PatchDiscriminator3D, hinge_d_loss, hinge_g_loss
@@ -55,19 +54,6 @@ def make_tae(model_config) -> TAE:
   return TAE(**kwargs)
 
 
-def prepare_manifest(data_config, workdir: str) -> str:
-  """Path of the manifest to train on; makes the shapes data set if it is absent."""
-  data_dir = data_config.dir or os.path.join(workdir, "shapes")
-  if data_config.name == "shapes":
-    s = data_config.shapes
-    return distributed.first_process_first("shapes", lambda: shapes.ensure_dataset(
-        data_dir, num_videos=s.num_videos, seed=s.seed, fps=s.fps, num_frames=s.num_frames,
-        height=s.height, width=s.width, num_images=s.num_images))
-  if data_config.name == "manifest":
-    return os.path.join(data_dir, "manifest.jsonl")
-  raise ValueError(f"Unknown data.name {data_config.name!r}; use 'shapes' or 'manifest'.")
-
-
 class TAETask(Task):
 
   def __init__(self, config, workdir):
@@ -78,16 +64,10 @@ class TAETask(Task):
                           if loss.adversarial_weight > 0 else None)
     self.perceptual = (PerceptualNetwork() if loss.perceptual_weight > 0 else None)
     data = config.data
-    self.clip_spec = ClipSpec(num_frames=data.num_frames, height=data.height,
-                              width=data.width, fps=data.fps or None,
-                              resize=tuple(data.resize) if data.resize else None)
-    self._loaders = {}
+    self.clip_spec = ExampleSpec(num_frames=data.num_frames, height=data.height,
+                                 width=data.width, fps=data.fps or None, min_fps=data.min_fps,
+                                 scale_to=tuple(data.scale_to) if data.scale_to else None)
     self._eval_clips = None
-
-  @functools.cached_property
-  def manifest(self) -> str:
-    """Made on first use, so restoring a TAE for inference never writes data."""
-    return prepare_manifest(self.config.data, self.workdir)
 
   # ------------------------------------------------------------------ model
   def batch_specs(self):
@@ -150,43 +130,39 @@ class TAETask(Task):
     return total, metrics
 
   # ------------------------------------------------------------------- data
-  def train_batches(self, start_step):
-    """Clip batches, or with probability data.image_fraction a batch of single frames.
+  def train_batches(self, start_step, rows_of):
+    """Clip batches and, for a data.image_fraction share of steps, single frames.
 
     Images (1-frame videos) train the spatial layers at a fraction of a clip's cost;
-    the paper's TAE likewise trains on images and videos. The choice is a function of
-    (seed, step), so resumed runs see the same sequence.
+    the paper's TAE likewise trains on images and videos. Stills come from the image
+    records and from random frames of the videos.
     """
-    data, seed = self.config.data, self.config.seed
-    records = read_manifest(self.manifest, split="train")
-    make = lambda spec, batch_size: ClipLoader(
-        records, spec, batch_size, seed=seed, num_workers=data.num_workers,
-        max_skip_fraction=data.max_skip_fraction)
-    self._loaders = {"video": make(self.clip_spec, self.config.train.batch_size)}
+    data = self.config.data
+    records = sources.read_records(data, self.workdir, "train")
+    videos = [r for r in records.records if r.get("video")]
+    streams = [Stream("video", len(videos), LoadExample(videos, self.clip_spec),
+                      self.config.train.batch_size, 1.0 - data.image_fraction)]
     if data.image_fraction > 0:
-      image_spec = dataclasses.replace(self.clip_spec, num_frames=1)
-      self._loaders["image"] = make(image_spec, data.image_batch_size)
-
-    def batch(step):
-      is_image = np.random.default_rng([seed, step, 1]).random() < data.image_fraction
-      return self._loaders["image" if is_image else "video"].batch(step)
-
-    return prefetch_batches(batch, start_step)
-
-  def data_metrics(self):
-    skipped = collections.Counter()
-    for loader in self._loaders.values():
-      skipped.update(loader.skipped)
-    return {f"data/skipped_{kind}": count for kind, count in skipped.items()}
+      still = dataclasses.replace(self.clip_spec, num_frames=1)
+      streams.append(Stream("image", len(records.records),
+                            LoadExample(records.records, still), data.image_batch_size,
+                            data.image_fraction))
+    return DataIterator(streams, sources.loader_options(data, self.config.seed),
+                        lambda batch: {"video": batch["pixels"]}, rows_of=rows_of,
+                        skipped_records=records.skipped,
+                        num_records=len(records.records) + sum(records.skipped.values()),
+                        start=start_step)
 
   # ------------------------------------------------------------------- eval
   def eval_clips(self) -> np.ndarray:
     """Held-out clips, decoded once: uint8 [N, T, H, W, 3]."""
     if self._eval_clips is None:
       e = self.config.eval
-      records = read_manifest(self.manifest, split="eval")[:e.num_clips]
+      records = [r for r in sources.read_records(self.config.data, self.workdir, "eval").records
+                 if r.get("video")][:e.num_clips]
       if not records:
-        raise ValueError(f"{self.manifest} has no 'eval' split records to evaluate on.")
+        raise ValueError(f"data.name={self.config.data.name!r} has no 'eval' split videos to "
+                         "evaluate on; give some manifest records \"split\": \"eval\".")
       size = (e.height, e.width) if e.height else None
       self._eval_clips = np.stack([
           read_clip(r["video"], e.num_frames, fps=self.config.data.fps or None, size=size)

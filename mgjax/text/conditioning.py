@@ -18,7 +18,9 @@ An encoder entry in the config:
     trainable   False: frozen, its weights in the state's `frozen` tree
     dtype       compute dtype ("float32" | "bfloat16"); weights load as float32
 
-Batches carry `<name>_ids` and `<name>_mask` per encoder. Classifier-free guidance
+Batches carry `<name>_ids` and `<name>_mask` per encoder, or for a frozen encoder
+whose output was precomputed (mgjax/data/latent_shards.py), `<name>_emb` and
+`<name>_mask`. Classifier-free guidance
 drops a prompt by clearing its masks: the model then attends to no text token at all,
 the null condition.
 """
@@ -118,18 +120,32 @@ class TextConditioner:
     self.encoders = [make_encoder(name, spec) for name, spec in sorted(section.encoders.items())]
 
   # ---------------------------------------------------------------- host side
-  def token_specs(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  def token_specs(self, batch_size: int,
+                  precomputed: Sequence[str] = ()) -> dict[str, jax.ShapeDtypeStruct]:
+    """Batch entries of the text: ids and mask, or (`precomputed`) embeddings and mask."""
     specs = {}
     for e in self.encoders:
       shape = (batch_size, e.tokenizer.max_length)
-      specs[f"{e.name}_ids"] = jax.ShapeDtypeStruct(shape, jnp.int32)
+      if e.name in precomputed:
+        specs[f"{e.name}_emb"] = jax.ShapeDtypeStruct(shape + (e.width,), jnp.float32)
+      else:
+        specs[f"{e.name}_ids"] = jax.ShapeDtypeStruct(shape, jnp.int32)
       specs[f"{e.name}_mask"] = jax.ShapeDtypeStruct(shape, jnp.bool_)
     return specs
 
-  def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-    """{<name>_ids: [B, L_name] int32, <name>_mask: [B, L_name] bool} for every encoder."""
+  @property
+  def precomputable(self) -> list[str]:
+    """Encoders whose outputs never change: frozen, with weights from a path (a random
+    frozen encoder is made at init, so its outputs cannot be computed ahead)."""
+    return [e.name for e in self.encoders if not e.trainable and e.path]
+
+  def tokenize(self, prompts: Sequence[str], skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """{<name>_ids: [B, L_name] int32, <name>_mask: [B, L_name] bool} for every encoder
+    not in `skip`."""
     tokens = {}
     for e in self.encoders:
+      if e.name in skip:
+        continue
       ids, mask = e.tokenizer([encoder_text(p, e.source) for p in prompts])
       tokens[f"{e.name}_ids"], tokens[f"{e.name}_mask"] = ids, mask
     return tokens
@@ -168,13 +184,21 @@ class TextConditioner:
     return trainable, frozen
 
   def embed(self, trainable: Mapping, frozen: Mapping, tokens: Mapping[str, jax.Array],
-            keep: jax.Array | None = None) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """{name: (emb [B, L, width], mask [B, L])}; rows with keep False get no tokens."""
+            keep: jax.Array | None = None,
+            names: Sequence[str] | None = None) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """{name: (emb [B, L, width], mask [B, L])} of the encoders `names` (default all);
+    rows with keep False get no tokens. Precomputed `<name>_emb` entries are used as
+    they are."""
     out = {}
     for e in self.encoders:
-      params = (trainable if e.trainable else frozen)[e.name]
-      ids, mask = tokens[f"{e.name}_ids"], tokens[f"{e.name}_mask"]
-      emb = e.embed(params, ids, mask)  # frozen params are not differentiated: no grads
+      if names is not None and e.name not in names:
+        continue
+      mask = tokens[f"{e.name}_mask"]
+      if f"{e.name}_emb" in tokens:
+        emb = tokens[f"{e.name}_emb"]
+      else:  # frozen params are not differentiated: no grads
+        params = (trainable if e.trainable else frozen)[e.name]
+        emb = e.embed(params, tokens[f"{e.name}_ids"], mask)
       out[e.name] = (emb, mask if keep is None else mask & keep[:, None])
     return out
 
