@@ -65,7 +65,7 @@ class DiTFlowTask(Task):
     velocity = self.dit.apply({"params": params["dit"]}, x_t, t, text)
     return flow.velocity_loss(velocity, target), {}
 
-  def train_batches(self, start_step):
+  def train_batches(self, start_step, rows_of):
     raise NotImplementedError
 
   def evaluate(self, params, frozen, step):
@@ -104,7 +104,7 @@ def two_steps(config, devices, attention_implementation="auto", remat="full"):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = init()
   step_fns = train_lib.compile_steps(task, optimizer, mesh, rules, abstract, shardings)
-  (compiled, batch_shardings), = step_fns.values()
+  (compiled, batch_shardings, _), = step_fns.values()
   batch = sharding_lib.host_batch_to_global(make_batch(), batch_shardings)
   metrics = []
   for _ in range(2):

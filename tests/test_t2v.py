@@ -106,43 +106,30 @@ def test_latents_are_precomputed_into_shards_with_their_statistics(trained):
   np.testing.assert_allclose(stats["mean"], everything.mean(0), rtol=1e-4, atol=1e-5)
 
 
-def test_training_from_shards_matches_encoding_on_the_fly(trained, tmp_path):
-  """The same clips (clip at the start, as precompute takes it) give the same losses."""
-  workdir, _ = trained
-  tae_workdir = os.path.join(os.path.dirname(workdir), "tae")
-  losses = {}
-  for on_the_fly in (False, True):
-    config = tiny_t2v_config(tae_workdir, 2)
-    config.data.update(encode_on_the_fly=on_the_fly, random_clip_start=False,
-                       stats_examples=1000)
-    config.eval.num_prompts_per_bucket = 0
-    run = str(tmp_path / f"on_the_fly_{on_the_fly}")
-    train_lib.train(config, run)
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-      losses[on_the_fly] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
-  assert len(losses[True]) == 2
-  np.testing.assert_allclose(losses[True], losses[False], rtol=2e-4)
-
-
-def test_precomputed_text_embeddings_train_like_the_encoder(trained, tmp_path):
-  """The frozen, imported CLIP encoder's outputs stored in the shards give the losses
-  of running it in the step; the trainable encoders still read tokens."""
+def test_shards_on_the_fly_encoding_and_precomputed_text_give_the_same_losses(trained,
+                                                                              tmp_path):
+  """The same clips (each from its start, as precompute takes it) through latent
+  shards, through the TAE on every batch, and through shards that also hold the
+  frozen imported CLIP encoder's outputs: the same losses."""
   workdir, _ = trained
   root = os.path.dirname(workdir)
-  clip_path = os.path.join(root, "hf", "clip")
   losses = {}
-  for precompute_text in (False, True):
-    config = tiny_t2v_config(os.path.join(root, "tae"), 2, clip_path)
-    config.data.precompute_text = precompute_text
+  for name, data in (("shards", {}), ("on_the_fly", dict(encode_on_the_fly=True)),
+                     ("text", dict(precompute_text=True))):
+    config = tiny_t2v_config(os.path.join(root, "tae"), 2, os.path.join(root, "hf", "clip"))
+    config.data.update(random_clip_start=False, stats_examples=1000, **data)
     config.eval.num_prompts_per_bucket = 0
-    run = str(tmp_path / f"text_{precompute_text}")
-    train_lib.train(config, run)
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-      losses[precompute_text] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
-  example = LatentShards(os.path.join(run, "latents"), "train", "video")[0]
+    train_lib.train(config, str(tmp_path / name))
+    with open(tmp_path / name / "metrics.jsonl") as f:
+      losses[name] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+  assert len(losses["shards"]) == 2
+  np.testing.assert_allclose(losses["on_the_fly"], losses["shards"], rtol=2e-4)
+  np.testing.assert_allclose(losses["text"], losses["shards"], rtol=1e-4)
+  example = LatentShards(str(tmp_path / "text" / "latents"), "train", "video")[0]
   assert example["metaclip_emb"].shape[-1:] == (16,) and example["metaclip_mask"].dtype == bool
   assert "ul2_emb" not in example  # trainable: computed in the step
-  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+  assert "metaclip_emb" not in LatentShards(str(tmp_path / "shards" / "latents"), "train",
+                                            "video")[0]
 
 
 def test_precompute_command_splits_work_across_processes_and_resumes(trained, tmp_path):
