@@ -32,7 +32,6 @@ from mgjax.models.perceptual import (PerceptualNetwork, load_perceptual_params,
                                      perceptual_distance)
 from mgjax.models.tae import TAE
 from mgjax.models.tae_losses import kl_divergence, latent_norm_ratio, outlier_penalty
-from mgjax.parallel import distributed
 from mgjax.tasks.base import Task
 
 
