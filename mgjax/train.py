@@ -148,11 +148,11 @@ def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shar
           checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings),
           abstract_batch).compile()
     log_memory(name, compiled)
-    rows = batch_rows(mesh)(next(iter(spec.values())).shape[0])
+    global_rows = next(iter(spec.values())).shape[0]
+    rows = batch_rows(mesh)(global_rows)
     local_spec = {k: jax.ShapeDtypeStruct((rows.stop - rows.start,) + v.shape[1:], v.dtype)
                   for k, v in spec.items()}
-    compiled_steps[batch_signature(local_spec)] = (compiled, shardings,
-                                                   next(iter(spec.values())).shape[0])
+    compiled_steps[batch_signature(local_spec)] = (compiled, shardings, global_rows)
   return compiled_steps
 
 

@@ -57,6 +57,7 @@ class T2VTask(Task):
     self.tae_workdir = config.tae.workdir or os.path.join(workdir, "tae")
     self._tae_params = None
     self._stats: tuple[np.ndarray, np.ndarray] | None = None
+    self._records_by_bucket: dict[str, tuple[dict[str, list[dict]], Records]] = {}
     self._guided: dict[float, flow.VelocityFn] = {}
 
   def prepare(self):
@@ -220,12 +221,16 @@ class T2VTask(Task):
     return self.config.data.latents_dir or os.path.join(self.workdir, "latents")
 
   def records_by_bucket(self, split: str) -> tuple[dict[str, list[dict]], Records]:
-    """({bucket: records}, all records with everything skipped so far counted)."""
-    data = self.config.data
-    records = sources.read_records(data, self.workdir, split)
-    groups, skipped = group_by_bucket(records.records, self.buckets, data.fps or None,
-                                      data.min_fps, data.num_threads)
-    return groups, Records(records.records, records.skipped + skipped)
+    """({bucket: records}, all records with everything skipped so far counted); read
+    and probed once per split (statistics, training and every evaluation use them)."""
+    if split not in self._records_by_bucket:
+      data = self.config.data
+      records = sources.read_records(data, self.workdir, split)
+      groups, skipped = group_by_bucket(records.records, self.buckets, data.fps or None,
+                                        data.min_fps, data.num_threads)
+      self._records_by_bucket[split] = groups, Records(records.records,
+                                                       records.skipped + skipped)
+    return self._records_by_bucket[split]
 
   def bucket_spec(self, bucket: Bucket, random_clip: bool = False):
     data = self.config.data
