@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mgjax.kernels.attention import reference
-from mgjax.kernels.attention.pallas_gpu import flash_attention
+from mgjax.kernels.attention.pallas_gpu import Tiling, flash_attention
 
 # Relative to the largest reference magnitude (and elementwise): fp32 kernels only differ
 # in summation order; bf16 ones round p and dS to bf16 before the matmuls.
@@ -68,8 +68,11 @@ def _check(dtype, head_dim, q_len, kv_len, ids, return_lse, block_q, block_k, *,
   cotangent = (d_out, d_lse) if return_lse else d_out
   kwargs = dict(q_segment_ids=q_ids, kv_segment_ids=kv_ids, scale=scale,
                 return_lse=return_lse)
-  kernel = functools.partial(flash_attention, block_q=block_q, block_k=block_k,
-                             interpret=True, **kwargs)
+  # Each kernel gets its own tiling (the dQ kernel a smaller one), so that the
+  # backward's shared padding to the larger block is exercised too.
+  kernel = functools.partial(flash_attention, tiling=Tiling(block_q, block_k),
+                             dkv_tiling=Tiling(block_k, block_q),
+                             dq_tiling=Tiling(16, 16), interpret=True, **kwargs)
   out, grads = _value_and_grads(kernel, q, k, v, cotangent)
   ref_out, ref_grads = _value_and_grads(functools.partial(reference.attention, **kwargs),
                                         q, k, v, cotangent)
@@ -126,3 +129,9 @@ def test_needs_both_segment_ids():
   x = jnp.zeros((1, 16, 1, 64), jnp.float32)
   with pytest.raises(ValueError, match="both"):
     flash_attention(x, x, x, q_segment_ids=jnp.ones((1, 16), jnp.int32), interpret=True)
+
+
+@pytest.mark.parametrize("block", [8, 48])
+def test_tiling_rejects_blocks_triton_cannot_tile(block):
+  with pytest.raises(ValueError, match="powers of two >= 16"):
+    Tiling(block_q=block)

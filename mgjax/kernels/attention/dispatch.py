@@ -11,10 +11,14 @@ Implementations, all with the layout [B, S, N, D] and segment-id masking (see
               in the output dtype with its gradient stopped).
   pallas_gpu  mgjax's Pallas (Triton) flash attention: forward + backward kernels.
   pallas_tpu  mgjax's Pallas Mosaic TPU flash attention.
-  auto        tpu -> pallas_tpu; gpu -> cudnn where it applies (and no lse is
-              asked for), else pallas_gpu;
-              cpu -> xla. The GPU rule is not yet measured: run
-              `benchmarks/attention.py` on the device and revise it from the table.
+  auto        tpu -> pallas_tpu; cpu -> xla; gpu -> cudnn for unmasked half-precision
+              calls with head dim <= 128 and no lse, else pallas_gpu. From the H100
+              table in docs/benchmarks.md: unmasked, cuDNN is 1.2-1.3x faster than
+              pallas_gpu forward and ~1.5x forward+backward at 4K-73K tokens; with
+              segment ids (jax gives cuDNN a bias), pallas_gpu is 1.2x (key-padded
+              self-attention) to 2x (cross-attention to padded text) faster in
+              forward+backward. pallas_gpu also serves what cuDNN cannot: the lse
+              for ring context parallelism, fp32, head dims over 128.
 
 On CPU the Pallas kernels run in interpret mode (their GPU or TPU semantics,
 executed by the interpreter), which is how the test suite proves them; slow, but
@@ -36,8 +40,10 @@ _PALLAS_MODULES = {"pallas_gpu": "mgjax.kernels.attention.pallas_gpu",
                    "pallas_tpu": "mgjax.kernels.attention.pallas_tpu"}
 
 
-def resolve(implementation: str, query: jax.Array, return_lse: bool = False) -> str:
-  """The concrete implementation `implementation` stands for on this platform."""
+def resolve(implementation: str, query: jax.Array, return_lse: bool = False,
+            masked: bool = False) -> str:
+  """The concrete implementation `implementation` stands for on this platform and shape
+  (`masked`: segment ids are given)."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"Unknown attention implementation {implementation!r}; use one of "
                      f"{IMPLEMENTATIONS}.")
@@ -47,9 +53,7 @@ def resolve(implementation: str, query: jax.Array, return_lse: bool = False) -> 
   if platform == "tpu":
     return "pallas_tpu"
   if platform == "gpu":
-    cudnn_ok = (query.dtype in (jnp.bfloat16, jnp.float16) and query.shape[-1] <= 128
-                and not return_lse)
-    return "cudnn" if cudnn_ok else "pallas_gpu"
+    return "cudnn" if _cudnn_is_fastest(query, return_lse, masked) else "pallas_gpu"
   return "xla"
 
 
@@ -63,7 +67,7 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   Query i attends to key j only where q_segment_ids[b, i] == kv_segment_ids[b, j]
   (both [B, Q] / [B, K] int32, or both None); rows with no key give zeros.
   """
-  name = resolve(implementation, query, return_lse)
+  name = resolve(implementation, query, return_lse, masked=q_segment_ids is not None)
   kwargs = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale,
                 return_lse=return_lse)
   if name == "xla":
@@ -72,6 +76,13 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     return _cudnn(query, key, value, **kwargs)
   kernel = importlib.import_module(_PALLAS_MODULES[name]).flash_attention
   return kernel(query, key, value, interpret=jax.default_backend() == "cpu", **kwargs)
+
+
+def _cudnn_is_fastest(query, return_lse: bool, masked: bool) -> bool:
+  """cuDNN runs the call (half precision, head dim <= 128 and a multiple of 8, no lse)
+  and wins it: only unmasked, by the measurements quoted above."""
+  return (query.dtype in (jnp.bfloat16, jnp.float16) and query.shape[-1] <= 128
+          and query.shape[-1] % 8 == 0 and not return_lse and not masked)
 
 
 def _cudnn(query, key, value, *, q_segment_ids, kv_segment_ids, scale, return_lse):
