@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+# notebooks/: plots and a kernel. Unpinned so that Colab keeps its own, preinstalled ones.
+NOTEBOOK = ["matplotlib", "ipykernel"]
+
 setup(
     name="mgjax",
     version="0.1.0",
@@ -34,8 +37,11 @@ setup(
         # jax[tpu]: the libtpu matching whichever jax resolves (0.0.42.x for jax 0.10.2;
         # ~210 MB wheel, ~680 MB installed), for the ahead-of-time TPU v5p compile test of
         # the Pallas TPU attention (skipped without it). Unused with JAX_PLATFORMS=cpu.
+        # nbclient, nbformat: the test that runs notebooks/ headless.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11", "torch==2.13.0",
-                 "jax[tpu]"],
+                 "jax[tpu]", "nbclient>=0.10", "nbformat>=5.9"] + NOTEBOOK,
+        # Running notebooks/inspect_checkpoint.ipynb in a Jupyter or Colab.
+        "notebook": NOTEBOOK,
         # Ahead-of-time compilation for TPU topologies on a CPU machine: libtpu matching jax.
         "tpu": ["jax[tpu]"],
     },

@@ -1,11 +1,15 @@
 """Orbax checkpoints of the whole training state, saved asynchronously.
 
-A checkpoint holds the train state (params, frozen params, optimizer state, step,
-RNG), the input pipeline's state (`DataIterator.get_state()`, JSON) and the config
-as JSON. Orbax writes each step into a temporary directory and
-renames it when complete, so a process killed mid-save leaves nothing that
-`latest_step()` would pick up. Restoring takes the abstract state with the target
-shardings, so a checkpoint loads onto whatever mesh the current run uses.
+A checkpoint holds the train state (params, frozen params, optimizer state, EMA
+params, step, RNG), the input pipeline's state (`DataIterator.get_state()`, JSON) and
+the config as JSON. Orbax writes each step into a temporary directory and renames it
+when complete, so a process killed mid-save leaves nothing that `latest_step()` would
+pick up. Restoring takes the abstract state with the target shardings, so a
+checkpoint loads onto whatever mesh the current run uses.
+
+Kept: the latest `keep` checkpoints, plus every one whose step is a multiple of
+`keep_every` (e.g. keep=3, keep_every=10_000: a rolling window for resuming and a
+permanent trail for evaluation).
 """
 
 from __future__ import annotations
@@ -16,18 +20,34 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+
+def _handlers() -> dict:
+  """The handler of each item, so that a manager opened later (read-only) can read
+  metadata and restore without being told."""
+  return dict(state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
+              data=ocp.JsonCheckpointHandler())
+
+
+def _preservation(keep: int | None, keep_every: int):
+  policies = [checkpoint_managers.LatestN(n=keep)]
+  if keep_every:
+    policies.append(checkpoint_managers.EveryNSteps(interval_steps=keep_every))
+  return checkpoint_managers.AnyPreservationPolicy(policies)
 
 
 class Checkpointer:
 
   def __init__(self, workdir: str, save_every: int = 1, keep: int | None = None,
-               async_save: bool = True, read_only: bool = False):
+               keep_every: int = 0, async_save: bool = True, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(save_every, 1), max_to_keep=keep, create=not read_only,
+        save_interval_steps=max(save_every, 1), create=not read_only,
+        preservation_policy=_preservation(keep, keep_every),
         enable_async_checkpointing=async_save, read_only=read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "config", "data"))
+                                         item_handlers=_handlers())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -46,6 +66,15 @@ class Checkpointer:
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"]
+
+  def all_steps(self) -> list[int]:
+    """The complete checkpoints' steps, ascending."""
+    return sorted(self.manager.all_steps())
+
+  def state_metadata(self, step: int) -> Any:
+    """The saved state's tree of ArrayMetadata (shape, dtype, ...), read without
+    loading any array."""
+    return self.manager.item_metadata(step)["state"]
 
   def restore_config(self, step: int) -> dict:
     return self.manager.restore(

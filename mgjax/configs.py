@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
       b2=0.99,
       weight_decay=0.0,       # decoupled (AdamW); applied to >=2-D parameters only
       grad_clip_norm=1.0,     # 0 disables clipping
+      skip_non_finite=0,      # N > 0: skip updates with a NaN/Inf loss or gradient, up
+                              # to N in a row; 0: stop the run at the first
   ))
 
   config.train = ml_collections.ConfigDict(dict(
@@ -76,7 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=50,
       eval_every=500,         # 0: only at the end
       checkpoint_every=500,
-      keep_checkpoints=3,
+      keep_checkpoints=3,     # the latest N ...
+      keep_checkpoints_every=0,  # ... plus every multiple of this step (0: none)
       ema_decay=0.0,          # > 0: keep an EMA of the weights; eval and sampling use it
       progress_bar=True,
   ))

@@ -1,4 +1,5 @@
-"""AdamW with linear warmup, cosine or constant decay, and global-norm clipping."""
+"""AdamW with linear warmup, cosine or constant decay, global-norm clipping, and
+optionally skipping updates whose gradient is not finite."""
 
 from __future__ import annotations
 
@@ -30,4 +31,7 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int):
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2,
                            weight_decay=config.weight_decay, mask=decay_mask))
-  return optax.chain(*parts), schedule
+  optimizer = optax.chain(*parts)
+  if config.skip_non_finite:  # drop updates with a NaN/Inf gradient, up to N in a row
+    optimizer = optax.apply_if_finite(optimizer, config.skip_non_finite)
+  return optimizer, schedule

@@ -52,6 +52,11 @@ def with_fps_tag(prompt: str, fps: float, num_frames: int) -> str:
   return tagged_caption(prompt, fps)
 
 
+def video_fps(config) -> float:
+  """The frame rate a run's videos are written (and tagged) with."""
+  return config.data.fps or 16
+
+
 def slug(text: str, limit: int = 48) -> str:
   return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "prompt"
 
@@ -64,21 +69,24 @@ def contact_sheet(videos: np.ndarray, num_columns: int = CONTACT_SHEET_FRAMES) -
   return np.concatenate(rows, axis=0)
 
 
-def sample(workdir: str, prompts: list[str], out_dir: str, *, num_steps: int | None = None,
-           schedule: str | None = None, cfg_scale: float | None = None, seed: int = 0,
-           num_frames: int | None = None, height: int | None = None, width: int | None = None,
-           method: str = "euler", batch_size: int = 8, step: int | None = None) -> list[str]:
-  """Generates one file per prompt into out_dir; returns their paths."""
-  from mgjax.train import restore_train_state
-  config, task, state = restore_train_state(workdir, step)
+def generate_videos(config, task, state, prompts: list[str], *, num_steps: int | None = None,
+                    schedule: str | None = None, cfg_scale: float | None = None, seed: int = 0,
+                    num_frames: int | None = None, height: int | None = None,
+                    width: int | None = None, method: str = "euler",
+                    batch_size: int = 8) -> tuple[np.ndarray, list[str]]:
+  """uint8 videos [N, T, H, W, 3] for the prompts, and the prompts as the model read
+  them (frame-rate tagged), from a restored run (`mgjax.train.restore_train_state`).
+
+  Shared by `sample` (files) and `mgjax.inspect` (arrays in a notebook). Unset
+  arguments take the run's: the first video bucket's size, config.flow's sampler.
+  """
   video_bucket = next((b for b in task.buckets if not b.is_image), task.buckets[0])
   num_frames = num_frames or video_bucket.num_frames
   height, width = height or video_bucket.height, width or video_bucket.width
-  fps = config.data.fps or 16
   f = config.flow
   kwargs = dict(num_steps=num_steps or f.sample_steps, schedule=schedule or f.schedule,
                 cfg_scale=f.cfg_scale if cfg_scale is None else cfg_scale, method=method)
-  tagged = [with_fps_tag(p, fps, num_frames) for p in prompts]
+  tagged = [with_fps_tag(p, video_fps(config), num_frames) for p in prompts]
   params = state.eval_params()
   videos = []
   with tqdm.tqdm(total=kwargs["num_steps"] * -(-len(prompts) // batch_size),
@@ -87,20 +95,33 @@ def sample(workdir: str, prompts: list[str], out_dir: str, *, num_steps: int | N
       videos.append(task.generate(params, state.frozen, tagged[start:start + batch_size], num_frames,
                                   height, width, seed=seed + start,
                                   step_callback=lambda i, n: bar.update(), **kwargs))
-  videos = np.concatenate(videos)  # [N, T, H, W, 3]
   report = task.text.truncation_report()
   if report:
     logging.warning("%s.", report)
+  return np.concatenate(videos), tagged  # [N, T, H, W, 3]
+
+
+def sample(workdir: str, prompts: list[str], out_dir: str, *, num_steps: int | None = None,
+           schedule: str | None = None, cfg_scale: float | None = None, seed: int = 0,
+           num_frames: int | None = None, height: int | None = None, width: int | None = None,
+           method: str = "euler", batch_size: int = 8, step: int | None = None) -> list[str]:
+  """Generates one file per prompt into out_dir; returns their paths."""
+  from mgjax.train import restore_train_state
+  config, task, state = restore_train_state(workdir, step)
+  videos, tagged = generate_videos(
+      config, task, state, prompts, num_steps=num_steps, schedule=schedule,
+      cfg_scale=cfg_scale, seed=seed, num_frames=num_frames, height=height, width=width,
+      method=method, batch_size=batch_size)  # [N, T, H, W, 3]
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for i, (prompt, video) in enumerate(zip(prompts, videos)):
     name = os.path.join(out_dir, f"{i:03d}_{slug(prompt)}")
-    if num_frames == 1:
+    if videos.shape[1] == 1:
       paths.append(name + ".png")
       write_image(paths[-1], video[0])
     else:
       paths.append(name + ".mp4")
-      write_video(paths[-1], video, fps=fps)
+      write_video(paths[-1], video, fps=video_fps(config))
   write_image(os.path.join(out_dir, "contact_sheet.png"), contact_sheet(videos))
   with open(os.path.join(out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
     f.write("\n".join(tagged) + "\n")

@@ -32,6 +32,7 @@ from mgjax import optim
 from mgjax.parallel import distributed
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.parallel import sharding as sharding_lib
+from mgjax.preemption import PreemptionWatch
 from mgjax.tasks import get_task_class
 from mgjax.tasks.base import Task
 from mgjax.train_state import TrainState
@@ -50,6 +51,12 @@ def train_step(state: TrainState, batch, *, task: Task, optimizer,
   ema_params = state.ema_params
   if ema_decay:
     ema_params = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), ema_params, params)
+  if isinstance(opt_state, optax.ApplyIfFiniteState):  # optimizer.skip_non_finite > 0
+    # A skipped update left params unchanged; the EMA must not move towards them either.
+    ema_params = jax.tree.map(lambda new, old: jnp.where(opt_state.last_finite, new, old),
+                              ema_params, state.ema_params)
+    metrics.update(skipped_updates=opt_state.total_notfinite,
+                   non_finite_in_a_row=opt_state.notfinite_count)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                        ema_params=ema_params), metrics
 
@@ -195,13 +202,24 @@ class MetricsWriter:
       self.tensorboard.close()
 
 
-def check_finite(metrics: dict, step: int, last_checkpoint: int | None):
+def check_finite(metrics: dict, step: int, last_checkpoint: int | None,
+                 skip_limit: int = 0):
+  """Stops the run on a non-finite loss, unless the optimizer skipped that update and
+  no more than `skip_limit` in a row (optimizer.skip_non_finite)."""
   loss = float(metrics["loss"])
-  if not np.isfinite(loss):
-    raise FloatingPointError(
-        f"Loss is {loss} at step {step}. Last complete checkpoint: "
-        f"{last_checkpoint if last_checkpoint is not None else 'none'}. Lower the "
-        "learning rate or check the data; the run resumes from that checkpoint.")
+  if np.isfinite(loss):
+    return
+  in_a_row = int(metrics.get("non_finite_in_a_row", 0))
+  if skip_limit and in_a_row <= skip_limit:
+    logging.warning("Loss is %s at step %d: update skipped (%d in a row, %d allowed).",
+                    loss, step, in_a_row, skip_limit)
+    return
+  raise FloatingPointError(
+      f"Loss is {loss} at step {step}. Last complete checkpoint: "
+      f"{last_checkpoint if last_checkpoint is not None else 'none'}. Lower the "
+      "learning rate or check the data; the run resumes from that checkpoint. To skip "
+      "isolated bad updates instead, set --config.optimizer.skip_non_finite=N (at most "
+      "N in a row).")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -227,7 +245,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --------------------------------------------------------------- checkpoint
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.checkpoint_every,
-                                             config.train.keep_checkpoints)
+                                             config.train.keep_checkpoints,
+                                             config.train.keep_checkpoints_every)
   start_step = checkpointer.latest_step()
   if start_step is not None:
     logging.info("Resuming from step %d in %s", start_step, checkpointer.directory)
@@ -256,6 +275,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches.set_state(data_state)
   progress = tqdm.tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        disable=not config.train.progress_bar or jax.process_index() != 0)
+  preemption = PreemptionWatch()
   try:
     for step in range(start_step, num_steps):
       host_batch = next(batches)
@@ -271,11 +291,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       progress.update()
       done = step + 1
       is_last = done == num_steps
-      should_save = done % config.train.checkpoint_every == 0 or is_last
+      preempted = preemption.reached(done)
+      should_save = done % config.train.checkpoint_every == 0 or is_last or preempted
       should_log = done % config.train.log_every == 0 or is_last
       if should_save or should_log:  # never log or checkpoint a non-finite state
         metrics = jax.device_get(metrics)
-        check_finite(metrics, done, checkpointer.latest_step())
+        check_finite(metrics, done, checkpointer.latest_step(),
+                     config.optimizer.skip_non_finite)
       if should_log:
         elapsed = time.time() - last_log_time
         metrics["steps_per_second"] = (done - last_log_step) / max(elapsed, 1e-9)
@@ -292,17 +314,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if should_save:
         checkpointer.save(done, state, config, data_state=batches.get_state(), force=True)
         logging.info("Saving checkpoint at step %d", done)
+      if preempted:
+        logging.warning("Stopped at step %d on request (SIGTERM); its checkpoint is "
+                        "saved. Rerun the same command to resume.", done)
+        break
       if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
         eval_metrics = task.evaluate(*evaluation_copy(state), done)
         writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
         logging.info("eval step %d: %s", done,
                      " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
-  finally:
+  finally:  # also when the run stops on an error: the saves in flight complete
     batches.close()
-  progress.close()
-  writer.close()
-  checkpointer.wait()
-  checkpointer.close()
+    preemption.close()
+    progress.close()
+    writer.close()
+    checkpointer.wait()
+    checkpointer.close()
   return eval_metrics
 
 

@@ -1,11 +1,19 @@
-"""Test set-up: 8 fake CPU devices so sharding tests can build real meshes.
+"""Test set-up: 8 fake CPU devices so sharding tests can build real meshes, and one
+persistent compilation cache for the whole session.
 
 XLA reads the flag when jax initialises its backend, so it is set here, before any
-test module imports jax.
+test module imports jax. Many tests run the trainer on the same tiny config (in
+this process, in subprocesses, in both xdist workers); with the cache each distinct
+program compiles once per session instead of once per run. The directory is new for
+every session (keyed by the pytest parent process), so no stale entry is read.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_session = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))  # xdist: shared
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"mgjax-tests-jax-cache-{_session}"))

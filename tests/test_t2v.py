@@ -1,5 +1,7 @@
-"""The text-to-video task end to end on tiny models: train, evaluate, sample, bad input."""
+"""The text-to-video task end to end on tiny models: train, evaluate, sample, inspect (and
+the inspection notebook), bad input."""
 
+import base64
 import json
 import os
 import subprocess
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 
 from experiments import t2v as t2v_config
+from mgjax import inspect as inspect_lib
 from mgjax import sample as sample_lib
 from mgjax import train as train_lib
 from mgjax.data.latent_shards import LatentShards
@@ -290,3 +293,122 @@ def test_mesh_that_does_not_divide_the_model_is_rejected(trained, tmp_path, mesh
   devices = jax.devices()[:int(np.prod(list(mesh.values())))]
   with pytest.raises(ValueError, match=message):
     T2VTask(config, str(tmp_path)).check_mesh(mesh_lib.make_mesh(config.mesh.to_dict(), devices))
+
+
+def test_inspect_reads_a_run_its_parameters_metrics_and_samples(trained, tmp_path):
+  workdir, _ = trained
+  run = inspect_lib.open_run(workdir)
+  assert (run.steps, run.step, run.config.task) == ([4], 4, "t2v")
+  state = run.state
+  table = run.param_table()
+  assert table.total == train_lib.count_params(state.params) > 0
+  assert len(table.rows) == len(jax.tree.leaves(state.params))
+  row = next(r for r in table.rows if r.path.startswith("dit/"))
+  leaf = state.params["dit"]
+  for name in row.path.split("/")[1:]:
+    leaf = leaf[name]
+  assert (row.shape, row.dtype, row.count) == (leaf.shape, str(leaf.dtype), leaf.size)
+  modules = run.param_table(depth=1)
+  assert [r.path for r in modules.rows] == ["dit", "text"] and modules.total == table.total
+  assert f"Total: {table.total:,} parameters" in str(table) and "<table>" in table._repr_html_()
+  assert run.param_table("frozen").total == train_lib.count_params(state.frozen) > 0
+  with pytest.raises(ValueError, match="pick one of"):
+    run.param_table("opt_state")
+
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  steps, losses = run.metrics()["loss"]
+  assert steps.tolist() == [1, 2, 3, 4]
+  np.testing.assert_allclose(losses, [r["loss"] for r in rows if "loss" in r])
+  assert "eval/shapes_score" in run.metrics()
+  ax = run.plot_loss()
+  assert ax.lines[0].get_xdata().tolist() == [1, 2, 3, 4]
+  ax.figure.clf()
+  with pytest.raises(ValueError, match=r"No \['psnr'\]"):
+    run.plot_loss(("psnr",))
+  # A run resumed from step 1 logs step 2 again; a kill cut the last line short.
+  resumed = tmp_path / "metrics.jsonl"
+  resumed.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.0}\n'
+                     '{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+  steps, losses = inspect_lib.read_metrics(str(resumed))["loss"]
+  assert (steps.tolist(), losses.tolist()) == ([1, 2], [3.0, 1.5])
+
+  with pytest.raises(ValueError, match="needs a prompt"):
+    run.sample_video()
+  tae = inspect_lib.open_run(os.path.join(os.path.dirname(workdir), "tae"))
+  clip = tae.task.eval_clips()[0]  # [T, H, W, 3]
+  pair = tae.sample_video(path=str(tmp_path / "pair.mp4"))  # input | reconstruction
+  assert pair.shape == clip.shape[:2] + (2 * clip.shape[2], 3) and pair.dtype == np.uint8
+  np.testing.assert_array_equal(pair[:, :, :clip.shape[2]], clip)
+  assert probe(str(tmp_path / "pair.mp4")).num_frames == len(clip)
+  with pytest.raises(ValueError, match="takes no prompt"):
+    tae.sample_video("a red circle")
+  shown = inspect_lib.show_video(pair, fps=tae.fps).data
+  assert shown.startswith("<video") and 'width="256"' in shown
+  (tmp_path / "shown.mp4").write_bytes(base64.b64decode(shown.split("base64,")[1].split('"')[0]))
+  assert probe(str(tmp_path / "shown.mp4")).width == pair.shape[2]
+
+
+def test_inspect_names_the_workdir_and_the_fix(trained, tmp_path):
+  workdir, _ = trained
+  with pytest.raises(inspect_lib.NoRunError, match="does not exist: set it to the --workdir"):
+    inspect_lib.open_run(str(tmp_path / "missing"))
+  with pytest.raises(inspect_lib.NoRunError, match=f"{tmp_path} has no config.json"):
+    inspect_lib.open_run(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps({"task": "t2v"}))
+  with pytest.raises(inspect_lib.NoRunError, match="no complete checkpoint in .*train longer"):
+    inspect_lib.open_run(str(tmp_path))
+  with pytest.raises(inspect_lib.NoRunError, match=r"step 3; complete ones: \[4\]"):
+    inspect_lib.open_run(workdir, step=3)
+
+
+def test_inspect_notebook_runs_headless_on_a_tiny_checkpoint(trained, tmp_path, monkeypatch):
+  """The committed notebook, outputs cleared, executed in a fresh kernel of this Python
+  on the tiny run, sampling 2 steps."""
+  import nbformat
+  from nbclient import NotebookClient
+  workdir, _ = trained
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  notebook = nbformat.read(os.path.join(root, "notebooks", "inspect_checkpoint.ipynb"), 4)
+  nbformat.validate(notebook)
+  code = [c for c in notebook.cells if c.cell_type == "code"]
+  assert not any(c.outputs or c.execution_count for c in code), "clear the notebook's outputs"
+  parameters = next(i for i, c in enumerate(notebook.cells)
+                    if "parameters" in c.metadata.get("tags", []))
+  notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell("NUM_STEPS = 2"))
+  # A kernel spec naming this interpreter, whatever other "python3" kernels exist.
+  kernel_dir = tmp_path / "jupyter" / "kernels" / "mgjax-test"
+  kernel_dir.mkdir(parents=True)
+  (kernel_dir / "kernel.json").write_text(json.dumps(dict(
+      argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      display_name="mgjax test", language="python")))
+  monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+  monkeypatch.setenv("MGJAX_WORKDIR", workdir)
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get(
+      "PYTHONPATH")])))
+  NotebookClient(notebook, timeout=300, kernel_name="mgjax-test",
+                 resources={"metadata": {"path": root}}).execute()
+
+  def outputs(snippet):  # the outputs of the code cell whose source holds snippet
+    cell = next(c for c in notebook.cells if c.cell_type == "code" and snippet in c.source)
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                   for o in cell.outputs)
+    return text, {mime for o in cell.outputs for mime in o.get("data", {})}, cell.outputs
+
+  text, _, _ = outputs("open_run(WORKDIR")
+  assert "task 't2v', complete checkpoints [4], inspecting step 4" in text
+  assert "task: t2v" in outputs("print(run.config)")[0]
+  _, _, state = train_lib.restore_train_state(workdir)
+  text, mimes, _ = outputs("table = run.param_table()")
+  assert f"Total: {train_lib.count_params(state.params):,} parameters" in text
+  assert "text/html" in mimes
+  text, _, _ = outputs('depth=2)')
+  assert f"Total: {train_lib.count_params(state.frozen):,} parameters" in text
+  text, mimes, _ = outputs("run.plot_loss()")
+  assert "logged steps: [1, 2, 3, 4]" in text and "image/png" in mimes
+  text, mimes, cell_outputs = outputs("show_video(video")
+  assert f"video ({NUM_FRAMES}, {SIZE}, {SIZE}, 3) uint8" in text
+  html = next(o.data["text/html"] for o in cell_outputs if "text/html" in o.get("data", {}))
+  (tmp_path / "inline.mp4").write_bytes(base64.b64decode(html.split("base64,")[1].split('"')[0]))
+  info = probe(str(tmp_path / "inline.mp4"))
+  assert (info.num_frames, info.height, info.width) == (NUM_FRAMES, SIZE, SIZE)

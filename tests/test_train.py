@@ -1,27 +1,37 @@
-"""The trainer end to end on a tiny TAE: outputs, exact resume, mesh invariance."""
+"""The trainer end to end on a tiny TAE: outputs, exact resume after a kill or a
+preemption, mesh invariance, bad input, non-finite losses."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import tae as tae_config
+from mgjax import checkpoint as checkpoint_lib
 from mgjax import train as train_lib
+from mgjax.preemption import PreemptionWatch
+from mgjax.tasks.tae import TAETask
 from mgjax.data.pipeline import DataQualityError
 from mgjax.data.video import probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(num_steps, **mesh):
+def tiny_config(num_steps, images=False, **mesh):
+  """The tiny TAE run; `images` adds single-frame batches (a second compiled step)."""
   config = tae_config.get_config("tiny")
   config.model.update(base_channels=8, channel_multipliers=(1, 2, 2, 2), num_groups=4)
   config.data.shapes.update(num_videos=24, num_frames=16, height=32, width=32,
                             num_images=0)
-  config.data.update(num_frames=8, height=16, width=16)
+  config.data.update(num_frames=8, height=16, width=16,
+                     image_fraction=config.data.image_fraction if images else 0.0)
   config.eval.update(num_clips=2, num_frames=16, batch_size=2, num_videos_to_write=1)
   config.train.update(num_steps=num_steps, batch_size=8, log_every=1,
                       checkpoint_every=3)
@@ -57,14 +67,6 @@ def test_run_writes_metrics_checkpoints_and_videos(straight_run):
   assert (info.num_frames, info.height, info.width) == (16, 32, 64)  # input | output
 
 
-def test_resume_is_bitwise_identical(straight_run, tmp_path):
-  straight, _ = straight_run
-  workdir = str(tmp_path)
-  train_lib.train(tiny_config(3), workdir)       # stops after step 3, checkpointed
-  train_lib.train(tiny_config(6), workdir)       # a new process would do the same
-  assert losses(workdir) == losses(straight)
-
-
 def test_loss_does_not_depend_on_the_mesh(straight_run, tmp_path):
   straight, _ = straight_run
   train_lib.train(tiny_config(2, data=2, fsdp=4), str(tmp_path))
@@ -93,12 +95,111 @@ def test_two_processes_train_like_one(straight_run, tmp_path):
   np.testing.assert_allclose(final["eval/psnr"], eval_metrics["psnr"], rtol=1e-4)
 
 
-def test_non_finite_loss_stops_with_the_step(tmp_path):
+def test_non_finite_update_stops_the_run_or_is_skipped(tmp_path, monkeypatch):
+  """A NaN loss at the second update stops the run there, naming the step and the last
+  checkpoint; with optimizer.skip_non_finite the run goes on, and that update leaves
+  params and EMA untouched."""
+  loss = TAETask.loss
+
+  def nan_at_second_update(self, params, frozen, batch, rng, step):
+    value, metrics = loss(self, params, frozen, batch, rng, step)
+    return value * jnp.where(step == 1, jnp.nan, 1.0), metrics  # NaN gradients too
+  monkeypatch.setattr(TAETask, "loss", nan_at_second_update)
+
   config = tiny_config(4)
-  config.optimizer.update(learning_rate=1e30, warmup_steps=1, grad_clip_norm=0.0)
-  with pytest.raises(FloatingPointError, match=r"at step \d+\. Last complete checkpoint"):
-    train_lib.train(config, str(tmp_path))
-  assert not os.path.exists(tmp_path / "checkpoints" / "4")
+  config.train.update(checkpoint_every=1, keep_checkpoints=4, ema_decay=0.5)
+  with pytest.raises(FloatingPointError, match="at step 2. Last complete checkpoint: 1.*"
+                                               "skip_non_finite=N"):
+    train_lib.train(config, str(tmp_path / "stop"))
+  assert os.listdir(tmp_path / "stop" / "checkpoints") == ["1"]  # nothing non-finite saved
+
+  config.optimizer.skip_non_finite = 1
+  train_lib.train(config, str(tmp_path / "skip"))
+  with open(tmp_path / "skip" / "metrics.jsonl") as f:
+    rows = {row["step"]: row for row in map(json.loads, f) if "loss" in row}
+  assert np.isnan(rows[2]["loss"]) and np.isfinite(rows[3]["loss"])
+  assert rows[4]["skipped_updates"] == 1 and rows[4]["non_finite_in_a_row"] == 0
+  states = {step: train_lib.restore_train_state(str(tmp_path / "skip"), step)[2]
+            for step in (1, 2, 3)}
+  for name in ("params", "ema_params"):
+    after = [jax.tree.leaves(getattr(states[step], name)) for step in (1, 2, 3)]
+    for one, two, three in zip(*after):
+      np.testing.assert_array_equal(two, one)  # the skipped update changed nothing
+    assert any(not np.array_equal(two, three) for two, three in zip(after[1], after[2]))
+
+
+# Blocks the commit (the rename of the temporary directory) of step 6's checkpoint and
+# says so, so that the test can kill the process while that save is in flight.
+_STALL_SAVE_OF_STEP_6 = """
+import asyncio, sys
+from orbax.checkpoint._src.path import atomicity
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def stalled(self):
+  if self.get_final().name == "6":
+    print("COMMITTING STEP 6", flush=True)
+    await asyncio.sleep(600)
+  return await finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = stalled
+from mgjax import train
+from tests.test_train import tiny_config
+train.train(tiny_config(6), sys.argv[1])
+"""
+
+
+def _run_until(command, marker: str, timeout: float = 600):
+  """Starts `command` and returns (process, output so far) once a line has `marker`."""
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  output, start = [], time.time()
+  for line in process.stdout:
+    output.append(line)
+    if marker in line or time.time() - start > timeout:
+      break
+  assert marker in "".join(output), "".join(output)[-3000:]
+  return process, output
+
+
+def test_kill_during_async_save_resumes_from_last_complete_step(straight_run, tmp_path):
+  straight, _ = straight_run
+  workdir = str(tmp_path / "run")
+  process, _ = _run_until([sys.executable, "-c", _STALL_SAVE_OF_STEP_6, workdir],
+                          "COMMITTING STEP 6")
+  process.kill()  # SIGKILL, with step 6's checkpoint written but not committed
+  process.wait(timeout=60)
+  entries = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert "3" in entries and "6" not in entries
+  assert any(e.startswith("6.") and "tmp" in e for e in entries), entries  # half-written
+  assert checkpoint_lib.Checkpointer(workdir, read_only=True).latest_step() == 3
+  train_lib.train(tiny_config(6), workdir)  # the restart: resumes after step 3
+  assert losses(workdir) == losses(straight)  # steps 4-6 bitwise as in one straight run
+
+
+def test_sigterm_is_caught_and_the_handler_restored():
+  before = signal.getsignal(signal.SIGTERM)
+  watch = PreemptionWatch()
+  assert not watch.reached(1)
+  os.kill(os.getpid(), signal.SIGTERM)  # the real signal, to this process
+  deadline = time.time() + 10
+  while not watch.reached(2) and time.time() < deadline:
+    time.sleep(0.01)
+  assert watch.reached(2)
+  watch.close()
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_preempted_run_checkpoints_stops_and_resumes_exactly(straight_run, tmp_path,
+                                                             monkeypatch):
+  """Stopped (as on SIGTERM) after step 2, which is no checkpoint step: the trainer
+  saves step 2 and returns; the restart continues bitwise as the straight run."""
+  straight, _ = straight_run
+  workdir = str(tmp_path / "run")
+  monkeypatch.setattr(train_lib.PreemptionWatch, "reached", lambda self, step: step == 2)
+  train_lib.train(tiny_config(6), workdir)
+  assert checkpoint_lib.Checkpointer(workdir, read_only=True).all_steps() == [2]
+  assert sorted(losses(workdir)) == [1, 2]
+  monkeypatch.undo()
+  train_lib.train(tiny_config(6), workdir)
+  assert losses(workdir) == losses(straight)
 
 
 def salted_manifest(straight_workdir, out_dir):
@@ -125,7 +226,7 @@ def test_bad_input_is_counted_in_the_metrics_and_too_much_stops_the_run(straight
                                                                           tmp_path):
   straight, _ = straight_run
   salted_manifest(straight, str(tmp_path))
-  config = tiny_config(4)
+  config = tiny_config(4, images=True)  # frames of the manifest's videos as images too
   config.data.update(name="manifest", dir=str(tmp_path), max_skip_fraction=0.4)
   train_lib.train(config, str(tmp_path / "run"))
   with open(tmp_path / "run" / "metrics.jsonl") as f:
