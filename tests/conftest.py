@@ -17,3 +17,5 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _session = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))  # xdist: shared
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"mgjax-tests-jax-cache-{_session}"))
+# Compile-only TPU tests (libtpu topologies) may run in both xdist workers at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

@@ -14,6 +14,7 @@ fails the others are stopped; the exit code is the first non-zero one.
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from mgjax.parallel import distributed
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "Processes to start.")
 DEVICES_PER_PROCESS = flags.DEFINE_integer("devices_per_process", 4,
                                            "CPU devices each process sees.")
+DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print each process's environment and "
+                            "command; start nothing.")
 
 
 def free_port() -> int:
@@ -88,7 +91,23 @@ def launch(command: list[str], num_processes: int, devices_per_process: int) -> 
   return exit_code or next((p.returncode for p in processes if p.returncode), 0)
 
 
+def dry_run(command: list[str], num_processes: int, devices_per_process: int) -> str:
+  """The shell lines `launch` would run, one per process (the variables it sets)."""
+  port = free_port()
+  lines = []
+  for index in range(num_processes):
+    env = process_env(index, num_processes, devices_per_process, port)
+    names = (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
+             distributed.ENV_PROCESS_ID, "JAX_PLATFORMS", "XLA_FLAGS")
+    lines.append(" ".join(f"{name}={shlex.quote(env[name])}" for name in names) + " "
+                 + shlex.join(command) + " &")
+  return "\n".join(lines + ["wait"])
+
+
 def main(argv):
+  if DRY_RUN.value:
+    print(dry_run(argv[1:], NUM_PROCESSES.value, DEVICES_PER_PROCESS.value))
+    return
   sys.exit(launch(argv[1:], NUM_PROCESSES.value, DEVICES_PER_PROCESS.value))
 
 

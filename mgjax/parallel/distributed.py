@@ -39,6 +39,21 @@ def _cluster_detected() -> bool:
   return slurm or tpu_pod or mpi
 
 
+def slurm_node_gpus() -> list[int] | None:
+  """All of the node's GPUs when SLURM runs one task per node, else None.
+
+  On SLURM, `jax.distributed.initialize()` gives each process the one GPU whose
+  index is its SLURM_LOCALID: right for one process per GPU, but a single process
+  per node would then drive only GPU 0. (SLURM_STEP_TASKS_PER_NODE reads e.g. "1" or
+  "1(x64)"; SLURM_GPUS_ON_NODE is the node's allocated GPU count.)"""
+  env = os.environ
+  tasks_per_node = env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", ""))
+  gpus = int(env.get("SLURM_GPUS_ON_NODE", "0") or 0)
+  if "SLURM_JOB_ID" in env and tasks_per_node.split("(")[0] == "1" and gpus > 1:
+    return list(range(gpus))
+  return None
+
+
 def initialize(coordinator_address: str = "", num_processes: int = 0,
                process_id: int = -1) -> bool:
   """Joins this process to a multi-process run; returns whether it is one."""
@@ -54,7 +69,7 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
           f"--num_processes/--process_id or {ENV_NUM_PROCESSES}/{ENV_PROCESS_ID}.")
     jax.distributed.initialize(address, num_processes, process_id)
   elif _cluster_detected():
-    jax.distributed.initialize()
+    jax.distributed.initialize(local_device_ids=slurm_node_gpus())
   else:
     return False
   logging.info("Process %d of %d; %d local and %d global devices.", jax.process_index(),

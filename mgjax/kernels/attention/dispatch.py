@@ -27,6 +27,8 @@ exact enough to compare against `xla`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 
 import jax
@@ -40,6 +42,26 @@ _PALLAS_MODULES = {"pallas_gpu": "mgjax.kernels.attention.pallas_gpu",
                    "pallas_tpu": "mgjax.kernels.attention.pallas_tpu"}
 
 
+# The platform the kernels are built for: the default backend, unless a caller
+# compiles ahead of time for another (mgjax.aot: a TPU topology from a CPU machine).
+_TARGET = contextvars.ContextVar("attention_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str):
+  """Within: `auto` chooses, and Pallas kernels compile (not interpret), for
+  `platform` ("tpu", "gpu", "cpu") whatever the default backend is."""
+  token = _TARGET.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET.reset(token)
+
+
+def _platform() -> str:
+  return _TARGET.get() or jax.default_backend()
+
+
 def resolve(implementation: str, query: jax.Array, return_lse: bool = False,
             masked: bool = False) -> str:
   """The concrete implementation `implementation` stands for on this platform and shape
@@ -49,7 +71,7 @@ def resolve(implementation: str, query: jax.Array, return_lse: bool = False,
                      f"{IMPLEMENTATIONS}.")
   if implementation != "auto":
     return implementation
-  platform = jax.default_backend()
+  platform = _platform()
   if platform == "tpu":
     return "pallas_tpu"
   if platform == "gpu":
@@ -75,7 +97,7 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   if name == "cudnn":
     return _cudnn(query, key, value, **kwargs)
   kernel = importlib.import_module(_PALLAS_MODULES[name]).flash_attention
-  return kernel(query, key, value, interpret=jax.default_backend() == "cpu", **kwargs)
+  return kernel(query, key, value, interpret=_platform() == "cpu", **kwargs)
 
 
 def _cudnn_is_fastest(query, return_lse: bool, masked: bool) -> bool:

@@ -1,0 +1,330 @@
+"""Will it fit, and what will it cost? Compiles the real train step for a TPU topology
+ahead of time, on this (CPU-only) machine.
+
+    python -m mgjax.aot --config=experiments/t2v.py:30b --topology=v5p-512 \
+        --config.mesh.tensor=4 --config.mesh.context=2 \
+        --config.parallel.sequence_parallel=True [--json=report.json]
+
+The step is the trainer's own (`mgjax.train.train_step`, the state and batch
+shardings of `create_state` and the logical rules), jitted for the topology's devices
+from `jax.experimental.topologies` with the Pallas TPU attention; it needs the `tpu`
+extra (libtpu matching jax). Printed per batch shape: per-chip argument / temporary /
+output bytes against the chip's HBM, compile time, XLA's FLOPs and the analytic model
+FLOPs, and the step time and MFU if the compiled FLOPs ran at --peak_fraction of the
+chip's peak. XLA's cost analysis counts a scanned loop's body once, so the FLOPs of a
+scanned model are rebuilt from two small unrolled compiles (1 and 2 layers: body and
+the rest) as rest + num_layers x body; it counts nothing inside Pallas kernels, so
+the attention's analytic FLOPs are added (their recomputation under remat is not).
+
+A text-to-video config needs its TAE's config for the latent shape: the TAE workdir's
+when it has one, else --tae_config (default: the paper's TAE). No data is read; the
+latent statistics are taken as 0 / 1, which changes no cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from mgjax import checkpoint as checkpoint_lib
+from mgjax import configs, optim
+from mgjax import train as train_lib
+from mgjax.kernels import attention
+from mgjax.parallel import mesh as mesh_lib
+from mgjax.parallel import sharding as sharding_lib
+from mgjax.tasks import get_task_class
+
+# Per chip: HBM bytes and dense bf16 peak FLOP/s (vendor figures).
+CHIPS = {"v5p": (95 * 2**30, 459e12), "v5e": (16 * 2**30, 197e12),
+         "v4": (32 * 2**30, 275e12), "v6e": (32 * 2**30, 918e12)}
+# "v5p-N" names count TensorCores (2 per v5p / v4 chip); their chip grids.
+_V5P_GRIDS = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
+              128: "4x4x8", 256: "4x8x8", 512: "8x8x8", 1024: "8x8x16",
+              2048: "8x16x16", 4096: "16x16x16", 6144: "16x16x24"}
+
+
+def topology_name(name: str) -> str:
+  """"v5p-1024" (TensorCores) or "v5p:8x8x8" (chip grid) -> "v5p:8x8x8"."""
+  if ":" in name:
+    return name
+  kind, _, cores = name.partition("-")
+  if kind in ("v5p", "v4") and cores.isdigit() and int(cores) // 2 in _V5P_GRIDS:
+    return f"{kind}:{_V5P_GRIDS[int(cores) // 2]}"
+  raise ValueError(f"Unknown topology {name!r}; give the chip grid, e.g. v5p:4x4x4, or "
+                   f"v5p-N with N in {[2 * c for c in _V5P_GRIDS]}.")
+
+
+@dataclasses.dataclass
+class BucketReport:
+  """One compiled batch shape; bytes are per chip, FLOPs per step for all chips."""
+  bucket: str
+  tokens_per_example: int
+  global_batch: int
+  argument_bytes: int
+  temp_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  hbm_bytes: int
+  compile_seconds: float
+  xla_flops_counted: float   # as XLA reports it (scanned body once), all chips
+  xla_flops: float           # scan-corrected, + the attention kernels', all chips
+  model_flops: float         # analytic, no recompute, all chips
+  attention_flops: float     # analytic, in the Pallas kernels (XLA counts none)
+  step_seconds: float        # xla_flops / (chips x peak x peak_fraction)
+  mfu: float                 # model_flops / (step_seconds x chips x peak)
+
+  @property
+  def total_bytes(self) -> int:
+    """What the step holds at its peak: arguments (donated ones reused for outputs),
+    temporaries and outputs."""
+    return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
+
+  @property
+  def headroom(self) -> float:
+    return 1.0 - self.total_bytes / self.hbm_bytes
+
+
+def _prepared_workdir(config: ml_collections.ConfigDict, tae_config: str) -> str:
+  """A scratch workdir with what a t2v task reads before compiling: its TAE's config
+  (tae/config.json) and latent statistics (latents/stats.json, 0 / 1)."""
+  workdir = tempfile.mkdtemp(prefix="mgjax_aot_")
+  if config.task != "t2v":
+    return workdir
+  existing = os.path.join(config.tae.workdir, "config.json") if config.tae.workdir else ""
+  if existing and os.path.exists(existing):
+    with open(existing) as f:
+      tae = ml_collections.ConfigDict(json.load(f))
+  else:
+    tae = configs.load_config(tae_config)
+  config.tae.workdir = os.path.join(workdir, "tae")
+  os.makedirs(config.tae.workdir)
+  with open(os.path.join(config.tae.workdir, "config.json"), "w") as f:
+    f.write(tae.to_json())
+  channels = tae.model.latent_channels
+  os.makedirs(os.path.join(workdir, "latents"))
+  with open(os.path.join(workdir, "latents", "stats.json"), "w") as f:
+    json.dump({"mean": [0.0] * channels, "std": [1.0] * channels}, f)
+  return workdir
+
+
+def _compiled_steps(config, devices, workdir: str) -> dict[str, tuple]:
+  """{bucket: (compiled step, seconds, batch spec)} for the config on `devices`."""
+  task = get_task_class(config.task)(config, workdir)
+  mesh = mesh_lib.mesh_from_config(config, devices)
+  task.check_mesh(mesh)
+  rules = sharding_lib.rules_for(config)
+  optimizer, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  _, abstract, shardings = train_lib.create_state(task, optimizer, config, mesh)
+  step = jax.jit(functools.partial(train_lib.train_step, task=task, optimizer=optimizer,
+                                   ema_decay=config.train.ema_decay),
+                 out_shardings=(shardings, sharding_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+  state = checkpoint_lib.abstract_with_shardings(abstract, shardings)
+  compiled = {}
+  for name, spec in task.batch_specs().items():
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                     sharding=sharding_lib.batch_sharding(mesh, v.ndim))
+             for k, v in spec.items()}
+    start = time.perf_counter()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), \
+        attention.target_platform(devices[0].platform):
+      executable = step.lower(state, batch).compile()
+    compiled[name] = (executable, time.perf_counter() - start, spec, task)
+  return compiled
+
+
+def _flops(executable) -> float:
+  cost = executable.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _unrolled_layer_flops(config, devices, workdir: str) -> dict[str, tuple[float, float]]:
+  """{bucket: (per-layer FLOPs, FLOPs outside the layers)} from 1- and 2-layer
+  unrolled compiles of the same config (per chip, as XLA counts)."""
+  flops = []
+  for layers in (1, 2):
+    small = ml_collections.ConfigDict(config.to_dict())
+    small.model.update(num_layers=layers, scan_layers=False)
+    flops.append({name: _flops(c[0]) for name, c in
+                  _compiled_steps(small, devices, workdir).items()})
+  return {name: (flops[1][name] - flops[0][name],
+                 2 * flops[0][name] - flops[1][name]) for name in flops[0]}
+
+
+def _kernel_sizes(tree) -> dict[str, int]:
+  """{"a/b/kernel": size} of a parameter tree's matmul weights."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): math.prod(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if str(getattr(path[-1], "key", "")) == "kernel"}
+
+
+def model_flops(config, task, spec) -> tuple[float, float]:
+  """Analytic (weight matmul, attention) FLOPs of one t2v step, all chips; nan for
+  other tasks. No recompute and no elementwise work: what MFU counts. Weight matmuls
+  are 2 (forward) + 4 (backward) x weights x the tokens they multiply:
+    video tokens: the DiT's patch embedding, its layers' kernels (but the
+      cross-attention keys and values) and final projection;
+    text tokens: cross-attention keys/values, text projections, trainable encoders
+      (6x) and frozen ones (2x: forward only; embeddings counted as weights);
+    attention scores: 12 x D x S x (S + text tokens) per layer and example."""
+  if config.task != "t2v":
+    return float("nan"), float("nan")
+  batch = next(iter(spec.values())).shape[0]
+  tokens = task.batch_tokens(spec) // batch  # video tokens per example
+  params, frozen = (nn.meta.unbox(tree) for tree in
+                    jax.eval_shape(lambda: task.init(jax.random.key(0))))
+  lengths = {name: e.max_length for name, e in config.text.encoders.items()}
+  text_tokens = sum(lengths.values())
+  per_video_token = per_text_token = 0
+  for path, size in _kernel_sizes(params["dit"]).items():
+    if path.startswith("text_projection_"):
+      per_text_token += size * lengths[path.split("/")[0].removeprefix("text_projection_")]
+    elif "cross_attention/key/" in path or "cross_attention/value/" in path:
+      per_text_token += size * text_tokens
+    elif path.startswith(("layers", "patch_embed", "final/")):
+      per_video_token += size * tokens
+  for trees, factor in ((params["text"], 6.0), (frozen["text"], 2.0)):
+    for name, tree in trees.items():
+      per_text_token += factor / 6.0 * train_lib.count_params(tree) * lengths[name]
+  m = config.model
+  attention = m.num_layers * 12.0 * m.embed_dim * tokens * (tokens + text_tokens)
+  return batch * 6.0 * (per_video_token + per_text_token), batch * attention
+
+
+def compile_report(config: ml_collections.ConfigDict, topology: str,
+                   tae_config: str = "experiments/tae.py:paper",
+                   peak_fraction: float = 0.5, count_flops: bool = True
+                   ) -> list[BucketReport]:
+  """Compiles every batch shape of `config` for `topology`; see the module doc."""
+  # Compile-only: no chip is claimed, so other processes may use libtpu at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies  # noqa: PLC0415 - needs libtpu
+  name = topology_name(topology)
+  kind = name.split(":")[0]
+  if kind not in CHIPS:
+    raise ValueError(f"No HBM/peak figures for {kind!r}; known: {sorted(CHIPS)}.")
+  hbm, peak = CHIPS[kind]
+  devices = topologies.get_topology_desc(name, "tpu").devices
+  config = ml_collections.ConfigDict(config.to_dict())
+  if "attention_implementation" in config.model:
+    config.model.attention_implementation = "pallas_tpu"
+  workdir = _prepared_workdir(config, tae_config)
+  compiled = _compiled_steps(config, devices, workdir)
+  layers = _unrolled_layer_flops(config, devices, workdir) if count_flops and \
+      config.model.get("scan_layers") else {}
+  reports = []
+  for bucket, (executable, seconds, spec, task) in compiled.items():
+    memory = executable.memory_analysis()
+    counted = _flops(executable) * len(devices)
+    if bucket in layers:
+      body, rest = layers[bucket]
+      total = (rest + config.model.num_layers * body) * len(devices)
+    else:
+      total = counted
+    matmuls, attention_flops = model_flops(config, task, spec)
+    analytic = matmuls + attention_flops
+    if not math.isnan(attention_flops):
+      total += attention_flops  # inside Pallas custom calls, which XLA does not count
+    step_seconds = total / (len(devices) * peak * peak_fraction)
+    batch = next(iter(spec.values())).shape[0]
+    reports.append(BucketReport(
+        bucket=bucket, global_batch=batch,
+        tokens_per_example=task.batch_tokens(spec) // batch,
+        argument_bytes=memory.argument_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
+        hbm_bytes=hbm, compile_seconds=seconds, xla_flops_counted=counted, xla_flops=total,
+        model_flops=analytic, attention_flops=attention_flops, step_seconds=step_seconds,
+        mfu=analytic / (step_seconds * len(devices) * peak)))
+  return reports
+
+
+def format_report(reports: list[BucketReport], topology: str, peak_fraction: float) -> str:
+  gib = 2**30
+  lines = [f"Topology {topology_name(topology)}; step time and MFU if XLA's FLOPs ran at "
+           f"{peak_fraction:.0%} of peak."]
+  for r in reports:
+    fits = "fits" if r.headroom >= 0 else "DOES NOT FIT"
+    lines += [
+        f"[{r.bucket}] {r.global_batch} examples x {r.tokens_per_example:,} tokens",
+        f"  per chip: arguments {r.argument_bytes / gib:.2f} GiB, temporaries "
+        f"{r.temp_bytes / gib:.2f} GiB, outputs {r.output_bytes / gib:.2f} GiB "
+        f"(donated {r.alias_bytes / gib:.2f}) = {r.total_bytes / gib:.2f} of "
+        f"{r.hbm_bytes / gib:.0f} GiB HBM: {fits}, headroom {r.headroom:.0%}",
+        f"  compile {r.compile_seconds:.1f} s; FLOPs per step: {r.xla_flops:.3e} compiled "
+        f"(XLA counted {r.xla_flops_counted:.3e}: scanned body once, no attention "
+        f"kernels), model {r.model_flops:.3e} (attention {r.attention_flops:.3e})",
+        f"  estimated step {r.step_seconds:.2f} s, MFU {r.mfu:.1%}"]
+  return "\n".join(lines)
+
+
+def parse_bucket(text: str) -> tuple:
+  """"video:256:768:768:16" -> ("video", 256, 768, 768, 16)."""
+  name, *sizes = text.split(":")
+  if len(sizes) != 4 or not all(s.isdigit() for s in sizes):
+    raise app.UsageError(f"Bucket {text!r}: give name:frames:height:width:global_batch.")
+  return (name, *map(int, sizes))
+
+
+def main():
+  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                                lock_config=True)
+  topology = flags.DEFINE_string("topology", "v5p:2x2x1", "TPU topology: v5p-N (N "
+                                 "TensorCores) or v5p:AxBxC (chips).")
+  tae_config = flags.DEFINE_string("tae_config", "experiments/tae.py:paper",
+                                   "TAE config for t2v latent shapes, when the TAE "
+                                   "workdir has none.")
+  peak_fraction = flags.DEFINE_float("peak_fraction", 0.5, "Share of peak FLOP/s the "
+                                     "compiled FLOPs are assumed to run at.")
+  count_flops = flags.DEFINE_bool("count_flops", True, "Rebuild a scanned model's FLOPs "
+                                  "from 1- and 2-layer unrolled compiles.")
+  json_path = flags.DEFINE_string("json", None, "Also write the report here as JSON.")
+  buckets = flags.DEFINE_list("buckets", None, "Replace data.buckets by these batch "
+                              "shapes, name:frames:height:width:global_batch each, e.g. "
+                              "video:256:768:768:16 (73,728 tokens with the paper's TAE).")
+
+  def run(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = config_flag.value
+    if buckets.value:
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.data.buckets = tuple(parse_bucket(b) for b in buckets.value)
+    try:
+      reports = compile_report(config, topology.value, tae_config.value,
+                               peak_fraction.value, count_flops.value)
+    except (ValueError, FileNotFoundError) as e:
+      sys.stderr.write(f"mgjax.aot: {e}\n")
+      sys.exit(2)
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
+        raise
+      first = next((l for l in str(e).splitlines() if "memory" in l.lower()), str(e))
+      sys.stderr.write(f"mgjax.aot: the step does not fit {topology.value}: {first.strip()}"
+                       "\nShard more (fsdp, tensor, context), remat more "
+                       "(model.remat_policy), or use a smaller batch.\n")
+      sys.exit(1)
+    print(format_report(reports, topology.value, peak_fraction.value))
+    if json_path.value:
+      with open(json_path.value, "w") as f:
+        json.dump([dict(dataclasses.asdict(r), total_bytes=r.total_bytes,
+                        headroom=r.headroom) for r in reports], f, indent=1)
+    sys.exit(0 if all(r.headroom >= 0 for r in reports) else 1)
+
+  app.run(run)
+
+
+if __name__ == "__main__":
+  main()
