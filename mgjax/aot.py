@@ -24,7 +24,6 @@ latent statistics are taken as 0 / 1, which changes no cost.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -45,6 +44,7 @@ from mgjax.kernels import attention
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.parallel import sharding as sharding_lib
 from mgjax.tasks import get_task_class
+from mgjax.train_state import path_names
 
 # Per chip: HBM bytes and dense bf16 peak FLOP/s (vendor figures).
 CHIPS = {"v5p": (95 * 2**30, 459e12), "v5e": (16 * 2**30, 197e12),
@@ -119,30 +119,26 @@ def _prepared_workdir(config: ml_collections.ConfigDict, tae_config: str) -> str
   return workdir
 
 
-def _compiled_steps(config, devices, workdir: str) -> dict[str, tuple]:
-  """{bucket: (compiled step, seconds, batch spec)} for the config on `devices`."""
+def _compiled_steps(config, devices, workdir: str):
+  """(task, {bucket: (compiled step, compile seconds, batch spec)}) for the config on
+  `devices`, compiled as the trainer compiles it."""
   task = get_task_class(config.task)(config, workdir)
   mesh = mesh_lib.mesh_from_config(config, devices)
   task.check_mesh(mesh)
   rules = sharding_lib.rules_for(config)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   _, abstract, shardings = train_lib.create_state(task, optimizer, config, mesh)
-  step = jax.jit(functools.partial(train_lib.train_step, task=task, optimizer=optimizer,
-                                   ema_decay=config.train.ema_decay),
-                 out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                 donate_argnums=(0,))
+  step = train_lib.jit_train_step(task, optimizer, mesh, shardings, config.train.ema_decay)
   state = checkpoint_lib.abstract_with_shardings(abstract, shardings)
   compiled = {}
   for name, spec in task.batch_specs().items():
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                     sharding=sharding_lib.batch_sharding(mesh, v.ndim))
-             for k, v in spec.items()}
+    batch = train_lib.abstract_batch(name, spec, mesh)
     start = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules), \
         attention.target_platform(devices[0].platform):
       executable = step.lower(state, batch).compile()
-    compiled[name] = (executable, time.perf_counter() - start, spec, task)
-  return compiled
+    compiled[name] = (executable, time.perf_counter() - start, spec)
+  return task, compiled
 
 
 def _flops(executable) -> float:
@@ -159,16 +155,16 @@ def _unrolled_layer_flops(config, devices, workdir: str) -> dict[str, tuple[floa
     small = ml_collections.ConfigDict(config.to_dict())
     small.model.update(num_layers=layers, scan_layers=False)
     flops.append({name: _flops(c[0]) for name, c in
-                  _compiled_steps(small, devices, workdir).items()})
+                  _compiled_steps(small, devices, workdir)[1].items()})
   return {name: (flops[1][name] - flops[0][name],
                  2 * flops[0][name] - flops[1][name]) for name in flops[0]}
 
 
 def _kernel_sizes(tree) -> dict[str, int]:
   """{"a/b/kernel": size} of a parameter tree's matmul weights."""
-  return {"/".join(str(getattr(k, "key", k)) for k in path): math.prod(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-          if str(getattr(path[-1], "key", "")) == "kernel"}
+  sizes = {"/".join(path_names(path)): math.prod(leaf.shape)
+           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {path: size for path, size in sizes.items() if path.endswith("/kernel")}
 
 
 def model_flops(config, task, spec) -> tuple[float, float]:
@@ -222,11 +218,11 @@ def compile_report(config: ml_collections.ConfigDict, topology: str,
   if "attention_implementation" in config.model:
     config.model.attention_implementation = "pallas_tpu"
   workdir = _prepared_workdir(config, tae_config)
-  compiled = _compiled_steps(config, devices, workdir)
+  task, compiled = _compiled_steps(config, devices, workdir)
   layers = _unrolled_layer_flops(config, devices, workdir) if count_flops and \
       config.model.get("scan_layers") else {}
   reports = []
-  for bucket, (executable, seconds, spec, task) in compiled.items():
+  for bucket, (executable, seconds, spec) in compiled.items():
     memory = executable.memory_analysis()
     counted = _flops(executable) * len(devices)
     if bucket in layers:

@@ -32,6 +32,7 @@ import numpy as np
 
 from mgjax import sample as sample_lib
 from mgjax.data.video import probe, write_image, write_video
+from mgjax.train_state import path_names
 
 TREES = ("params", "frozen", "ema_params")  # the parameter trees of a TrainState
 
@@ -117,20 +118,13 @@ class ParamTable:
     return pd.DataFrame([r._asdict() for r in self.rows])
 
 
-def _key_name(key) -> str:
-  for attribute in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
-
-
 def param_table(tree: Any, depth: int | None = None) -> ParamTable:
   """One row per array of a parameter tree, or with `depth`, one row per path prefix
   of that many names (a module overview: a row sums its arrays), in tree order."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   groups: dict[str, list] = {}
   for path, leaf in leaves:
-    names = [_key_name(k) for k in path]
+    names = path_names(path)
     groups.setdefault("/".join(names[:depth]), []).append(leaf)
   rows = []
   for path, arrays in groups.items():
@@ -175,7 +169,7 @@ def checkpoint_steps(workdir: str) -> list[int]:
   from mgjax.checkpoint import Checkpointer
   with _quiet_read_only():
     checkpointer = Checkpointer(workdir, read_only=True)
-    steps = sorted(checkpointer.manager.all_steps())
+    steps = checkpointer.all_steps()
     checkpointer.close()
   return steps
 

@@ -127,6 +127,29 @@ def batch_signature(batch) -> tuple:
   return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
 
 
+def jit_train_step(task: Task, optimizer, mesh, state_shardings, ema_decay: float = 0.0):
+  """The trainer's step, jitted: the state is donated, the new state keeps its
+  shardings and the metrics are replicated."""
+  return jax.jit(functools.partial(train_step, task=task, optimizer=optimizer,
+                                   ema_decay=ema_decay),
+                 out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def abstract_batch(name: str, spec: dict, mesh) -> dict:
+  """The batch `spec` as abstract arrays split over (data, fsdp); a batch size the
+  mesh cannot split is refused, naming the multiple to use."""
+  batch_shards = math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
+  for key, value in spec.items():
+    if value.shape[0] % batch_shards:
+      raise ValueError(f"Batch {name!r} has {value.shape[0]} examples ({key}), which does "
+                       f"not split over the mesh's {batch_shards} data x fsdp shards; use a "
+                       f"batch size that is a multiple of {batch_shards}.")
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                  sharding=sharding_lib.batch_sharding(mesh, len(v.shape)))
+          for k, v in spec.items()}
+
+
 def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shardings,
                   ema_decay: float = 0.0):
   """AOT-compiles the train step once per batch shape the task declares.
@@ -135,30 +158,19 @@ def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shar
   shardings, global rows)}; the memory of each compiled step is logged before
   training starts.
   """
-  step_fn = jax.jit(functools.partial(train_step, task=task, optimizer=optimizer,
-                                      ema_decay=ema_decay),
-                    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-                    donate_argnums=(0,))
+  step_fn = jit_train_step(task, optimizer, mesh, state_shardings, ema_decay)
+  state = checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
   compiled_steps = {}
-  batch_shards = math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
   for name, spec in task.batch_specs().items():
-    for key, value in spec.items():
-      if value.shape[0] % batch_shards:
-        raise ValueError(f"Batch {name!r} has {value.shape[0]} examples ({key}), which does "
-                         f"not split over the mesh's {batch_shards} data x fsdp shards; use a "
-                         f"batch size that is a multiple of {batch_shards}.")
-    shardings = {k: sharding_lib.batch_sharding(mesh, len(v.shape)) for k, v in spec.items()}
-    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
-                      for k, v in spec.items()}
+    batch = abstract_batch(name, spec, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      compiled = step_fn.lower(
-          checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings),
-          abstract_batch).compile()
+      compiled = step_fn.lower(state, batch).compile()
     log_memory(name, compiled)
     global_rows = next(iter(spec.values())).shape[0]
     rows = batch_rows(mesh)(global_rows)
     local_spec = {k: jax.ShapeDtypeStruct((rows.stop - rows.start,) + v.shape[1:], v.dtype)
                   for k, v in spec.items()}
+    shardings = {k: v.sharding for k, v in batch.items()}
     compiled_steps[batch_signature(local_spec)] = (compiled, shardings, global_rows)
   return compiled_steps
 

@@ -20,3 +20,13 @@ class TrainState:
   def eval_params(self):
     """The weights to evaluate and sample with: the EMA when it is kept."""
     return self.ema_params if self.ema_params else self.params
+
+
+def path_names(path) -> list[str]:
+  """A pytree key path as names, e.g. ["params", "dit", "final", "kernel"]: for
+  parameter tables, checks and messages."""
+  names = []
+  for key in path:  # DictKey, GetAttrKey, SequenceKey
+    attribute = next((a for a in ("key", "name", "idx") if hasattr(key, a)), None)
+    names.append(str(getattr(key, attribute)) if attribute else str(key))
+  return names

@@ -27,6 +27,7 @@ from absl import app, flags
 
 from mgjax import checkpoint as checkpoint_lib
 from mgjax import train as train_lib
+from mgjax.train_state import path_names
 
 AVERAGED = ("params", "ema_params")
 
@@ -35,7 +36,7 @@ def _leaf_descriptions(metadata, prefix: str) -> dict[str, tuple]:
   """{"params/dit/..": (shape, dtype)} for the `prefix` subtree of a state's metadata."""
   subtree = metadata.get(prefix) if hasattr(metadata, "get") else getattr(metadata, prefix)
   leaves = jax.tree_util.tree_flatten_with_path(subtree or {})[0]
-  return {prefix + "/" + "/".join(str(getattr(k, "key", k)) for k in path):
+  return {"/".join([prefix, *path_names(path)]):
           (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in leaves}
 
 
