@@ -18,6 +18,12 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 
+class StopRequested(Exception):
+  """A stage of a multi-stage run (e.g. the demo's TAE before its DiT) stopped on
+  request before its last step: the rest of the run must not start on its unfinished
+  output. `mgjax.train` reports it and exits 0; rerunning the command resumes."""
+
+
 class PreemptionWatch:
   """`reached(step)` turns True once the job has been asked to stop."""
 

@@ -32,7 +32,7 @@ from mgjax import optim
 from mgjax.parallel import distributed
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.parallel import sharding as sharding_lib
-from mgjax.preemption import PreemptionWatch
+from mgjax.preemption import PreemptionWatch, StopRequested
 from mgjax.tasks import get_task_class
 from mgjax.tasks.base import Task
 from mgjax.train_state import TrainState
@@ -419,7 +419,10 @@ def main():
       raise app.UsageError("Both --config and --workdir are required, e.g. "
                            "--config=experiments/tae.py:tiny --workdir=/tmp/tae")
     distributed.initialize(coordinator.value, num_processes.value, process_id.value)
-    train(config_flag.value, workdir_flag.value)
+    try:
+      train(config_flag.value, workdir_flag.value)
+    except StopRequested as e:  # an earlier stage was preempted: a clean stop
+      logging.warning("%s", e)
 
   app.run(run, flags_parser=parse_flags)
 

@@ -38,6 +38,7 @@ from mgjax.models.dit import VideoDiT
 from mgjax.models.tae import TAE
 from mgjax.models.tae_tiling import tiled_decode
 from mgjax.parallel import distributed
+from mgjax.preemption import StopRequested
 from mgjax.tasks.base import Task
 from mgjax.tasks.tae import make_tae, to_signed, to_uint8
 from mgjax.text.conditioning import TextConditioner
@@ -512,3 +513,8 @@ def train_tae(tae_section, tae_workdir: str, data_config, data_dir: str):
     from mgjax.train import train  # the trainer imports tasks lazily
     logging.info("Stage 1: training the TAE in %s", tae_workdir)
     train(tae_config, tae_workdir)
+    done = Checkpointer(tae_workdir, read_only=True).latest_step()
+    if done is None or done < tae_config.train.num_steps:  # stopped on SIGTERM
+      raise StopRequested(f"The TAE stage in {tae_workdir} stopped at step {done} of "
+                          f"{tae_config.train.num_steps} on request. Rerun the same "
+                          "command to resume.")
