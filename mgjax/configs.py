@@ -95,7 +95,7 @@ def data_config(**fields) -> ml_collections.ConfigDict:
       dir="",              # default: <workdir>/shapes
       shapes=ml_collections.ConfigDict(dict(
           num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64,
-          num_images=64)),
+          num_images=64, paths="random")),  # paths: mgjax/data/shapes.py PATHS
       # A TFDS data set prepared in array_record format (no TensorFlow needed).
       tfds=ml_collections.ConfigDict(dict(
           name="", split="train", data_dir="", media_key="image", caption_key="caption")),

@@ -38,11 +38,11 @@ def nearest_color(rgb):
     return names[int(np.argmin(np.linalg.norm(table - np.asarray(rgb, np.float32), axis=1)))]
 
 
-@pytest.fixture(scope="module")
-def specs_by_motion():
+@pytest.fixture(scope="module", params=shapes.PATHS)
+def specs_by_motion(request):
     found = {m: [] for m in shapes.MOTIONS}
     for i in range(200):
-        spec = shapes.sample_spec(np.random.default_rng([11, i]))
+        spec = shapes.sample_spec(np.random.default_rng([11, i]), request.param)
         if len(found[spec.motion]) < 6:
             found[spec.motion].append(spec)
     assert all(len(v) == 6 for v in found.values())
@@ -87,6 +87,26 @@ def test_motion_really_happens(specs_by_motion, height, width):
                     reversals.append(abs(out) > 3 and abs(back) > 3 and turned)
                 assert any(reversals), f"bouncing without a bounce: {spec}"
                 assert np.abs(steps).sum() > 0.5 * min(height, width)  # Diagonal path length.
+
+
+def test_lanes_fix_each_motions_path():
+    """With paths="lanes" a motion's path is one lane: clips of a motion stay within
+    the jitter of each other in every frame, and any two motions' mean paths lie at
+    least a fifth of the frame apart somewhere along the clip."""
+    by_motion = {m: [] for m in shapes.MOTIONS}
+    for i in range(300):
+        spec = shapes.sample_spec(np.random.default_rng([3, i]), "lanes")
+        by_motion[spec.motion].append(shapes.centers(spec, 16))  # [T, 2]
+    paths = {m: np.stack(v) for m, v in by_motion.items()}  # [N, T, 2]
+    for motion, p in paths.items():
+        assert len(p) >= 20, motion
+        spread = p.max(axis=0) - p.min(axis=0)  # [T, 2]
+        assert (spread <= 4 * shapes.LANE_JITTER + 1e-9).all(), (motion, spread.max())
+    means = {m: p.mean(axis=0) for m, p in paths.items()}  # [T, 2]
+    for a, b in itertools.combinations(shapes.MOTIONS, 2):
+        assert np.linalg.norm(means[a] - means[b], axis=-1).max() > 0.2, (a, b)
+    with pytest.raises(ValueError, match="paths"):
+        shapes.sample_spec(np.random.default_rng(0), "diagonal")
 
 
 def test_shape_and_background_colours_are_separable(specs_by_motion):
@@ -309,6 +329,8 @@ def test_bad_parameters_are_named(tmp_path):
         shapes.make_dataset(tmp_path, 1, seed=0, height=33)
     with pytest.raises(ValueError, match="eval_fraction"):
         shapes.make_dataset(tmp_path, 1, seed=0, eval_fraction=0.9)
+    with pytest.raises(ValueError, match="paths"):
+        shapes.make_dataset(tmp_path, 1, seed=0, paths="zigzag")
     with pytest.raises(TypeError, match="colour"):
         shapes.ensure_dataset(tmp_path, num_videos=1, seed=0, colour="red")
 

@@ -17,7 +17,7 @@ from mgjax.data import shapes
 from mgjax.eval import shapes as checker
 
 SEEDS = (0, 1, 2, 3, 4)
-CLIPS_PER_SEED = 40  # 200 clips per resolution.
+CLIPS_PER_SEED = 40  # 200 clips per resolution with random paths, 40 more on lanes.
 SIZES = {"64x64x32": (32, 64), "32x32x16": (16, 32)}  # name -> (frames, side)
 BLUR_SIGMA = 1.0  # Pixels.
 NOISE_STD = 8.0  # Levels of 0..255.
@@ -38,8 +38,11 @@ def blank_clip(spec: shapes.ClipSpec, num_frames: int, side: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def specs():
-  return [shapes.sample_spec(np.random.default_rng([seed, i]))
-          for seed in SEEDS for i in range(CLIPS_PER_SEED)]
+  random = [shapes.sample_spec(np.random.default_rng([seed, i]))
+            for seed in SEEDS for i in range(CLIPS_PER_SEED)]
+  lanes = [shapes.sample_spec(np.random.default_rng([9, i]), "lanes")
+           for i in range(CLIPS_PER_SEED)]
+  return random + lanes
 
 
 @pytest.fixture(scope="module")

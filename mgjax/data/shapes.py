@@ -79,6 +79,19 @@ TRAVEL_RANGE = (0.4, 0.6)
 BOUNCE_TIME_RANGE = (0.3, 0.6)
 BOUNCE_SPEED_RANGE = (0.6, 0.9)  # Along the bounce axis, frames per clip.
 DRIFT_SPEED_RANGE = (0.3, 0.6)  # Along the other axis, frames per clip.
+
+# How paths are drawn (`sample_spec(paths=...)`):
+#   "random": anywhere in frame, as above: a motion word says how the shape moves but
+#             little about where it is in any one frame.
+#   "lanes":  each motion has one path through the frame, jittered by LANE_JITTER:
+#             left/right along the middle row, up/down along the middle column, still
+#             at the centre, bouncing off the right wall in the upper band. The
+#             motion word then fixes where the shape is in every frame, a signal as
+#             strong as its colour, which a small model learns within a CPU budget.
+PATHS = ("random", "lanes")
+LANE_TRAVEL = 0.5  # Fraction of the frame a linear motion covers in "lanes".
+LANE_JITTER = 0.05  # Uniform +- jitter of a lane's start and travel, frame fractions.
+LANE_BOUNCE_Y, LANE_BOUNCE_DRIFT = 0.25, 0.15  # Bouncing lane: first y and its drift.
 # Background texture: period as a fraction of the shorter side (never below
 # MIN_TEXTURE_PERIOD pixels) and amplitude in 0..255 levels.
 TEXTURE_SCALE_RANGE = (0.15, 0.3)
@@ -166,18 +179,9 @@ def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
-def sample_spec(rng: np.random.Generator) -> ClipSpec:
-    """Draws one clip description; every attribute is uniform over its values."""
-    shape = _pick(rng, SHAPES)
-    color = _pick(rng, tuple(COLORS))
-    motion = _pick(rng, MOTIONS)
-    background = _pick(rng, BACKGROUNDS)
-    base = np.array(BACKGROUND_BASES[_pick(rng, tuple(BACKGROUND_BASES))])
-    jitter = rng.integers(-BACKGROUND_JITTER, BACKGROUND_JITTER + 1, 3)
-    background_color = tuple(int(c) for c in base + jitter)
-    size = float(rng.uniform(*SIZE_RANGE))
+def _random_path(rng: np.random.Generator, motion: str, size: float):
+    """(start, velocity) anywhere in frame; see PATHS."""
     lo, hi = size / 2, 1 - size / 2  # Centre range that keeps the shape in frame.
-
     if motion in ("left", "right", "up", "down"):
         travel = float(rng.uniform(*TRAVEL_RANGE))
         sign = 1.0 if motion in ("right", "down") else -1.0
@@ -187,23 +191,63 @@ def sample_spec(rng: np.random.Generator) -> ClipSpec:
             along = float(rng.uniform(lo + travel, hi))
         across = float(rng.uniform(lo, hi))
         if motion in ("left", "right"):
-            start, velocity = (along, across), (sign * travel, 0.0)
-        else:
-            start, velocity = (across, along), (0.0, sign * travel)
-    elif motion == "still":
-        start, velocity = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))), (0.0, 0.0)
-    else:  # bouncing: guarantee a wall hit on one axis inside BOUNCE_TIME_RANGE.
-        bounce_axis = int(rng.integers(2))
-        bounce_time = float(rng.uniform(*BOUNCE_TIME_RANGE))
-        speed = float(rng.uniform(*BOUNCE_SPEED_RANGE)) * _pick(rng, (-1.0, 1.0))
-        wall = hi if speed > 0 else lo
-        bounce_start = wall - speed * bounce_time
-        drift = float(rng.uniform(*DRIFT_SPEED_RANGE)) * _pick(rng, (-1.0, 1.0))
-        drift_start = float(rng.uniform(lo, hi))
-        if bounce_axis == 0:
-            start, velocity = (bounce_start, drift_start), (speed, drift)
-        else:
-            start, velocity = (drift_start, bounce_start), (drift, speed)
+            return (along, across), (sign * travel, 0.0)
+        return (across, along), (0.0, sign * travel)
+    if motion == "still":
+        return (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))), (0.0, 0.0)
+    # bouncing: guarantee a wall hit on one axis inside BOUNCE_TIME_RANGE.
+    bounce_axis = int(rng.integers(2))
+    bounce_time = float(rng.uniform(*BOUNCE_TIME_RANGE))
+    speed = float(rng.uniform(*BOUNCE_SPEED_RANGE)) * _pick(rng, (-1.0, 1.0))
+    wall = hi if speed > 0 else lo
+    bounce_start = wall - speed * bounce_time
+    drift = float(rng.uniform(*DRIFT_SPEED_RANGE)) * _pick(rng, (-1.0, 1.0))
+    drift_start = float(rng.uniform(lo, hi))
+    if bounce_axis == 0:
+        return (bounce_start, drift_start), (speed, drift)
+    return (drift_start, bounce_start), (drift, speed)
+
+
+def _lane_path(rng: np.random.Generator, motion: str, size: float):
+    """(start, velocity) on the motion's one lane, jittered; see PATHS.
+
+    Every lane keeps a shape of any size in SIZE_RANGE fully in frame.
+    """
+    shift = lambda: float(rng.uniform(-LANE_JITTER, LANE_JITTER))  # noqa: E731
+    if motion in ("left", "right", "up", "down"):
+        travel = LANE_TRAVEL + shift()
+        sign = 1.0 if motion in ("right", "down") else -1.0
+        along, across = 0.5 - sign * travel / 2 + shift(), 0.5 + shift()
+        if motion in ("left", "right"):
+            return (along, across), (sign * travel, 0.0)
+        return (across, along), (0.0, sign * travel)
+    if motion == "still":
+        return (0.5 + shift(), 0.5 + shift()), (0.0, 0.0)
+    # bouncing: in the upper band, off the right wall at BOUNCE_TIME_RANGE's middle and
+    # back, drifting down a little; away from the middle row and column.
+    hi = 1 - size / 2
+    speed = float(np.mean(BOUNCE_SPEED_RANGE))
+    bounce_start = hi - speed * float(np.mean(BOUNCE_TIME_RANGE)) + shift()
+    return (bounce_start, LANE_BOUNCE_Y + shift()), (speed, LANE_BOUNCE_DRIFT)
+
+
+def sample_spec(rng: np.random.Generator, paths: str = "random") -> ClipSpec:
+    """Draws one clip description; every attribute is uniform over its values.
+
+    `paths` (one of PATHS) says how the shape's path is drawn; see PATHS.
+    """
+    if paths not in PATHS:
+        raise ValueError(f"paths={paths!r} is not one of {PATHS}")
+    shape = _pick(rng, SHAPES)
+    color = _pick(rng, tuple(COLORS))
+    motion = _pick(rng, MOTIONS)
+    background = _pick(rng, BACKGROUNDS)
+    base = np.array(BACKGROUND_BASES[_pick(rng, tuple(BACKGROUND_BASES))])
+    jitter = rng.integers(-BACKGROUND_JITTER, BACKGROUND_JITTER + 1, 3)
+    background_color = tuple(int(c) for c in base + jitter)
+    size = float(rng.uniform(*SIZE_RANGE))
+    path = _lane_path if paths == "lanes" else _random_path
+    start, velocity = path(rng, motion, size)
 
     return ClipSpec(
         shape=shape,
@@ -443,7 +487,7 @@ def _jsonl(records: list[dict]) -> str:
 
 
 def _dataset_params(
-    num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction
+    num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction, paths
 ) -> dict:
     """Validated parameters, as stored in shapes.json."""
     for name, value, minimum in (
@@ -463,6 +507,8 @@ def _dataset_params(
         raise ValueError(f"fps={fps!r} must be positive")
     if not 0 <= eval_fraction <= 0.5:
         raise ValueError(f"eval_fraction={eval_fraction!r} must be in [0, 0.5]")
+    if paths not in PATHS:
+        raise ValueError(f"paths={paths!r} is not one of {PATHS}")
     return {
         "version": DATASET_VERSION,
         "num_videos": int(num_videos),
@@ -473,6 +519,7 @@ def _dataset_params(
         "width": int(width),
         "num_images": int(num_images),
         "eval_fraction": float(eval_fraction),
+        "paths": paths,
     }
 
 
@@ -501,6 +548,7 @@ def make_dataset(
     width: int = 64,
     num_images: int = 8,
     eval_fraction: float = 0.15,
+    paths: str = "random",
 ) -> str:
     """Writes the data set under out_dir and returns the manifest path.
 
@@ -515,7 +563,7 @@ def make_dataset(
     """
     out_dir = os.fspath(out_dir)
     params = _dataset_params(
-        num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction
+        num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction, paths
     )
     heldout = heldout_combinations(params["seed"], params["eval_fraction"])
     os.makedirs(out_dir, exist_ok=True)
@@ -525,7 +573,7 @@ def make_dataset(
 
     records = []
     for index in range(params["num_videos"]):
-        spec = sample_spec(np.random.default_rng([params["seed"], index]))
+        spec = sample_spec(np.random.default_rng([params["seed"], index]), paths)
         relative = f"videos/{index:05d}.mp4"
         frames = render_clip(spec, params["num_frames"], params["height"], params["width"])
         video.write_video(os.path.join(out_dir, relative), frames, params["fps"])
@@ -545,7 +593,7 @@ def make_dataset(
 
     image_records = []
     for index in range(params["num_images"]):
-        spec = still_spec(sample_spec(np.random.default_rng([params["seed"], index, 2])))
+        spec = still_spec(sample_spec(np.random.default_rng([params["seed"], index, 2]), paths))
         relative = f"images/{index:05d}.png"
         image = render_clip(spec, 1, params["height"], params["width"])[0]
         video.write_image(os.path.join(out_dir, relative), image)
@@ -602,6 +650,7 @@ def ensure_dataset(
     width: int = 64,
     num_images: int = 8,
     eval_fraction: float = 0.15,
+    paths: str = "random",
 ) -> str:
     """Returns the manifest of a complete matching set, making it if needed.
 
@@ -617,6 +666,7 @@ def ensure_dataset(
         width=width,
         num_images=num_images,
         eval_fraction=eval_fraction,
+        paths=paths,
     )
     if is_complete(out_dir, _dataset_params(**args)):
         return os.path.join(os.fspath(out_dir), MANIFEST)
@@ -643,6 +693,7 @@ def _define_flags() -> None:
     flags.DEFINE_float(
         "eval_fraction", 0.15, "Fraction of (color, shape, motion) triples held out for eval."
     )
+    flags.DEFINE_enum("paths", "random", PATHS, "How shapes' paths are drawn (see PATHS).")
 
 
 def _main(argv) -> None:
@@ -660,6 +711,7 @@ def _main(argv) -> None:
         width=f.width,
         num_images=f.num_images,
         eval_fraction=f.eval_fraction,
+        paths=f.paths,
     )
     try:
         reused = is_complete(f.out, _dataset_params(**args))

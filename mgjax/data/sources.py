@@ -26,7 +26,8 @@ def prepare_manifest(data_config, workdir: str) -> str:
     s = data_config.shapes
     return distributed.first_process_first("shapes", lambda: shapes.ensure_dataset(
         data_dir(data_config, workdir), num_videos=s.num_videos, seed=s.seed, fps=s.fps,
-        num_frames=s.num_frames, height=s.height, width=s.width, num_images=s.num_images))
+        num_frames=s.num_frames, height=s.height, width=s.width, num_images=s.num_images,
+        paths=s.paths))
   if data_config.name == "manifest":
     return os.path.join(data_dir(data_config, workdir), "manifest.jsonl")
   raise ValueError(f"data.name={data_config.name!r} has no manifest; use one of {SOURCES}.")
