@@ -13,6 +13,27 @@ encoder included): 30b 29.36B, 5b 4.93B, 1b 1.14B parameters; tests/test_dit.py
 checks 30b. Modulation is adaLN-single ("shared"): a per-block Dense(D -> 6D) would
 add 10.9B parameters at 30b size, beyond the paper's 30B.
 
+Text encoders: the paper's three, frozen, each read from a Hugging Face directory
+(`--config.text.encoders.<name>.path=...`; README "Text encoders"). Without the paths
+a big config stops with "Text encoder ... has neither a path nor a model": a frozen
+randomly initialised encoder would train the DiT against noise. Their architectures
+(HF config keys, `PAPER_TEXT_ARCHITECTURES`) are in `text.architectures`, which only
+weight-free tools read: `mgjax.aot` compiles random weights of those shapes where a
+path is missing, since a compile's memory and FLOPs do not depend on the values, and
+with `--config.data.precompute_text=True` takes the embeddings as inputs of the step,
+as Movie Gen does (docs/scaling.md):
+
+    python -m mgjax.aot --config=experiments/t2v.py:30b --topology=v5p-256 \
+        --config.mesh.tensor=4 --config.mesh.context=2 \
+        --config.parallel.sequence_parallel=True --config.data.precompute_text=True \
+        --buckets=video:256:768:768:16
+
+(28.15 of 95 GiB a chip, 70% headroom: the table in docs/scaling.md.) The paper
+names families, not checkpoints, so the sizes are choices: UL2 is google/ul2 (20B;
+its 32-layer 4096-wide encoder, 8.72B parameters), the MetaCLIP text tower MetaCLIP
+H/14's (24 layers, 1024 wide, 0.35B) with 256 positions, ByT5 is byt5-small's encoder
+(12 layers, 1472 wide, 0.22B; the size mindone's Movie Gen uses).
+
 The positional tables (in latent patches) are sized for the final 768px stage
 with 256-frame clips (32 latent frames) and aspect ratios up to 16:9 (64 patches
 = 1024 px on the long side). For the 256px stages set smaller tables and grow
@@ -57,6 +78,21 @@ def tiny_text_encoders(width: int = 64, trainable: bool = True) -> dict:
                            dtype="float32")
   return dict(ul2=make("t5", 96, model=t5), metaclip=make("clip", 96, model=clip),
               byt5=make("t5", 32, source="visual_text", model=t5))
+
+
+# The paper's encoders as Hugging Face config keys (what each `path` should hold):
+# the shapes `mgjax.aot` compiles when no weights are given. Sources: google/ul2,
+# facebook/metaclip-h14-fullcc2.5b's text_config (positions grown to 256, the
+# long-prompt MetaCLIP), google/byt5-small; only the encoder halves are built.
+PAPER_TEXT_ARCHITECTURES = {
+    "ul2": dict(model_type="t5", vocab_size=32128, d_model=4096, d_kv=256, d_ff=16384,
+                num_layers=32, num_heads=16, feed_forward_proj="gated-silu"),
+    "metaclip": dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
+                     num_hidden_layers=24, num_attention_heads=16,
+                     max_position_embeddings=256, hidden_act="quick_gelu"),
+    "byt5": dict(model_type="t5", vocab_size=384, d_model=1472, d_kv=64, d_ff=3584,
+                 num_layers=12, num_heads=6, feed_forward_proj="gated-gelu"),
+}
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -161,6 +197,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.optimizer.update(learning_rate=1e-3, warmup_steps=100, weight_decay=0.0)
     config.train.update(num_steps=2000, log_every=100, eval_every=0,
                         checkpoint_every=500, ema_decay=0.99)
-  elif arg in ("1b", "5b"):
-    config.model.update(remat_policy="save_dots")
+  else:
+    # Read only by weight-free tools (mgjax.aot); training and precompute need paths.
+    config.text.architectures = ml_collections.ConfigDict(PAPER_TEXT_ARCHITECTURES)
+    if arg in ("1b", "5b"):
+      config.model.update(remat_policy="save_dots")
   return config

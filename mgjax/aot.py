@@ -1,9 +1,10 @@
 """Will it fit, and what will it cost? Compiles the real train step for a TPU topology
 ahead of time, on this (CPU-only) machine.
 
-    python -m mgjax.aot --config=experiments/t2v.py:30b --topology=v5p-512 \
+    python -m mgjax.aot --config=experiments/t2v.py:30b --topology=v5p-256 \
         --config.mesh.tensor=4 --config.mesh.context=2 \
-        --config.parallel.sequence_parallel=True [--json=report.json]
+        --config.parallel.sequence_parallel=True --config.data.precompute_text=True \
+        --buckets=video:256:768:768:16 [--json=report.json]
 
 The step is the trainer's own (`mgjax.train.train_step`, the state and batch
 shardings of `create_state` and the logical rules), jitted for the topology's devices
@@ -14,11 +15,24 @@ FLOPs, and the step time and MFU if the compiled FLOPs ran at --peak_fraction of
 chip's peak. XLA's cost analysis counts a scanned loop's body once, so the FLOPs of a
 scanned model are rebuilt from two small unrolled compiles (1 and 2 layers: body and
 the rest) as rest + num_layers x body; it counts nothing inside Pallas kernels, so
-the attention's analytic FLOPs are added (their recomputation under remat is not).
+the attention kernels' FLOPs are read off the compiled program: each call's operand
+shapes times the matmuls that kernel does (`KERNEL_MATMULS`), which counts the
+backward kernels' recomputation of the scores, the forward's recomputation under
+remat and the padding of short sequences to whole blocks. Model FLOPs (and so MFU)
+count none of that: 12 x D x S x S' per layer.
 
 A text-to-video config needs its TAE's config for the latent shape: the TAE workdir's
 when it has one, else --tae_config (default: the paper's TAE). No data is read; the
 latent statistics are taken as 0 / 1, which changes no cost.
+
+Text encoders need no weights either. One with neither `path` nor `model` is built
+from `text.architectures.<name>` (HF config keys; the big t2v configs hold the
+paper's UL2, MetaCLIP and ByT5 there) with random weights: memory and FLOPs do not
+depend on the values. Frozen encoders then run inside the step (forward only; their
+weights are arguments) unless `--config.data.precompute_text=True`, which compiles
+the step a run with the encoders' paths trains: their embeddings [B, L, D] are batch
+inputs, as Movie Gen precomputes them, and their weights stay in the state (the
+trainer keeps them for sampling). The report names which encoders ran in the step.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -34,7 +49,7 @@ import time
 import flax.linen as nn
 import jax
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mgjax import checkpoint as checkpoint_lib
@@ -79,11 +94,15 @@ class BucketReport:
   hbm_bytes: int
   compile_seconds: float
   xla_flops_counted: float   # as XLA reports it (scanned body once), all chips
-  xla_flops: float           # scan-corrected, + the attention kernels', all chips
+  xla_flops: float           # scan-corrected, + the attention kernels', all chips;
+                             # nan: not counted (--nocount_flops on a scanned stack)
   model_flops: float         # analytic, no recompute, all chips
-  attention_flops: float     # analytic, in the Pallas kernels (XLA counts none)
+  attention_flops: float     # analytic attention (model FLOPs), all chips
+  kernel_flops: float        # run by the Pallas attention kernels (XLA counts none)
   step_seconds: float        # xla_flops / (chips x peak x peak_fraction)
   mfu: float                 # model_flops / (step_seconds x chips x peak)
+  text_in_step: tuple[str, ...] = ()       # encoders run inside the step
+  text_precomputed: tuple[str, ...] = ()   # encoders whose embeddings are inputs
 
   @property
   def total_bytes(self) -> int:
@@ -119,15 +138,55 @@ def _prepared_workdir(config: ml_collections.ConfigDict, tae_config: str) -> str
   return workdir
 
 
+def fill_text_architectures(config: ml_collections.ConfigDict) -> list[str]:
+  """Gives every text encoder with neither a path nor a model the architecture of
+  `text.architectures.<name>` (randomly initialised: a compile needs no weights);
+  returns their names. Encoders without one are left for the task to refuse."""
+  text = config.get("text")
+  if text is None or not text.get("architectures"):
+    return []
+  filled = []
+  for name, spec in text.encoders.items():
+    if not spec.path and not spec.get("model") and name in text.architectures:
+      spec.model = ml_collections.ConfigDict(text.architectures[name].to_dict())
+      filled.append(name)
+  return filled
+
+
+def precompute_frozen_text(task, config) -> None:
+  """Under data.precompute_text the trainer feeds the embeddings of frozen encoders
+  whose weights come from a path (mgjax/tasks/t2v.py `precomputed_text`); here no
+  encoder has its weights, so every frozen one counts as such and the compiled step
+  is the one a run with the paths would compile."""
+  data = config.get("data")
+  if data is None or not data.get("precompute_text") or data.get("encode_on_the_fly"):
+    return
+  if not hasattr(type(task), "precomputed_text"):  # on the class: no getter runs
+    raise ValueError(f"data.precompute_text: the {config.task!r} task has no precomputed "
+                     "text inputs; leave it False.")
+  task.precomputed_text = [e.name for e in task.text.encoders if not e.trainable]
+
+
+def text_inputs(task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(encoders run inside the step, encoders whose embeddings are batch inputs)."""
+  encoders = task.text.encoders if hasattr(task, "text") else []
+  precomputed = tuple(getattr(task, "precomputed_text", ()))
+  return tuple(e.name for e in encoders if e.name not in precomputed), precomputed
+
+
 def _compiled_steps(config, devices, workdir: str):
   """(task, {bucket: (compiled step, compile seconds, batch spec)}) for the config on
   `devices`, compiled as the trainer compiles it."""
   task = get_task_class(config.task)(config, workdir)
+  precompute_frozen_text(task, config)
   mesh = mesh_lib.mesh_from_config(config, devices)
   task.check_mesh(mesh)
   rules = sharding_lib.rules_for(config)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
-  _, abstract, shardings = train_lib.create_state(task, optimizer, config, mesh)
+  # The init is traced too: outside target_platform its Pallas kernels would be traced
+  # for the TPU interpreter, whose callbacks remat (model.remat_policy) refuses.
+  with attention.target_platform(devices[0].platform):
+    _, abstract, shardings = train_lib.create_state(task, optimizer, config, mesh)
   step = train_lib.jit_train_step(task, optimizer, mesh, shardings, config.train.ema_decay)
   state = checkpoint_lib.abstract_with_shardings(abstract, shardings)
   compiled = {}
@@ -147,17 +206,58 @@ def _flops(executable) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def _unrolled_layer_flops(config, devices, workdir: str) -> dict[str, tuple[float, float]]:
-  """{bucket: (per-layer FLOPs, FLOPs outside the layers)} from 1- and 2-layer
-  unrolled compiles of the same config (per chip, as XLA counts)."""
+# The Pallas TPU attention kernels (mgjax/kernels/attention/pallas_tpu.py, by their
+# pallas_call names) and the Q x K-sized matmuls each does, 2 x B x N x Q x K x D FLOPs
+# apiece on its q [B, N, Q, D] and k [B, N, K, D] operands: forward s = QK^T, o = PV;
+# dK/dV s^T, dp^T, dV, dK; dQ s^T, dp^T, dQ (both backward kernels recompute s, dp).
+KERNEL_MATMULS = {"flash_attention_fwd": 2, "flash_attention_bwd_dkv": 4,
+                  "flash_attention_bwd_dq": 3}
+_KERNEL_OP = re.compile(r'op_name="[^"]*?(' + "|".join(KERNEL_MATMULS) + r')/pallas_call')
+_SHAPE = re.compile(r"\[([\d,]+)\]")
+
+
+def kernel_flops(executable) -> float:
+  """FLOPs the Pallas attention kernels of a compiled step run, per chip, from each
+  call's operand shapes in the optimised HLO (padded, as the kernel runs them; a
+  scanned body's calls appear once, as in XLA's count). Other Pallas calls are logged
+  as uncounted."""
+  total, unknown = 0.0, 0
+  for line in executable.as_text().splitlines():
+    if 'custom_call_target="tpu_custom_call"' not in line:
+      continue
+    kernel = _KERNEL_OP.search(line)
+    if not kernel or "operand_layout_constraints={" not in line:
+      unknown += 1
+      continue
+    operands = line.split("operand_layout_constraints={", 1)[1]
+    (batch, heads, q_len, dim), k_shape = (
+        tuple(int(d) for d in shape.split(",")) for shape in _SHAPE.findall(operands)[:2])
+    total += 2.0 * KERNEL_MATMULS[kernel.group(1)] * batch * heads * q_len * k_shape[2] * dim
+  if unknown:
+    logging.warning("%d Pallas calls other than the attention kernels: their FLOPs are "
+                    "not counted.", unknown)
+  return total
+
+
+def _step_flops(executable) -> tuple[float, float]:
+  """(XLA-counted, attention-kernel) FLOPs of a compiled step, per chip."""
+  return _flops(executable), kernel_flops(executable)
+
+
+def _unrolled_layer_flops(config, devices, workdir: str
+                          ) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+  """{bucket: (per-layer FLOPs, FLOPs outside the layers)}, each (XLA-counted,
+  attention-kernel), from 1- and 2-layer unrolled compiles of the same config (per
+  chip)."""
   flops = []
   for layers in (1, 2):
     small = ml_collections.ConfigDict(config.to_dict())
     small.model.update(num_layers=layers, scan_layers=False)
-    flops.append({name: _flops(c[0]) for name, c in
+    flops.append({name: _step_flops(c[0]) for name, c in
                   _compiled_steps(small, devices, workdir)[1].items()})
-  return {name: (flops[1][name] - flops[0][name],
-                 2 * flops[0][name] - flops[1][name]) for name in flops[0]}
+  return {name: (tuple(b - a for a, b in zip(flops[0][name], flops[1][name])),
+                 tuple(2 * a - b for a, b in zip(flops[0][name], flops[1][name])))
+          for name in flops[0]}
 
 
 def _kernel_sizes(tree) -> dict[str, int]:
@@ -174,7 +274,8 @@ def model_flops(config, task, spec) -> tuple[float, float]:
     video tokens: the DiT's patch embedding, its layers' kernels (but the
       cross-attention keys and values) and final projection;
     text tokens: cross-attention keys/values, text projections, trainable encoders
-      (6x) and frozen ones (2x: forward only; embeddings counted as weights);
+      (6x) and frozen ones (2x: forward only; embeddings counted as weights) unless
+      their embeddings are precomputed inputs (0x);
     attention scores: 12 x D x S x (S + text tokens) per layer and example."""
   if config.task != "t2v":
     return float("nan"), float("nan")
@@ -192,9 +293,11 @@ def model_flops(config, task, spec) -> tuple[float, float]:
       per_text_token += size * text_tokens
     elif path.startswith(("layers", "patch_embed", "final/")):
       per_video_token += size * tokens
+  precomputed = set(getattr(task, "precomputed_text", ()))
   for trees, factor in ((params["text"], 6.0), (frozen["text"], 2.0)):
     for name, tree in trees.items():
-      per_text_token += factor / 6.0 * train_lib.count_params(tree) * lengths[name]
+      if name not in precomputed:
+        per_text_token += factor / 6.0 * train_lib.count_params(tree) * lengths[name]
   m = config.model
   attention = m.num_layers * 12.0 * m.embed_dim * tokens * (tokens + text_tokens)
   return batch * 6.0 * (per_video_token + per_text_token), batch * attention
@@ -217,23 +320,28 @@ def compile_report(config: ml_collections.ConfigDict, topology: str,
   config = ml_collections.ConfigDict(config.to_dict())
   if "attention_implementation" in config.model:
     config.model.attention_implementation = "pallas_tpu"
+  fill_text_architectures(config)
   workdir = _prepared_workdir(config, tae_config)
   task, compiled = _compiled_steps(config, devices, workdir)
+  in_step, precomputed = text_inputs(task)
   layers = _unrolled_layer_flops(config, devices, workdir) if count_flops and \
       config.model.get("scan_layers") else {}
   reports = []
   for bucket, (executable, seconds, spec) in compiled.items():
     memory = executable.memory_analysis()
     counted = _flops(executable) * len(devices)
+    with attention.target_platform(devices[0].platform):  # traces the init
+      matmuls, attention_flops = model_flops(config, task, spec)
+    analytic = matmuls + attention_flops
     if bucket in layers:
       body, rest = layers[bucket]
-      total = (rest + config.model.num_layers * body) * len(devices)
-    else:
-      total = counted
-    matmuls, attention_flops = model_flops(config, task, spec)
-    analytic = matmuls + attention_flops
-    if not math.isnan(attention_flops):
-      total += attention_flops  # inside Pallas custom calls, which XLA does not count
+      xla, kernels = ((r + config.model.num_layers * b) * len(devices)
+                      for b, r in zip(body, rest))
+    elif not config.model.get("scan_layers"):
+      xla, kernels = counted, kernel_flops(executable) * len(devices)
+    else:  # --nocount_flops on a scanned stack: its count would be one layer's
+      xla = kernels = float("nan")
+    total = xla + kernels
     step_seconds = total / (len(devices) * peak * peak_fraction)
     batch = next(iter(spec.values())).shape[0]
     reports.append(BucketReport(
@@ -242,8 +350,10 @@ def compile_report(config: ml_collections.ConfigDict, topology: str,
         argument_bytes=memory.argument_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
         hbm_bytes=hbm, compile_seconds=seconds, xla_flops_counted=counted, xla_flops=total,
-        model_flops=analytic, attention_flops=attention_flops, step_seconds=step_seconds,
-        mfu=analytic / (step_seconds * len(devices) * peak)))
+        model_flops=analytic, attention_flops=attention_flops, kernel_flops=kernels,
+        step_seconds=step_seconds,
+        mfu=analytic / (step_seconds * len(devices) * peak),
+        text_in_step=in_step, text_precomputed=precomputed))
   return reports
 
 
@@ -258,11 +368,20 @@ def format_report(reports: list[BucketReport], topology: str, peak_fraction: flo
         f"  per chip: arguments {r.argument_bytes / gib:.2f} GiB, temporaries "
         f"{r.temp_bytes / gib:.2f} GiB, outputs {r.output_bytes / gib:.2f} GiB "
         f"(donated {r.alias_bytes / gib:.2f}) = {r.total_bytes / gib:.2f} of "
-        f"{r.hbm_bytes / gib:.0f} GiB HBM: {fits}, headroom {r.headroom:.0%}",
-        f"  compile {r.compile_seconds:.1f} s; FLOPs per step: {r.xla_flops:.3e} compiled "
-        f"(XLA counted {r.xla_flops_counted:.3e}: scanned body once, no attention "
-        f"kernels), model {r.model_flops:.3e} (attention {r.attention_flops:.3e})",
-        f"  estimated step {r.step_seconds:.2f} s, MFU {r.mfu:.1%}"]
+        f"{r.hbm_bytes / gib:.0f} GiB HBM: {fits}, headroom {r.headroom:.0%}"]
+    model = f"model {r.model_flops:.3e} (attention {r.attention_flops:.3e})"
+    if math.isnan(r.xla_flops):
+      lines.append(f"  compile {r.compile_seconds:.1f} s; FLOPs per step not counted "
+                   f"(--nocount_flops: XLA counts a scanned layer once), {model}")
+    else:
+      lines += [
+          f"  compile {r.compile_seconds:.1f} s; FLOPs per step: {r.xla_flops:.3e} compiled "
+          f"(XLA counted {r.xla_flops_counted:.3e}: scanned body once, no attention "
+          f"kernels; the kernels {r.kernel_flops:.3e}), {model}",
+          f"  estimated step {r.step_seconds:.2f} s, MFU {r.mfu:.1%}"]
+    if r.text_in_step or r.text_precomputed:
+      lines.append(f"  text encoders in the step: {', '.join(r.text_in_step) or 'none'}; "
+                   f"embeddings as inputs: {', '.join(r.text_precomputed) or 'none'}")
   return "\n".join(lines)
 
 
@@ -285,7 +404,9 @@ def main():
   peak_fraction = flags.DEFINE_float("peak_fraction", 0.5, "Share of peak FLOP/s the "
                                      "compiled FLOPs are assumed to run at.")
   count_flops = flags.DEFINE_bool("count_flops", True, "Rebuild a scanned model's FLOPs "
-                                  "from 1- and 2-layer unrolled compiles.")
+                                  "from 1- and 2-layer unrolled compiles; without, a "
+                                  "scanned model's FLOPs, step time and MFU are not "
+                                  "reported (NaN in --json): memory only.")
   json_path = flags.DEFINE_string("json", None, "Also write the report here as JSON.")
   buckets = flags.DEFINE_list("buckets", None, "Replace data.buckets by these batch "
                               "shapes, name:frames:height:width:global_batch each, e.g. "
