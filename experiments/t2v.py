@@ -32,7 +32,7 @@ as Movie Gen does (docs/scaling.md):
 names families, not checkpoints, so the sizes are choices: UL2 is google/ul2 (20B;
 its 32-layer 4096-wide encoder, 8.72B parameters), the MetaCLIP text tower MetaCLIP
 H/14's (24 layers, 1024 wide, 0.35B) with 256 positions, ByT5 is byt5-small's encoder
-(12 layers, 1472 wide, 0.22B; the size mindone's Movie Gen uses).
+(12 layers, 1472 wide, 0.22B).
 
 The positional tables (in latent patches) are sized for the final 768px stage
 with 256-frame clips (32 latent frames) and aspect ratios up to 16:9 (64 patches
