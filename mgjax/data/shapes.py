@@ -469,7 +469,7 @@ _VIDEO_NAME = re.compile(r"^\d{5,}\.mp4$")
 _IMAGE_NAME = re.compile(r"^\d{5,}\.png$")
 
 
-def _write_text_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
@@ -482,7 +482,7 @@ def _write_text_atomic(path: str, text: str) -> None:
         raise
 
 
-def _jsonl(records: list[dict]) -> str:
+def jsonl_text(records: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
 
 
@@ -610,15 +610,15 @@ def make_dataset(
             }
         )
 
-    _write_text_atomic(os.path.join(out_dir, IMAGES_MANIFEST), _jsonl(image_records))
+    write_text_atomic(os.path.join(out_dir, IMAGES_MANIFEST), jsonl_text(image_records))
     params_text = json.dumps(params, sort_keys=True, indent=1) + "\n"
-    _write_text_atomic(os.path.join(out_dir, PARAMS_FILE), params_text)
+    write_text_atomic(os.path.join(out_dir, PARAMS_FILE), params_text)
     manifest = os.path.join(out_dir, MANIFEST)
-    _write_text_atomic(manifest, _jsonl(records))
+    write_text_atomic(manifest, jsonl_text(records))
     return manifest
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -630,8 +630,8 @@ def is_complete(out_dir: str | os.PathLike, params: dict) -> bool:
         with open(os.path.join(out_dir, PARAMS_FILE)) as f:
             if json.load(f) != params:
                 return False
-        videos = _read_jsonl(os.path.join(out_dir, MANIFEST))
-        images = _read_jsonl(os.path.join(out_dir, IMAGES_MANIFEST))
+        videos = read_jsonl(os.path.join(out_dir, MANIFEST))
+        images = read_jsonl(os.path.join(out_dir, IMAGES_MANIFEST))
     except (OSError, ValueError):
         return False
     if len(videos) != params["num_videos"] or len(images) != params["num_images"]:
@@ -718,8 +718,8 @@ def _main(argv) -> None:
         manifest = ensure_dataset(f.out, **args)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    videos = _read_jsonl(manifest)
-    images = _read_jsonl(os.path.join(os.path.dirname(manifest), IMAGES_MANIFEST))
+    videos = read_jsonl(manifest)
+    images = read_jsonl(os.path.join(os.path.dirname(manifest), IMAGES_MANIFEST))
     count = lambda rs, split: sum(r["split"] == split for r in rs)  # noqa: E731
     print(
         f"shapes: {'found' if reused else 'wrote'} {len(videos)} videos "

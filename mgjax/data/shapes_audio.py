@@ -34,7 +34,9 @@ import os
 import numpy as np
 
 from mgjax.data import audio, video
-from mgjax.data.shapes import caption, centers, heldout_combinations, render_clip, sample_spec
+from mgjax.data.shapes import (caption, centers, heldout_combinations, jsonl_text, render_clip,
+                               sample_spec, write_text_atomic)
+from mgjax.data.shapes import read_jsonl as read_manifest  # the records of a manifest.jsonl
 
 DEFAULT_SAMPLE_RATE = 48_000  # The paper's audio rate.
 
@@ -305,18 +307,6 @@ def _dataset_params(num_videos, seed, sample_rate, fps, num_frames, height, widt
     }
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    temp = video._atomic_temp_path(path)
-    try:
-        with open(temp, "w") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
 def _write_clip(out_dir: str, index: int, spec, params: dict) -> dict:
     """Writes audio/NNNNN.wav and videos/NNNNN.mp4 (with sound); returns the manifest record."""
     rate, fps, frames_n = params["sample_rate"], params["fps"], params["num_frames"]
@@ -383,17 +373,11 @@ def make_dataset(
         record = _write_clip(out_dir, index, spec, params)
         record["split"] = "eval" if (spec.color, spec.shape, spec.motion) in heldout else "train"
         records.append(record)
-    _write_text_atomic(os.path.join(out_dir, PARAMS_FILE),
+    write_text_atomic(os.path.join(out_dir, PARAMS_FILE),
                        json.dumps(params, sort_keys=True, indent=1) + "\n")
     manifest = os.path.join(out_dir, MANIFEST)
-    _write_text_atomic(manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    write_text_atomic(manifest, jsonl_text(records))
     return manifest
-
-
-def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """The records of a manifest.jsonl."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def is_complete(out_dir: str | os.PathLike, params: dict) -> bool:
