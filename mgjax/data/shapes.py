@@ -486,7 +486,7 @@ def jsonl_text(records: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
 
 
-def _dataset_params(
+def dataset_params(
     num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction, paths
 ) -> dict:
     """Validated parameters, as stored in shapes.json."""
@@ -562,7 +562,7 @@ def make_dataset(
     clip is that image repeated.
     """
     out_dir = os.fspath(out_dir)
-    params = _dataset_params(
+    params = dataset_params(
         num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction, paths
     )
     heldout = heldout_combinations(params["seed"], params["eval_fraction"])
@@ -668,7 +668,7 @@ def ensure_dataset(
         eval_fraction=eval_fraction,
         paths=paths,
     )
-    if is_complete(out_dir, _dataset_params(**args)):
+    if is_complete(out_dir, dataset_params(**args)):
         return os.path.join(os.fspath(out_dir), MANIFEST)
     return make_dataset(out_dir, **args)
 
@@ -714,7 +714,7 @@ def _main(argv) -> None:
         paths=f.paths,
     )
     try:
-        reused = is_complete(f.out, _dataset_params(**args))
+        reused = is_complete(f.out, dataset_params(**args))
         manifest = ensure_dataset(f.out, **args)
     except ValueError as e:
         raise app.UsageError(str(e)) from e

@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from mgjax.data import audio, video
+from mgjax.data import audio, shapes, video
 from mgjax.data.shapes import (caption, centers, heldout_combinations, jsonl_text, render_clip,
                                sample_spec, write_text_atomic)
 from mgjax.data.shapes import read_jsonl as read_manifest  # the records of a manifest.jsonl
@@ -279,32 +279,21 @@ DATASET_VERSION = 1
 
 def _dataset_params(num_videos, seed, sample_rate, fps, num_frames, height, width,
                     eval_fraction, wav_format) -> dict:
-    """Validated parameters, as stored in shapes_audio.json."""
-    for name, value, minimum in (("num_videos", num_videos, 0), ("num_frames", num_frames, 1),
-                                 ("height", height, 16), ("width", width, 16)):
-        if int(value) != value or value < minimum:
-            raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
-    if height % 2 or width % 2:
-        raise ValueError(
-            f"height={height} and width={width} must be even (H.264 4:2:0 needs even sizes)"
-        )
-    if not fps > 0:
-        raise ValueError(f"fps={fps!r} must be positive")
+    """Validated parameters, as stored in shapes_audio.json: the videos' checked by
+    mgjax.data.shapes (same rules), plus the sound's."""
+    params = shapes.dataset_params(num_videos, seed, fps, num_frames, height, width,
+                                   num_images=0, eval_fraction=eval_fraction, paths="random")
     if sample_rate not in audio.AAC_SAMPLE_RATES:
         raise ValueError(
             f"sample_rate={sample_rate!r} cannot be muxed as AAC; use one of "
             f"{audio.AAC_SAMPLE_RATES} (48000 like the paper, 16000 for fast CPU runs)"
         )
-    if not 0 <= eval_fraction <= 0.5:
-        raise ValueError(f"eval_fraction={eval_fraction!r} must be in [0, 0.5]")
     if wav_format not in audio.WAV_FORMATS:
         raise ValueError(f"wav_format={wav_format!r} is not one of {sorted(audio.WAV_FORMATS)}")
-    return {
-        "version": DATASET_VERSION, "num_videos": int(num_videos), "seed": int(seed),
-        "sample_rate": int(sample_rate), "fps": float(fps), "num_frames": int(num_frames),
-        "height": int(height), "width": int(width), "eval_fraction": float(eval_fraction),
-        "wav_format": wav_format,
-    }
+    for key in ("num_images", "paths"):  # no stills; the default paths
+        del params[key]
+    params.update(version=DATASET_VERSION, sample_rate=int(sample_rate), wav_format=wav_format)
+    return params
 
 
 def _write_clip(out_dir: str, index: int, spec, params: dict) -> dict:
