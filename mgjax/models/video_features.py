@@ -1,0 +1,102 @@
+"""Per-frame video features for the audio model: frames [B, Tv, H, W, 3] -> [B, Tv, Fv].
+
+Movie Gen Audio adds one feature vector per video frame to the audio tokens (after
+frame-rate alignment, mgjax/models/audio_dit.py). The paper reads them off a large
+pretrained image encoder; no weights can be loaded here, so this is a small
+convolutional net that is trained jointly with the audio transformer (or frozen,
+`trainable=False`, e.g. once its weights come from a trained run).
+
+    frame uint8 [0, 255] or float [-1, 1] --> len(channels) x (3x3 conv stride 2,
+    GroupNorm, SiLU) --> mean over H, W --> Dense --> LayerNorm --> [Fv]
+
+Each frame is encoded on its own, so a feature never depends on the clip's length
+or on neighbouring frames: sync (a click at a bounce) must come from the audio
+model's attention over time, where the frame rate is known.
+
+`trainable=False` stops gradients at the output. The trainer then also keeps the
+encoder's parameters out of the optimizer (its `frozen` tree); the stop-gradient
+makes sure a frozen encoder is never updated even if they end up in the trained tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mgjax.models.layers import logical_init
+
+CONV_AXES = (None, None, "conv_in", "conv_out")
+
+
+class VideoFeatureEncoder(nn.Module):
+  """Tiny per-frame image encoder.
+
+  Attributes:
+    features: Fv, the width of each frame's feature vector.
+    channels: conv widths, one stride-2 stage each (H and W halve per stage).
+    num_groups: GroupNorm groups (capped at each stage's width).
+    trainable: False: the output carries no gradient (a frozen encoder).
+  """
+  features: int = 64
+  channels: Sequence[int] = (16, 32, 64)
+  num_groups: int = 8
+  trainable: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, section: Any) -> VideoFeatureEncoder:
+    """Builds the encoder from a `config.video_encoder` section."""
+    values = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    unknown = set(values) - {"features", "channels", "num_groups", "trainable", "dtype"}
+    if unknown:
+      raise ValueError(f"Unknown keys {sorted(unknown)} in video_encoder; the keys are "
+                       "features, channels, num_groups, trainable, dtype.")
+    if "channels" in values:
+      values["channels"] = tuple(values["channels"])
+    if "dtype" in values:
+      values["dtype"] = jnp.dtype(values["dtype"])
+    return cls(**values)
+
+  @nn.compact
+  def __call__(self, frames: jax.Array) -> jax.Array:
+    """uint8 [0, 255] or float [-1, 1] frames [B, Tv, H, W, 3] -> float32 [B, Tv, Fv]."""
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+      raise ValueError(f"VideoFeatureEncoder expects RGB frames [B, Tv, H, W, 3]; got shape "
+                       f"{frames.shape}.")
+    if not self.channels:
+      raise ValueError("video_encoder.channels is empty; give at least one conv width.")
+    b, tv, h, w, _ = frames.shape
+    x = frames.reshape(b * tv, h, w, 3)  # every frame on its own
+    if jnp.issubdtype(x.dtype, jnp.integer):
+      x = x.astype(jnp.float32) / 127.5 - 1.0  # uint8 [0, 255] -> [-1, 1]
+    x = x.astype(self.dtype)
+    for i, width in enumerate(self.channels):
+      x = nn.Conv(width, (3, 3), strides=2, padding="SAME", dtype=self.dtype,
+                  param_dtype=self.param_dtype, name=f"conv_{i}",
+                  kernel_init=logical_init(nn.initializers.lecun_normal(), CONV_AXES),
+                  bias_init=logical_init(nn.initializers.zeros, ("conv_out",)))(x)
+      groups = min(self.num_groups, width)
+      if width % groups:
+        raise ValueError(f"video_encoder: conv width {width} is not divisible by "
+                         f"{groups} GroupNorm groups; change channels or num_groups.")
+      x = nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name=f"norm_{i}",
+                       scale_init=logical_init(nn.initializers.ones, ("norm",)),
+                       bias_init=logical_init(nn.initializers.zeros, ("norm",)))(x)
+      x = nn.silu(x)  # [B * Tv, H / 2^(i+1), W / 2^(i+1), width]
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # [B * Tv, C]
+    out = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="out",
+                   kernel_init=logical_init(nn.initializers.lecun_normal(),
+                                            ("conv_out", "video_feature")),
+                   bias_init=logical_init(nn.initializers.zeros, ("video_feature",)))(pooled)
+    out = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+                       name="out_norm",
+                       scale_init=logical_init(nn.initializers.ones, ("norm",)),
+                       bias_init=logical_init(nn.initializers.zeros, ("norm",)))(out)
+    out = out.reshape(b, tv, self.features).astype(jnp.float32)  # [B, Tv, Fv]
+    return out if self.trainable else jax.lax.stop_gradient(out)
