@@ -1,6 +1,9 @@
 """Audio DiT: frame-rate alignment, conditioning, null conditions, masked context,
 scan/loop parity, annotations, the video feature encoder and the 13b size."""
 
+import math
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -342,3 +345,15 @@ def test_configs_build_the_models():
   assert out.shape == x.shape
   with pytest.raises(ValueError, match="tiny, 13b"):
     configs.load_config("experiments/audio.py:7b")
+
+
+def test_tiny_config_matches_the_tiny_audio_vae():
+  """The latents the tiny model reads are the ones the tiny VAE makes."""
+  tiny = configs.load_config("experiments/audio.py:tiny")
+  path = tiny.vae.train_config.partition(":")[0]
+  if not os.path.exists(path):
+    pytest.skip(f"{path} (the audio VAE config) is not in this checkout yet")
+  vae = configs.load_config(tiny.vae.train_config).model
+  assert vae.latent_channels == tiny.model.latent_channels
+  assert vae.sample_rate == tiny.data.audio.sample_rate
+  assert vae.sample_rate / math.prod(vae.strides) == tiny.model.latent_rate

@@ -186,7 +186,7 @@ def seam_measures(x: np.ndarray, boundaries, guard: int = 3, segment: int = 16):
 
 
 JUMP_LIMIT = 2.0   # a seam's frame step at most 2x the typical step inside windows
-BAND_LIMIT = 3.0   # and at most 3x the typical high-frequency power
+BAND_LIMIT = 2.0   # and at most 2x the typical high-frequency power
 ENERGY_LIMIT = 2.0
 
 
@@ -245,6 +245,14 @@ def test_extension_is_continuous_at_every_window_boundary(extension, strategy):
   assert 0.5 < float(np.var(out)) < 2.0
   lag1 = np.mean(out[:, 1:] * out[:, :-1]) / np.mean(out ** 2)
   assert lag1 > 0.9
+  if strategy == "autoregressive":
+    # Window 2 continues window 1 from its context: the overlap frames stay what
+    # window 1 made (a crossfade of two unrelated windows would blur them, and a
+    # model blind to its context measures 1.2 / 2.8 / 1.5 above: the band check fails).
+    first = flow.solve(lambda x, t: gaussian_velocity(
+        x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None),
+                       noise[:, :window], schedule, "midpoint")
+    np.testing.assert_allclose(out[:, :window], first, atol=1e-2)  # measured 4e-5; blind 3.1
 
 
 def test_autoregression_continues_the_given_context(extension):
