@@ -37,4 +37,11 @@ def get_config(arg: str = ""):
     # latents where the object sits, and that it is one object in every frame, is
     # decided early in sampling; t_mean=0 left objects jumping between latent frames.
     config.flow.t_mean = -1.0
+    # The prompt encoders read one token per word (mgjax/text/tokenizers.py, "words";
+    # no two words of the shapes captions share an id among 2,048) instead of bytes:
+    # a word is then one token for the tiny DiT to attend to.
+    for name in ("ul2", "metaclip"):
+      config.text.encoders[name].update(tokenizer="words", max_length=32)
+      config.text.encoders[name].model.vocab_size = 2048
+    config.text.encoders.metaclip.model.max_position_embeddings = 32
   return config

@@ -86,6 +86,36 @@ def test_bad_encoder_entries_are_rejected_with_the_key():
   section.encoders.ul2.update(path="/no/such/dir", tokenizer="")
   with pytest.raises(FileNotFoundError, match="/no/such/dir"):
     TextConditioner(section)
+  section = tiny_section()
+  section.encoders.ul2.tokenizer = "bytes"
+  with pytest.raises(ValueError, match="text.encoders.ul2.tokenizer is 'bytes'"):
+    TextConditioner(section)
+
+
+def test_words_tokenizer_gives_one_id_per_word_and_pools_at_the_end():
+  section = tiny_section()
+  section.encoders.ul2.update(tokenizer="words", max_length=8)
+  section.encoders.ul2.model.vocab_size = 2048
+  tokens = TextConditioner(section).tokenize(["FPS-16 a Red circle, moves up", "a red circle"])
+  ids, mask = tokens["ul2_ids"], tokens["ul2_mask"]
+  # fps - 16 a red circle , moves up </s>: 10 tokens, truncated to 8 keeping </s> (id 1).
+  assert mask[0].all() and ids[0, -1] == 1 and mask[1].sum() == 4 and ids[1, 3] == 1
+  np.testing.assert_array_equal(ids[0, 3:6], ids[1, :3])  # case does not matter
+  assert len(set(ids[0, :7])) == 7 and ids.min() >= 0 and ids.max() < 2048
+
+
+def test_no_two_words_of_the_shapes_captions_share_an_id_in_the_demo():
+  """The demo's prompt encoders hash words into 2,048 ids (experiments/t2v_shapes.py)."""
+  import re
+  from mgjax.data import shapes
+  from mgjax.text.tokenizers import HashedWordTokenizer
+  texts = (shapes.CLIP_TEMPLATES + shapes.IMAGE_TEMPLATES + ("FPS-16",)
+           + tuple(shapes.COLORS) + shapes.SHAPES + shapes.BACKGROUNDS
+           + sum(shapes.MOTION_PHRASES.values(), ()))
+  words = {w for text in texts for w in re.findall(r"\w+|[^\w\s]", re.sub(r"{\w+}", "", text.lower()))}
+  assert {"left", "right", "up", "down", "red", "cyan", "fps"} <= words
+  tokenizer = HashedWordTokenizer(2048)
+  assert len({tokenizer.word_id(w) for w in words}) == len(words)
 
 
 def save_tiny_hf_encoders(directory) -> dict[str, str]:

@@ -12,7 +12,8 @@ An encoder entry in the config:
     path        a Hugging Face directory (config.json, weights, tokenizer); "" for a
                 randomly initialised encoder described by `model`
     model       HF-style config keys of a random encoder (ignored when `path` is set)
-    tokenizer   "" (the one in `path`) | "byte" (ByT5's byte tokenizer, no files)
+    tokenizer   "" (the one in `path`) | "byte" (ByT5's byte tokenizer, no files) |
+                "words" (each word hashed to one of the model's vocab_size ids, no files)
     max_length  tokens per prompt; longer prompts are truncated and counted
     source      "prompt" | "visual_text" (only the quoted spans: ByT5)
     trainable   False: frozen, its weights in the state's `frozen` tree
@@ -40,9 +41,10 @@ from absl import logging
 from mgjax.models import clip_text, t5
 from mgjax.models.hf_checkpoint import read_config
 from mgjax.text.prompts import SOURCES, encoder_text
-from mgjax.text.tokenizers import BYTE, PromptTokenizer, load_hf_tokenizer
+from mgjax.text.tokenizers import BYTE, WORDS, PromptTokenizer, load_hf_tokenizer
 
 KINDS = ("t5", "clip")
+TOKENIZERS = ("", BYTE, WORDS)
 ENCODER_KEYS = {"kind", "path", "model", "tokenizer", "max_length", "source", "trainable",
                 "dtype"}
 
@@ -92,15 +94,18 @@ def make_encoder(name: str, spec) -> Encoder:
     raise ValueError(f"text.encoders.{name}.kind is {spec.kind!r}; use one of {KINDS}.")
   if spec.source not in SOURCES:
     raise ValueError(f"text.encoders.{name}.source is {spec.source!r}; use one of {SOURCES}.")
+  if spec.tokenizer not in TOKENIZERS:
+    raise ValueError(f"text.encoders.{name}.tokenizer is {spec.tokenizer!r}; use one of "
+                     f"{TOKENIZERS} (\"\": the one in the encoder's path).")
   tokenizer_kind = spec.tokenizer or ("" if spec.path else BYTE)
   model_config, origin = _model_config(name, spec)
   if spec.kind == "t5":
     module, width = t5.T5Encoder(model_config), model_config.d_model
   else:
     module, width = clip_text.CLIPTextEncoder(model_config), model_config.hidden_size
-  tokenizer = PromptTokenizer(load_hf_tokenizer(tokenizer_kind, spec.path), spec.max_length,
-                              name)
   vocab = model_config.vocab_size
+  tokenizer = PromptTokenizer(load_hf_tokenizer(tokenizer_kind, spec.path, vocab),
+                              spec.max_length, name)
   if len(tokenizer.hf) > vocab:
     raise ValueError(f"Text encoder {name!r}: its tokenizer has {len(tokenizer.hf)} tokens but "
                      f"the model's vocab_size is {vocab}; they must come from the same model.")

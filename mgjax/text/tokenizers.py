@@ -4,7 +4,8 @@ Every encoder's tokens enter the jitted step as `(ids [B, L] int32, mask [B, L] 
 with L its `max_length`, so a batch always has one shape. Tokenisers come from
 `transformers`: the byte-level ByT5 tokenizer needs no files (the tiny default
 encoders use it too), while T5/UL2 and CLIP tokenizers are read from the encoder's
-own Hugging Face directory.
+own Hugging Face directory. For small encoders trained from scratch there is also
+`HashedWordTokenizer` ("words"): no files, one token per word.
 
 A prompt longer than `max_length` keeps its first tokens and its closing special
 token (T5's and CLIP's end-of-sequence, which CLIP pools from), and is counted in
@@ -14,21 +15,61 @@ token (T5's and CLIP's end-of-sequence, which CLIP pools from), and is counted i
 from __future__ import annotations
 
 import os
+import re
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 BYTE = "byte"  # the ByT5 byte-level tokenizer, no files needed
+WORDS = "words"  # HashedWordTokenizer over the encoder's vocabulary, no files needed
 
 
-def load_hf_tokenizer(kind: str, path: str):
-  """A `transformers` tokenizer: "byte" or the one saved in directory `path`."""
+class HashedWordTokenizer:
+  """Lower-cased words and punctuation marks, each hashed (CRC32) to one id.
+
+  For encoders trained from scratch with the model (the CPU demo): a byte tokenizer
+  spreads a word over several tokens, which a tiny model learns to read slowly; here
+  every word is one token to attend to. Any prompt tokenises, with no vocabulary file;
+  distinct words may share an id (about n^2 / 2V pairs of n words in V ids). Ids 0-2
+  are T5's pad, end-of-sequence and unknown; every text ends with the end-of-sequence
+  id, which CLIP towers pool from. Implements the part of the `transformers`
+  tokenizer interface that `PromptTokenizer` uses.
+  """
+
+  pad_token_id, eos_token_id, unk_token_id = 0, 1, 2
+  all_special_ids = (0, 1, 2)
+
+  def __init__(self, vocab_size: int):
+    if vocab_size <= len(self.all_special_ids):
+      raise ValueError(f"A words tokenizer needs a vocab_size above "
+                       f"{len(self.all_special_ids)}; got {vocab_size}.")
+    self.vocab_size = vocab_size
+
+  def __len__(self) -> int:
+    return self.vocab_size
+
+  def word_id(self, word: str) -> int:
+    num_special = len(self.all_special_ids)
+    return num_special + zlib.crc32(word.encode("utf-8")) % (self.vocab_size - num_special)
+
+  def __call__(self, text: str, add_special_tokens: bool = True, **unused) -> dict:
+    del unused  # truncation, verbose: PromptTokenizer truncates itself
+    ids = [self.word_id(w) for w in re.findall(r"\w+|[^\w\s]", text.lower())]
+    return {"input_ids": ids + [self.eos_token_id] if add_special_tokens else ids}
+
+
+def load_hf_tokenizer(kind: str, path: str, vocab_size: int = 0):
+  """A tokenizer: "byte", "words" (hashed into `vocab_size` ids), or the one saved in
+  directory `path`."""
+  if kind == WORDS:
+    return HashedWordTokenizer(vocab_size)
   import transformers  # pylint: disable=import-outside-toplevel
   if kind == BYTE:
     return transformers.ByT5Tokenizer()
   if not os.path.isdir(path):
     raise FileNotFoundError(f"Tokenizer directory {path!r} does not exist; give the encoder's "
-                            f"Hugging Face directory, or tokenizer='byte'.")
+                            f"Hugging Face directory, or tokenizer='byte' or 'words'.")
   try:
     return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
   except (OSError, ValueError) as e:
