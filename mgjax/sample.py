@@ -1,6 +1,7 @@
-"""Sample videos (or images) from a trained text-to-video run.
+"""Sample videos (or images) from a trained text-to-video run, or sound for a video.
 
     python -m mgjax.sample --workdir=W --prompt="a red circle moves to the left"
+    python -m mgjax.sample --task=v2a --workdir=W --video=IN.mp4 [--prompt=...] --out=DIR
     python -m mgjax.sample --workdir=W --prompts_file=prompts.txt --num_steps=50 \
         --schedule=linear_quadratic --cfg_scale=7.5 --num_frames=32 --height=64 --width=64
 
@@ -10,6 +11,9 @@ contact sheet PNG (one row per prompt, frames across) to --out_dir (default
 (longer than the text encoder's max_length tokens: truncated, and reported); blank
 lines are skipped. Videos get the frame-rate tag ("FPS-16 ...") the model was
 trained with, unless the prompt already starts with one.
+
+--task=v2a (video-to-audio, a run of experiments/audio.py) is mgjax/sample_audio.py:
+it writes DIR/<video name>.wav and the muxed DIR/<video name>.mp4.
 """
 
 from __future__ import annotations
@@ -128,14 +132,43 @@ def sample(workdir: str, prompts: list[str], out_dir: str, *, num_steps: int | N
   return paths
 
 
+def run_v2a(FLAGS) -> None:
+  """--task=v2a: sound for --video; clear one-line errors, exit code 2."""
+  from mgjax.data.video import MediaDecodeError
+  from mgjax.sample_audio import video_to_audio
+  try:
+    if not FLAGS.video:
+      raise ValueError("--task=v2a needs --video=IN.mp4, the video to make sound for.")
+    if len(FLAGS.prompt or []) > 1:
+      raise ValueError("--task=v2a takes at most one --prompt (the sound's description).")
+    paths = video_to_audio(FLAGS.workdir, FLAGS.video, FLAGS.out or FLAGS.out_dir or
+                           os.path.join(FLAGS.workdir, "samples", "v2a"),
+                           (FLAGS.prompt or [""])[0], num_steps=FLAGS.num_steps,
+                           cfg_scale=FLAGS.cfg_scale, method=FLAGS.method, seed=FLAGS.seed,
+                           step=FLAGS.step)
+  except MediaDecodeError as e:
+    sys.stderr.write(f"mgjax.sample: cannot read the video {e}. Pass an existing, decodable "
+                     "video file with at least one frame (--video).\n")
+    sys.exit(2)
+  except (ValueError, FileNotFoundError) as e:
+    sys.stderr.write(f"mgjax.sample: {e}\n")
+    sys.exit(2)
+  print("\n".join(paths))
+
+
 def main():
+  flags.DEFINE_enum("task", "t2v", ["t2v", "v2a"], "t2v: videos from prompts; v2a: sound "
+                    "for --video from a video-to-audio run.")
+  flags.DEFINE_string("video", None, "--task=v2a: the video to make sound for.")
+  flags.DEFINE_string("out", None, "--task=v2a: output folder (default <workdir>/samples/v2a).")
   flags.DEFINE_string("workdir", None, "A text-to-video training run's --workdir.")
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for several.")
   flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
   flags.DEFINE_string("out_dir", None, "Output folder; default <workdir>/samples/cli.")
   flags.DEFINE_integer("num_steps", None, "ODE steps; default config.flow.sample_steps.")
   flags.DEFINE_enum("schedule", None, list(SCHEDULES), "Time schedule; default the config's.")
-  flags.DEFINE_enum("method", "euler", list(SOLVERS), "ODE solver.")
+  flags.DEFINE_enum("method", None, list(SOLVERS), "ODE solver; default euler (t2v), the "
+                    "run's config.flow.method (v2a).")
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale; default the config's.")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
   flags.DEFINE_integer("num_frames", None, "Frames; 1 samples an image. Default: the first "
@@ -151,13 +184,16 @@ def main():
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
       raise app.UsageError("--workdir (a text-to-video training run) is required.")
+    if FLAGS.task == "v2a":
+      run_v2a(FLAGS)
+      return
     try:
       prompts = read_prompts(FLAGS.prompt, FLAGS.prompts_file)
       paths = sample(FLAGS.workdir, prompts, FLAGS.out_dir or os.path.join(
           FLAGS.workdir, "samples", "cli"), num_steps=FLAGS.num_steps,
           schedule=FLAGS.schedule, cfg_scale=FLAGS.cfg_scale, seed=FLAGS.seed,
           num_frames=FLAGS.num_frames, height=FLAGS.height, width=FLAGS.width,
-          method=FLAGS.method, batch_size=FLAGS.batch_size, step=FLAGS.step)
+          method=FLAGS.method or "euler", batch_size=FLAGS.batch_size, step=FLAGS.step)
     except (ValueError, FileNotFoundError) as e:
       sys.stderr.write(f"mgjax.sample: {e}\n")
       sys.exit(2)
