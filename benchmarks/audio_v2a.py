@@ -61,7 +61,13 @@ def main(argv):
                                        **task.clip_args())
   waves = np.stack([c[1] for c in clips])
   recon = np.asarray(task.codec.decode(task.codec.encode(waves), waves.shape[1]))
-  for name, x in (("original sound", waves), ("VAE reconstruction", recon)):
+  num_samples = waves.shape[1]
+  generated = np.concatenate([task.generate(
+      params, frozen, np.stack([c[0] for c in clips[i:i + e.batch_size]]),
+      [r["caption"] for r in kept[i:i + e.batch_size]], num_samples,
+      **dict(kwargs, seed=e.seed + i)) for i in range(0, len(kept), e.batch_size)])
+  for name, x in (("original sound", waves), ("VAE reconstruction", recon),
+                  ("generated from video + caption", generated)):
     s = shapes_scores(x, kept, rate)
     print(f"{name} of {len(kept)} held-out clips: sync {100 * s['sync_score']:.1f}% of "
           f"{int(s['num_bounces'])} bounces, tone {100 * s['tone_accuracy']:.1f}%, false "
