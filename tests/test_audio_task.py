@@ -245,12 +245,18 @@ def test_v2a_long_video_goes_through_sample_long(trained, tmp_path, monkeypatch)
   assert abs(audio_lib.read_audio(mp4_path, sample_rate=16_000).shape[0] / 16_000 - 6.0) <= 0.04
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty"])
-def test_v2a_bad_video_is_a_clear_error(trained, tmp_path, kind):
-  workdir, _, _ = trained
+@pytest.mark.parametrize("kind", ["missing", "empty", "undecodable"])
+def test_v2a_bad_video_is_a_clear_error(tmp_path, kind):
+  """The video is read before any weights: a run's config.json is enough here."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(small_config().to_json())
   video = str(tmp_path / f"{kind}.mp4")
   if kind == "empty":
     open(video, "wb").close()
+  elif kind == "undecodable":
+    with open(video, "w") as f:
+      f.write("not a video\n" * 100)
   result = run(["-m", "mgjax.sample", "--task=v2a", f"--workdir={workdir}", f"--video={video}",
                 f"--out={tmp_path / 'o'}"], timeout=120)
   assert result.returncode == 2
