@@ -9,6 +9,7 @@ import importlib
 TASKS = {
     "tae": "mgjax.tasks.tae:TAETask",
     "t2v": "mgjax.tasks.t2v:T2VTask",
+    "audio_vae": "mgjax.tasks.audio_vae:AudioVAETask",
     "audio": "mgjax.tasks.audio:AudioTask",
 }
 
