@@ -27,8 +27,8 @@ def get_config(arg: str = ""):
     # The CPU budget goes to the DiT: its objects follow the motion words only after
     # ~2,500 steps (docs/benchmarks.md), while the TAE's reconstructions already show
     # colour and motion after 500.
-    config.tae.update(train_config=os.path.join(HERE, "tae.py") + ":tiny", train_steps=500)
-    config.train.num_steps = 2700
+    config.tae.update(train_config=os.path.join(HERE, "tae.py") + ":tiny", train_steps=600)
+    config.train.num_steps = 3000
     config.data.update(name="shapes", fps=16.0, image_fraction=0.2)
     # Each motion on its own lane (mgjax/data/shapes.py PATHS): the motion word then
     # says where the shape is in every frame, which the tiny DiT learns like colour;
