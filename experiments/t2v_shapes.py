@@ -25,10 +25,9 @@ def get_config(arg: str = ""):
   config = configs.load_config(os.path.join(HERE, "t2v.py") + ":tiny")
   with config.unlocked():
     # The CPU budget goes to the DiT: its objects follow the motion words only after
-    # ~2,500 steps (docs/benchmarks.md), while the TAE's reconstructions already show
-    # colour and motion after 500.
+    # some 2,500 steps (docs/benchmarks.md); a TAE of 600 steps (26 dB) is enough.
     config.tae.update(train_config=os.path.join(HERE, "tae.py") + ":tiny", train_steps=600)
-    config.train.num_steps = 3000
+    config.train.num_steps = 2500
     config.data.update(name="shapes", fps=16.0, image_fraction=0.2)
     # Each motion on its own lane (mgjax/data/shapes.py PATHS): the motion word then
     # says where the shape is in every frame, which the tiny DiT learns like colour;
