@@ -123,7 +123,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.context = ml_collections.ConfigDict(dict(
       prob=0.5, min_fraction=0.3, max_fraction=1.0))
 
-  # The audio VAE whose latents the model learns (the other half of issue 10).
+  # The audio VAE whose latents the model learns.
   # `workdir` holds a trained VAE (default <workdir>/audio_vae); with `train_config`
   # set the trainer first trains that VAE there for `train_steps` (0: its own number).
   config.vae = ml_collections.ConfigDict(dict(workdir="", train_config="", train_steps=0))
