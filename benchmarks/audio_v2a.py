@@ -3,9 +3,11 @@
 
     python benchmarks/audio_v2a.py --workdir=W [--num_steps=16]
 
-1. The VAE ceiling: the held-out clips' own sound encoded and decoded by the run's
+1. Sync, tone and false onsets of the generated sound on the held-out clips and on
+   --num_bouncing fresh clips that all bounce (the held-out split holds few bounces),
+   next to the VAE ceiling: the clips' own sound encoded and decoded by the run's
    audio VAE, scored like the samples (a generated click can only be heard if the
-   VAE can reproduce one).
+   VAE can reproduce one), and the sync that as many onsets at random times get.
 2. Long form: three held-out clips (with bounces first) concatenated into one video
    3x the trained window (6 s for tiny), sound generated for it in one go through
    `mgjax.audio_longform.sample_long` (config.longform), and, as the baseline that
@@ -37,6 +39,8 @@ from tests.test_audio_longform import seam_measures  # noqa: E402
 flags.DEFINE_string("workdir", None, "A trained experiments/audio.py run.", required=True)
 flags.DEFINE_integer("num_steps", 0, "ODE steps; 0: the run's eval.num_steps.")
 flags.DEFINE_integer("num_clips", 0, "Held-out clips for the VAE ceiling; 0: eval.num_prompts.")
+flags.DEFINE_integer("num_bouncing", 40, "Fresh bouncing clips (shapes_audio.BOUNCING_SEED) to "
+                     "score sync on; 0: none.")
 FLAGS = flags.FLAGS
 
 
@@ -55,23 +59,35 @@ def main(argv):
   steps = FLAGS.num_steps or e.num_steps
   kwargs = dict(num_steps=steps, cfg_scale=e.cfg_scale, method=e.method, seed=e.seed)
 
-  # 1. VAE ceiling on the held-out clips.
+  def scores(what, clips, kept):
+    """Sync and tone of the clips' own sound, its VAE reconstruction and generated sound."""
+    waves = np.stack([c[1] for c in clips])
+    recon = np.asarray(task.codec.decode(task.codec.encode(waves), waves.shape[1]))
+    generated = np.concatenate([task.generate(
+        params, frozen, np.stack([c[0] for c in clips[i:i + e.batch_size]]),
+        [r["caption"] for r in kept[i:i + e.batch_size]], waves.shape[1],
+        **dict(kwargs, seed=e.seed + i)) for i in range(0, len(kept), e.batch_size)])
+    for name, x in (("original sound", waves), ("VAE reconstruction", recon),
+                    ("generated from video + caption", generated)):
+      s = shapes_scores(x, kept, rate)
+      print(f"{name} of {len(kept)} {what}: sync {100 * s['sync_score']:.1f}% of "
+            f"{int(s['num_bounces'])} bounces (onsets at random times "
+            f"{100 * s['chance_sync_score']:.1f}%), tone {100 * s['tone_accuracy']:.1f}%, "
+            f"false onsets {s['false_onsets_per_silent_clip']:.2f} per bounce-free clip, "
+            f"{100 * s['false_onset_rate']:.1f}% of all onsets")
+
+  # 1. The held-out clips, and fresh clips that all bounce (the held-out ones hold few
+  # bounces): the VAE ceiling and the generated sound.
   records = av_clips.read_records(task.manifest(), "eval")
   clips, kept, _ = av_clips.load_clips(records, FLAGS.num_clips or e.num_prompts,
                                        **task.clip_args())
-  waves = np.stack([c[1] for c in clips])
-  recon = np.asarray(task.codec.decode(task.codec.encode(waves), waves.shape[1]))
-  num_samples = waves.shape[1]
-  generated = np.concatenate([task.generate(
-      params, frozen, np.stack([c[0] for c in clips[i:i + e.batch_size]]),
-      [r["caption"] for r in kept[i:i + e.batch_size]], num_samples,
-      **dict(kwargs, seed=e.seed + i)) for i in range(0, len(kept), e.batch_size)])
-  for name, x in (("original sound", waves), ("VAE reconstruction", recon),
-                  ("generated from video + caption", generated)):
-    s = shapes_scores(x, kept, rate)
-    print(f"{name} of {len(kept)} held-out clips: sync {100 * s['sync_score']:.1f}% of "
-          f"{int(s['num_bounces'])} bounces, tone {100 * s['tone_accuracy']:.1f}%, false "
-          f"onsets {s['false_onsets_per_silent_clip']:.2f} per bounce-free clip")
+  scores("held-out clips", clips, kept)
+  if FLAGS.num_bouncing:
+    with config.unlocked():
+      config.eval.num_bouncing_clips = FLAGS.num_bouncing
+    manifest = task.bouncing_manifest()
+    records = [r for split in ("train", "eval") for r in av_clips.read_records(manifest, split)]
+    scores("fresh bouncing clips", *av_clips.load_clips(records, **task.clip_args())[:2])
 
   # 2. A 3x-window video from three held-out clips, bouncing ones first.
   order = sorted(range(len(kept)), key=lambda i: not kept[i]["bounce_times"])[:3]

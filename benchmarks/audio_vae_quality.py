@@ -7,7 +7,8 @@ Reconstructs every "eval" clip of the run's data (posterior mean, whole clips up
 --seconds) and prints: SNR and multi-scale spectral distance (mean, worst clip), and
 on the shapes sound whether each tone's pitch still names its colour and how many
 bounce clicks shapes_audio.detect_onsets finds within 40 ms in the reconstructions,
-next to what it finds in the inputs (the detector's own ceiling). Also the training
+next to what it finds in the inputs (the detector's own ceiling), and the spectral
+flux at and away from the bounces against the detector's threshold. Also the training
 history the trainer logged (eval/* rows of metrics.jsonl).
 """
 
@@ -21,7 +22,8 @@ from absl import app, flags
 
 from mgjax.data import shapes_audio
 from mgjax.models.audio_vae_losses import snr_db, spectral_distance_db
-from mgjax.tasks.audio_vae import read_audio_records, read_waveform, reconstruction_scores
+from mgjax.tasks.audio_vae import (bouncing_clips, read_audio_records, read_waveform,
+                                   reconstruction_scores)
 from mgjax.train import restore_train_state
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "An audio_vae training workdir.", required=True)
@@ -32,20 +34,19 @@ _NUM_BOUNCING = flags.DEFINE_integer(
     "click onsets on; the eval split holds few bounces.")
 
 
-def bouncing_clips(config, rate: int, count: int):
-  """(float32 [N, S, 1] waveforms, records with colour and bounce times) of new clips."""
-  from mgjax.data import shapes
-  s = config.data.shapes_audio
-  rng = np.random.default_rng(1234)
-  clips, records = [], []
-  while len(clips) < count:
-    spec = shapes.sample_spec(rng)
-    if spec.motion != "bouncing":
-      continue
-    clips.append(shapes_audio.render_audio(spec, s.num_frames, s.fps, rate))
-    records.append({"attributes": {"color": spec.color},
-                    "bounce_times": shapes_audio.bounce_times(spec, s.num_frames, s.fps).tolist()})
-  return np.stack(clips), records
+def click_flux(clips, records, rate: int) -> tuple[float, float]:
+  """(median over bounces of the peak spectral flux within 40 ms of the bounce, median
+  over clips of the peak flux farther than 40 ms from every bounce), dB: how far the
+  clicks are above the detector's threshold and the rest below it."""
+  near, far = [], []
+  for clip, record in zip(clips, records):
+    flux, times = shapes_audio.onset_strength(clip, rate)
+    bounces = np.asarray(record["bounce_times"])
+    distance = np.abs(times[:, None] - bounces[None, :]).min(axis=1)
+    tolerance = shapes_audio.SYNC_TOLERANCE_S
+    near += [flux[np.abs(times - b) <= tolerance].max() for b in bounces]
+    far.append(flux[distance > tolerance].max())
+  return float(np.median(near)), float(np.median(far))
 
 
 def main(argv):
@@ -90,11 +91,11 @@ def main(argv):
           f"{scores['false_onsets_per_clip']:.2f} false onsets per clip "
           f"(inputs: {ceiling['onset_hit_rate']:.1%}, {ceiling['false_onsets_per_clip']:.2f})")
   if _NUM_BOUNCING.value and config.data.name == "shapes_audio":
-    fresh, fresh_records = bouncing_clips(config, rate, _NUM_BOUNCING.value)
-    fresh = fresh[:, :len(fresh[0]) - len(fresh[0]) % task.model.hop]
+    fresh, fresh_records = bouncing_clips(config.data.shapes_audio, rate, _NUM_BOUNCING.value,
+                                          task.model.hop)
     n = np.full(len(fresh), fresh.shape[1])
-    got = reconstruction_scores(fresh, task.reconstruct(params, fresh), n, fresh_records, rate,
-                                task.windows)
+    fresh_recons = task.reconstruct(params, fresh)
+    got = reconstruction_scores(fresh, fresh_recons, n, fresh_records, rate, task.windows)
     top = reconstruction_scores(fresh, fresh, n, fresh_records, rate, task.windows)
     count = sum(len(r["bounce_times"]) for r in fresh_records)
     print(f"{len(fresh)} fresh bouncing clips ({count} bounces): SNR {got['snr_db']:.2f} dB, "
@@ -102,6 +103,11 @@ def main(argv):
           f"{got['tone_accuracy']:.1%}, clicks within 40 ms {got['onset_hit_rate']:.1%} "
           f"of bounces, {got['false_onsets_per_clip']:.2f} false onsets per clip (inputs: "
           f"{top['onset_hit_rate']:.1%}, {top['false_onsets_per_clip']:.2f})")
+    near, far = click_flux(fresh_recons, fresh_records, rate)
+    near_in, far_in = click_flux(fresh, fresh_records, rate)
+    print(f"  spectral flux (detector threshold {shapes_audio.ONSET_THRESHOLD_DB:g} dB): "
+          f"{near:.1f} dB median peak at a bounce, {far:.1f} dB median peak elsewhere in a "
+          f"clip (inputs: {near_in:.1f}, {far_in:.1f})")
   path = os.path.join(_WORKDIR.value, "metrics.jsonl")
   if os.path.exists(path):
     with open(path) as f:

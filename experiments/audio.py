@@ -20,7 +20,8 @@ attention, cross-attention and MLP each get shift, scale and gate) plus a learne
 Size (from `jax.eval_shape` of the model, the text projection of a 4096-wide T5
 encoder and a 1024-wide video feature projection included; tests/test_audio_dit.py
 checks it): 13b 12,515,521,664 parameters (12.52B). The per-frame video encoder
-(mgjax/models/video_features.py) comes on top: tiny 28,096, 13b 2,080,256.
+(mgjax/models/video_features.py) comes on top: tiny 89,536 (its 4 x 4 grid flattened),
+13b 2,080,256.
 
 Model inputs (mgjax/models/audio_dit.py): noisy latent [B, T, 128] at 25 Hz, masked
 audio context + its mask channel-concatenated, per-frame video features resampled
@@ -101,6 +102,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # Per-frame video features (mgjax/models/video_features.py): frames -> [B, Tv, Fv].
   config.video_encoder = ml_collections.ConfigDict(dict(
       features=1024, channels=(64, 128, 256, 512), num_groups=32,
+      pooling="mean",           # | "flatten": keep where things are (the tiny default)
+      temporal_kernel=0,        # > 0 (odd): each feature also sees its neighbour frames
       trainable=True,           # False: frozen (outputs carry no gradient)
       dtype="bfloat16"))
 
@@ -139,6 +142,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       audio=ml_collections.ConfigDict(dict(sample_rate=48_000, channels=1)),
       clip_seconds=10.0,       # training window (= model.max_frames / latent_rate)
       frame_size=(256, 256),   # (height, width) frames are resized to for the video encoder
+      bouncing_share=0.0,      # shapes_audio: > 0 gives this share of the clips a bounce
       batch_size=0,            # 0: train.batch_size
   )
 
@@ -152,6 +156,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict(dict(
       num_prompts=8,           # held-out clips to sample and score
+      num_bouncing_clips=0,    # shapes_audio: + this many fresh bouncing clips for sync
       num_steps=64, method="midpoint", cfg_scale=3.0, seed=0, batch_size=8,
       num_to_write=8))
 
@@ -164,18 +169,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.update(latent_channels=16, max_frames=50, remat_policy="none",
                         dtype="float32")
     config.video_encoder.update(features=64, channels=(16, 32, 64), num_groups=8,
-                                dtype="float32")
+                                pooling="flatten", temporal_kernel=3, dtype="float32")
     config.vae.update(train_config=os.path.join(HERE, "audio_vae.py") + ":tiny")
     tiny_t5 = t2v.tiny_text_encoders()["ul2"]
     config.text.encoders = ml_collections.ConfigDict(dict(t5=tiny_t5))
-    config.data.update(clip_seconds=2.0)
+    config.data.update(clip_seconds=2.0, bouncing_share=0.5)
     config.data.audio.sample_rate = 16_000
     config.data.update(frame_size=(32, 32))  # the 64 px clips at half size: 4x cheaper frames
     config.data.shapes.update(num_videos=256, num_frames=32, fps=16, paths="random")
     config.longform.update(window_seconds=2.0, window_frames=50, overlap_frames=10)
-    config.eval.update(num_prompts=8, num_steps=16, num_to_write=4)
+    config.eval.update(num_prompts=8, num_bouncing_clips=16, num_steps=16, num_to_write=4)
     config.optimizer.update(learning_rate=1e-3, warmup_steps=50, weight_decay=0.0)
-    config.train.update(num_steps=600, batch_size=16, log_every=100, eval_every=0,
+    config.train.update(num_steps=1500, batch_size=16, log_every=100, eval_every=500,
                         checkpoint_every=300, ema_decay=0.98)
   else:
     # Read only by weight-free tools (mgjax.aot); training needs text.encoders.t5.path.

@@ -295,6 +295,43 @@ def test_video_feature_encoder_per_frame_and_frozen():
     encoder.init(jax.random.key(0), frames[..., :1])
 
 
+def test_flatten_pooling_keeps_where_a_shape_is():
+  """A square moved within a plain frame: "flatten" features tell the places apart,
+  "mean" ones (position-free but for the zero padding at the edges) much less."""
+  frames = np.zeros((1, 2, 16, 16, 3), np.uint8)
+  frames[0, 0, 2:6, 2:6] = 255   # upper left
+  frames[0, 1, 6:10, 6:10] = 255  # the middle
+  frames = jnp.asarray(frames)
+  gap = {}
+  for pooling in ("mean", "flatten"):
+    encoder = VideoFeatureEncoder(features=FV, channels=(8, 16), num_groups=4, pooling=pooling)
+    params = encoder.init(jax.random.key(0), frames)
+    out = np.asarray(encoder.apply(params, frames))[0]  # [2, FV], layer-normed
+    gap[pooling] = float(np.abs(out[0] - out[1]).mean())
+  assert gap["flatten"] > 2 * gap["mean"], gap
+  with pytest.raises(ValueError, match="pooling='max'"):
+    VideoFeatureEncoder.from_config({"pooling": "max"})
+
+
+def test_temporal_kernel_sees_the_neighbour_frames_only():
+  """temporal_kernel=3: a frame's feature depends on it and the frames either side,
+  and at init (zero kernel) it is the per-frame feature."""
+  frames = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, 5, 16, 16, 3)), jnp.uint8)
+  encoder = VideoFeatureEncoder(features=FV, channels=(8, 16), num_groups=4, temporal_kernel=3)
+  params = encoder.init(jax.random.key(0), frames)
+  per_frame = encoder.clone(temporal_kernel=0)
+  plain = {"params": {k: v for k, v in params["params"].items() if k != "temporal"}}
+  np.testing.assert_allclose(encoder.apply(params, frames), per_frame.apply(plain, frames),
+                             atol=1e-6)
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape),
+                        params)
+  change = np.abs(np.asarray(encoder.apply(params, frames.at[:, 2].set(0))
+                             - encoder.apply(params, frames))).max(axis=(0, 2))  # [5]
+  assert change[0] == 0 and change[4] == 0 and change[1:4].min() > 1e-3, change
+  with pytest.raises(ValueError, match="temporal_kernel=2"):
+    VideoFeatureEncoder.from_config({"temporal_kernel": 2})
+
+
 # ------------------------------------------------------------------- configs
 
 

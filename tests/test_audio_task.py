@@ -151,6 +151,26 @@ def test_loss_counts_only_generated_frames(tmp_path):
   assert abs(float(loss) - expected) < 1e-4, (float(loss), expected)
 
 
+def test_shapes_scores_and_their_chance_level():
+  """The clip's own sound: every bounce heard, nothing false; a click every 60 ms:
+  every bounce "heard" too, but the chance level says so and most onsets are false."""
+  rate = 16_000
+  spec = shapes_audio.clip_spec(shapes_audio.BOUNCING_SEED, 0, "bouncing")
+  record = {"bounce_times": shapes_audio.bounce_times(spec, 32, 16).tolist(),
+            "attributes": spec.attributes}
+  own = shapes_audio.render_audio(spec, 32, 16, rate)  # [S, 1]
+  spray = shapes_audio.tone(spec.color, own.shape[0], rate)
+  burst = shapes_audio.click(rate)
+  for start in range(0, own.shape[0] - len(burst), rate * 6 // 100):
+    spray[start:start + len(burst)] += burst
+  good = audio_task.shapes_scores(own[None], [record], rate)
+  assert good["sync_score"] == 1.0 and good["false_onset_rate"] == 0.0
+  assert good["tone_accuracy"] == 1.0 and good["chance_sync_score"] < 0.2
+  sprayed = audio_task.shapes_scores(spray[None, :, None], [record], rate)
+  assert sprayed["sync_score"] == 1.0 and sprayed["chance_sync_score"] > 0.6
+  assert sprayed["false_onset_rate"] > 0.5
+
+
 # ------------------------------------------------------------- end to end
 
 
@@ -178,7 +198,8 @@ def trained(tmp_path_factory):
                 "--config.data.shapes.num_videos=24", "--config.train.num_steps=4",
                 "--config.train.log_every=2", "--config.train.checkpoint_every=4",
                 "--config.train.progress_bar=False", "--config.optimizer.warmup_steps=1",
-                "--config.eval.num_prompts=2", "--config.eval.num_steps=2",
+                "--config.eval.num_prompts=2", "--config.eval.num_bouncing_clips=2",
+                "--config.eval.num_steps=2",
                 "--config.eval.batch_size=2", "--config.eval.num_to_write=1"] + overrides)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, records, result
@@ -195,7 +216,16 @@ def test_training_runs_every_stage_and_counts_bad_clips(trained):
   eval_line = next(l for l in lines if "eval/sync_score" in l)
   assert 0.0 <= eval_line["eval/sync_score"] <= 1.0
   assert 0.0 <= eval_line["eval/tone_accuracy"] <= 1.0
-  assert "Video-to-audio at step 4 on 2 held-out clips" in result.stdout
+  held_out = min(2, sum(r["split"] == "eval" for r in records))  # eval.num_prompts=2
+  assert held_out and f"Video-to-audio at step 4 on {held_out} held-out clips" in result.stdout
+  # Sync is also scored on fresh clips that all bounce (the held-out split has few bounces).
+  bouncing = shapes_audio.read_manifest(
+      os.path.join(workdir, "shapes_audio_bouncing", "manifest.jsonl"))
+  assert len(bouncing) == 2 and all(r["bounce_times"] for r in bouncing)
+  num_bounces = sum(len(r["bounce_times"]) for r in bouncing)
+  assert eval_line["eval/bouncing_num_bounces"] == num_bounces
+  assert 0.0 <= eval_line["eval/bouncing_sync_score"] <= 1.0
+  assert f"on 2 fresh bouncing clips: sync" in result.stdout
   wave = audio_lib.read_audio(os.path.join(workdir, "samples", "step_4", "00.mp4"))
   assert abs(wave.shape[0] / 16_000 - 2.0) < 0.04
 

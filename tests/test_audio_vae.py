@@ -15,11 +15,13 @@ import pytest
 from experiments import audio_vae as audio_vae_config
 from mgjax import train as train_lib
 from mgjax.data import audio as audio_lib
+from mgjax.data import shapes_audio
 from mgjax.data.pipeline import all_rows
 from mgjax.models import audio_vae_losses as losses
 from mgjax.models.audio_vae import AudioVAE, Downsample, Upsample
 from mgjax.models.tae_losses import kl_divergence
-from mgjax.tasks.audio_vae import AudioVAECodec, AudioVAETask, make_audio_vae
+from mgjax.tasks.audio_vae import (AudioVAECodec, AudioVAETask, LoadAudioCrop, bouncing_clips,
+                                   make_audio_vae, reconstruction_scores)
 
 RATE = 16_000
 
@@ -192,6 +194,93 @@ def test_snr_and_spectral_distance():
   assert losses.spectral_distance_db(np.zeros_like(x), x, windows)[0] > 15
 
 
+def clicks(seconds, times):
+  """The shapes click at each time (s), nothing else: float32 [S]."""
+  x = np.zeros(int(round(seconds * RATE)), np.float32)
+  burst = shapes_audio.click(RATE)
+  for t in times:
+    start = int(round(t * RATE))
+    x[start:start + len(burst)] += burst[:len(x) - start]
+  return x
+
+
+def clicked(seconds=0.5, times=(0.25,)):
+  """A shapes-like sound: a 440 Hz tone at 0.25 plus the clicks: [1, S, 1]."""
+  return tone(440.0, seconds, amplitude=0.25) + clicks(seconds, times)[None, :, None]
+
+
+def test_onset_loss_wants_the_click_in_its_frame():
+  """The onset envelope reads what the click detector reads (a > 15 dB rise at a click,
+  ~0 on a steady tone); the loss is ~0 for the input itself and large for a missing
+  click, one 60 ms early (the pre-echo of the first tiny VAE) or one whose energy rises
+  over 30 ms instead of at once."""
+  x = clicked()
+  window = losses.window_samples((shapes_audio.ONSET_WINDOW_S,), RATE)[0]
+  envelope = np.asarray(losses.onset_envelope(jnp.asarray(x), window))[0, 0]
+  detector = shapes_audio.onset_strength(x[0], RATE)[0]
+  assert envelope.max() > 15 and abs(envelope.max() - detector.max()) < 4, (
+      envelope.max(), detector.max())
+  steady = tone(amplitude=0.25)
+  # Away from the ends: the STFT's zero padding makes the clip's first frames rise.
+  assert np.asarray(losses.onset_envelope(jnp.asarray(steady), window))[0, 0, 4:-4].max() < 1
+  t = np.arange(x.shape[1]) / RATE - 0.22                   # a 30 ms attack, then the decay
+  shape = np.where(t < 0, 0.0, np.where(t < 0.03, t / 0.03, np.exp(-(t - 0.03) / 0.004)))
+  noise = np.random.default_rng(0).uniform(-1, 1, x.shape[1]) * shape
+  burst = clicks(0.5, (0.25,))
+  noise *= np.sqrt(np.sum(burst ** 2) / np.sum(noise ** 2))   # the click's energy
+  candidates = {"none": steady, "early": clicked(times=(0.19,)),
+                "slow attack": steady + noise[None, :, None].astype(np.float32)}
+  windows = (window,)
+  assert float(losses.onset_loss(jnp.asarray(x), jnp.asarray(x), windows)[0]) < 0.01
+  for name, y in candidates.items():
+    value = float(losses.onset_loss(jnp.asarray(y), jnp.asarray(x), windows)[0])
+    assert value > 1.0, (name, value)
+
+
+def test_click_scores_count_only_clicks_at_the_bounces():
+  """The click figures the bar is measured with: perfect on the inputs, 0% for the
+  tone alone and for clicks 60 ms early (then counted as false onsets)."""
+  config = audio_vae_config.get_config("tiny")
+  clips, records = bouncing_clips(config.data.shapes_audio, RATE, 3, 640)
+  assert clips.shape == (3, 2 * RATE, 1) and all(r["bounce_times"] for r in records)
+  tones = np.stack([shapes_audio.tone(r["attributes"]["color"], clips.shape[1], RATE)[:, None]
+                    for r in records])
+  early = np.stack([t + clicks(2.0, [max(0.0, b - 0.06) for b in r["bounce_times"]])[:, None]
+                    for t, r in zip(tones, records)])
+  n = np.full(3, clips.shape[1])
+  windows = (256,)
+  perfect = reconstruction_scores(clips, clips, n, records, RATE, windows)
+  assert perfect["onset_hit_rate"] == 1.0 and perfect["false_onsets_per_clip"] == 0.0
+  assert perfect["tone_accuracy"] == 1.0
+  no_clicks = reconstruction_scores(clips, tones, n, records, RATE, windows)
+  assert no_clicks["onset_hit_rate"] == 0.0 and no_clicks["tone_accuracy"] == 1.0
+  shifted = reconstruction_scores(clips, early, n, records, RATE, windows)
+  assert shifted["onset_hit_rate"] == 0.0 and shifted["false_onsets_per_clip"] >= 1.0
+
+
+def test_bounce_and_end_crops(tmp_path):
+  """bounce_fraction=1: every crop, even of a record drawn without bounces, holds a
+  click of a record with "bounce_times"; end_fraction=1: crops end at the file end."""
+  audio_lib.write_wav(str(tmp_path / "bounce.wav"), clicked(2.0, (0.5, 1.5))[0], RATE)
+  audio_lib.write_wav(str(tmp_path / "tone.wav"), tone(seconds=2.0, amplitude=0.25)[0], RATE)
+  records = [{"path": str(tmp_path / "tone.wav")},
+             {"path": str(tmp_path / "bounce.wav"), "bounce_times": [0.5, 1.5]}]
+  crop = 7680
+  load = LoadAudioCrop(records, crop, RATE, 1, False, bounce_fraction=1.0)
+  for seed in range(12):
+    audio = load(0, np.random.default_rng(seed))["audio"][:, 0]
+    assert audio.shape == (crop,)
+    loudest = int(np.argmax(np.abs(audio)))
+    assert np.abs(audio).max() > 0.4, seed                # the click (tone alone: 0.25)
+    assert loudest < 0.75 * crop + 0.025 * RATE, seed      # with room after it
+  uniform = LoadAudioCrop(records, crop, RATE, 1, False)
+  assert max(np.abs(uniform(0, np.random.default_rng(s))["audio"]).max()
+             for s in range(5)) < 0.3                       # the tone record stays itself
+  at_end = LoadAudioCrop(records, crop, RATE, 1, False, end_fraction=1.0)
+  np.testing.assert_allclose(at_end(1, np.random.default_rng(0))["audio"],
+                             audio_lib.read_audio(str(tmp_path / "bounce.wav"))[-crop:])
+
+
 # ----------------------------------------------------------------------- config, data
 
 def test_bad_config_args_are_refused():
@@ -244,9 +333,18 @@ def test_training_through_the_trainer_raises_snr(tmp_path):
   """A short run of the tiny config (fewer clips and steps, shorter crops) on the
   shapes sound made in the workdir; eval SNR must beat the untrained model's by 10 dB."""
   config = audio_vae_config.get_config("tiny")
-  config.data.shapes_audio.update(num_videos=32)
-  config.data.update(crop_seconds=0.16, num_threads=2)
-  config.eval.update(num_clips=3, seconds=1.0, batch_size=3, num_wavs_to_write=1)
+  # Without the click-focused parts (extra bouncing clips, bounce crops, onset term):
+  # they slow the tone's first few hundred steps and pay off by ~1,000
+  # (benchmarks/audio_vae_quality.py); tests/test_audio_task.py's fixture runs them
+  # through the trainer, test_onset_loss_* and test_bounce_and_end_crops test them.
+  config.data.shapes_audio.update(num_videos=32, bouncing_share=0.0)
+  config.data.update(crop_seconds=0.16, num_threads=2, bounce_crop_fraction=0.0,
+                     end_crop_fraction=0.0)
+  config.loss.onset_weight = 0.0
+  # 3 fresh bouncing clips too (the held-out ones hold no bounce), the eval clips' shape:
+  # one compiled reconstruction for both.
+  config.eval.update(num_clips=3, seconds=2.0, batch_size=3, num_wavs_to_write=1,
+                     num_bouncing_clips=3)
   config.train.update(num_steps=150, batch_size=8, log_every=50, eval_every=0,
                       checkpoint_every=150, progress_bar=False)
   config.optimizer.warmup_steps = 20
@@ -261,18 +359,21 @@ def test_training_through_the_trainer_raises_snr(tmp_path):
   assert trained["snr_db"] > untrained["snr_db"] + 10
   assert trained["spectral_distance_db"] < untrained["spectral_distance_db"] - 5
   assert trained["tone_accuracy"] == 1.0
+  # Clicks take ~1,000 steps (benchmarks/audio_vae_quality.py measures them); here the
+  # fresh bouncing clips are reconstructed as well as the held-out ones.
+  assert trained["bouncing_snr_db"] > untrained["bouncing_snr_db"] + 10
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     logged = [json.loads(line) for line in f]
   assert [r["step"] for r in logged if "loss" in r] == [50, 100, 150]
   out = os.path.join(workdir, "eval", "step_150")
   recon = audio_lib.read_audio(os.path.join(out, "reconstruction_00.wav"))
-  assert recon.shape == (RATE, 1)
+  assert recon.shape == (2 * RATE, 1)
   # The codec the audio DiT loads reproduces the evaluation's reconstruction.
   codec = AudioVAECodec.from_workdir(workdir)
   assert (codec.sample_rate, codec.hop, codec.latent_rate, codec.latent_channels) == (
       RATE, 640, 25.0, 16)
   clip = audio_lib.read_audio(os.path.join(out, "input_00.wav"))[None]  # [1, T, 1]
   latent = codec.encode(clip)
-  assert latent.shape == (1, 25, 16)
+  assert latent.shape == (1, 50, 16)
   decoded = np.asarray(codec.decode(latent, clip.shape[1]))
   np.testing.assert_allclose(decoded[0], recon, atol=2 / 32768)  # 16-bit rounding

@@ -166,6 +166,23 @@ def test_data_set_files_survive_aac_with_their_clicks(tmp_path):
     assert sa.ensure_dataset(tmp_path, num_videos=8, seed=seed, sample_rate=RATE) == manifest
 
 
+def test_a_set_of_one_motion(tmp_path):
+    """motion="bouncing": every clip bounces, redrawn from its own generator, so the set is
+    the same each time; a set of any motion does not match its parameters."""
+    manifest = sa.ensure_dataset(tmp_path, num_videos=3, seed=sa.BOUNCING_SEED, sample_rate=RATE,
+                                 num_frames=16, height=32, width=32, motion="bouncing")
+    records = sa.read_manifest(manifest)
+    specs = [sa.clip_spec(sa.BOUNCING_SEED, i, "bouncing") for i in range(3)]
+    assert [r["attributes"]["motion"] for r in records] == ["bouncing"] * 3
+    assert [r["caption"] for r in records] == [shapes.caption(s) for s in specs]
+    assert all(r["bounce_times"] for r in records)
+    assert sa.clip_spec(0, 5) == shapes.sample_spec(np.random.default_rng([0, 5]))
+    assert not sa.is_complete(tmp_path, sa._dataset_params(3, sa.BOUNCING_SEED, RATE, 16, 16,
+                                                            32, 32, 0.15, "s16"))
+    with pytest.raises(ValueError, match="motion='spinning'"):
+        sa.make_dataset(tmp_path, 1, 0, motion="spinning")
+
+
 def test_bad_parameters_are_named(tmp_path):
     with pytest.raises(ValueError, match="sample_rate=12345"):
         sa.make_dataset(tmp_path, 1, 0, sample_rate=12345)

@@ -68,6 +68,10 @@ ONSET_THRESHOLD_DB = 6.0
 ONSET_MIN_GAP_S = 0.030  # Peaks closer than this are one onset.
 SYNC_TOLERANCE_S = 0.040  # One 25 Hz latent frame.
 
+# Seed of the fresh bouncing clips that click and sync scores are measured on (no
+# training set of the configs uses it).
+BOUNCING_SEED = 1234
+
 _REVERSAL_EPS = 1e-9  # Per-frame steps smaller than this count as standing still.
 
 
@@ -278,7 +282,7 @@ DATASET_VERSION = 1
 
 
 def _dataset_params(num_videos, seed, sample_rate, fps, num_frames, height, width,
-                    eval_fraction, wav_format) -> dict:
+                    eval_fraction, wav_format, motion="", motion_share=1.0) -> dict:
     """Validated parameters, as stored in shapes_audio.json: the videos' checked by
     mgjax.data.shapes (same rules), plus the sound's."""
     params = shapes.dataset_params(num_videos, seed, fps, num_frames, height, width,
@@ -290,10 +294,31 @@ def _dataset_params(num_videos, seed, sample_rate, fps, num_frames, height, widt
         )
     if wav_format not in audio.WAV_FORMATS:
         raise ValueError(f"wav_format={wav_format!r} is not one of {sorted(audio.WAV_FORMATS)}")
+    if motion and motion not in shapes.MOTIONS:
+        raise ValueError(f"motion={motion!r} is not one of {shapes.MOTIONS} ('' for any)")
+    if not 0.0 <= motion_share <= 1.0:
+        raise ValueError(f"motion_share={motion_share!r} must be in [0, 1]")
     for key in ("num_images", "paths"):  # no stills; the default paths
         del params[key]
     params.update(version=DATASET_VERSION, sample_rate=int(sample_rate), wav_format=wav_format)
+    if motion:  # Absent when unset, so the parameters of existing sets still match.
+        params.update(motion=motion, motion_share=float(motion_share))
     return params
+
+
+def clip_spec(seed: int, index: int, motion: str = "", motion_share: float = 1.0
+              ) -> shapes.ClipSpec:
+    """Clip `index` of a set: shapes.sample_spec(default_rng([seed, index])), the clip
+    mgjax.data.shapes draws. With `motion` set, `motion_share` of the clips (evenly
+    spread over the indices) are drawn again from the same generator until they have
+    that motion: 1.0 makes a set of only bouncing clips for sync scores, 0.5 one where
+    half the clips bounce (a sixth do otherwise), so a model hears more clicks."""
+    rng = np.random.default_rng([seed, index])
+    spec = sample_spec(rng)
+    forced = motion and int((index + 1) * motion_share) > int(index * motion_share)
+    while forced and spec.motion != motion:
+        spec = sample_spec(rng)
+    return spec
 
 
 def _write_clip(out_dir: str, index: int, spec, params: dict) -> dict:
@@ -335,6 +360,8 @@ def make_dataset(
     width: int = 64,
     eval_fraction: float = 0.15,
     wav_format: str = "s16",
+    motion: str = "",
+    motion_share: float = 1.0,
 ) -> str:
     """Writes shapes clips with sound under out_dir; returns the manifest path.
 
@@ -345,11 +372,12 @@ def make_dataset(
     shapes.make_dataset draws, with the same split rule (held-out
     colour/shape/motion triples go to "eval"). Each manifest line holds the
     caption, the video and audio paths, sample_rate, and the bounce frames
-    and times (seconds) that a sync score checks against.
+    and times (seconds) that a sync score checks against. `motion` (e.g. "bouncing")
+    gives `motion_share` of the clips that motion (`clip_spec`).
     """
     out_dir = os.fspath(out_dir)
     params = _dataset_params(num_videos, seed, sample_rate, fps, num_frames, height, width,
-                             eval_fraction, wav_format)
+                             eval_fraction, wav_format, motion, motion_share)
     heldout = heldout_combinations(params["seed"], params["eval_fraction"])
     for sub in ("audio", "videos"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
@@ -358,7 +386,7 @@ def make_dataset(
             os.remove(os.path.join(out_dir, name))
     records = []
     for index in range(params["num_videos"]):
-        spec = sample_spec(np.random.default_rng([params["seed"], index]))
+        spec = clip_spec(params["seed"], index, motion, motion_share)
         record = _write_clip(out_dir, index, spec, params)
         record["split"] = "eval" if (spec.color, spec.shape, spec.motion) in heldout else "train"
         records.append(record)
@@ -396,6 +424,8 @@ def ensure_dataset(
     width: int = 64,
     eval_fraction: float = 0.15,
     wav_format: str = "s16",
+    motion: str = "",
+    motion_share: float = 1.0,
 ) -> str:
     """The manifest of a complete matching set under out_dir, made first if missing.
 
@@ -403,7 +433,8 @@ def ensure_dataset(
     no manifest and is made again.
     """
     args = dict(sample_rate=sample_rate, fps=fps, num_frames=num_frames, height=height,
-                width=width, eval_fraction=eval_fraction, wav_format=wav_format)
+                width=width, eval_fraction=eval_fraction, wav_format=wav_format, motion=motion,
+                motion_share=motion_share)
     if is_complete(out_dir, _dataset_params(num_videos, seed, **args)):
         return os.path.join(os.fspath(out_dir), MANIFEST)
     return make_dataset(out_dir, num_videos, seed, **args)
@@ -429,6 +460,8 @@ def _define_flags() -> None:
                        "Fraction of (color, shape, motion) triples held out for eval.")
     flags.DEFINE_enum("wav_format", "s16", sorted(audio.WAV_FORMATS),
                       "Sample format of the .wav files.")
+    flags.DEFINE_string("motion", "", "Give clips this motion (e.g. bouncing); '' none.")
+    flags.DEFINE_float("motion_share", 1.0, "Share of the clips given --motion.")
 
 
 def _main(argv) -> None:
@@ -438,7 +471,8 @@ def _main(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; all options are --flags")
     f = flags.FLAGS
     kwargs = dict(sample_rate=f.sample_rate, fps=f.fps, num_frames=f.num_frames, height=f.height,
-                  width=f.width, eval_fraction=f.eval_fraction, wav_format=f.wav_format)
+                  width=f.width, eval_fraction=f.eval_fraction, wav_format=f.wav_format,
+                  motion=f.motion, motion_share=f.motion_share)
     try:
         reused = is_complete(f.out, _dataset_params(f.num_videos, f.seed, **kwargs))
         manifest = ensure_dataset(f.out, f.num_videos, f.seed, **kwargs)

@@ -7,11 +7,19 @@ convolutional net that is trained jointly with the audio transformer (or frozen,
 `trainable=False`, e.g. once its weights come from a trained run).
 
     frame uint8 [0, 255] or float [-1, 1] --> len(channels) x (3x3 conv stride 2,
-    GroupNorm, SiLU) --> mean over H, W --> Dense --> LayerNorm --> [Fv]
+    GroupNorm, SiLU) --> pool --> Dense --> LayerNorm --> [Fv]
+    (temporal_kernel > 0: + a residual conv over time, kernel temporal_kernel)
+
+`pooling`: "mean" over H, W (what the features are about, not where: a large
+encoder's choice), or "flatten": the last grid whole, so the feature also says where
+things are -- on the shapes clips a bounce is the frame where the shape touches the
+frame's edge, which a position-free mean barely sees.
 
 Each frame is encoded on its own, so a feature never depends on the clip's length
-or on neighbouring frames: sync (a click at a bounce) must come from the audio
-model's attention over time, where the frame rate is known.
+or on far-away frames. With `temporal_kernel` = k (odd) a feature also sees the k // 2
+frames either side (zero-padded at the clip's ends): on the shapes clips the bounce
+is the frame where the shape is nearest the wall, which only a comparison with the
+neighbouring frames tells apart from the frames just before and after it.
 
 `trainable=False` stops gradients at the output. The trainer then also keeps the
 encoder's parameters out of the optimizer (its `frozen` tree); the stop-gradient
@@ -30,6 +38,7 @@ import jax.numpy as jnp
 from mgjax.models.layers import logical_init
 
 CONV_AXES = (None, None, "conv_in", "conv_out")
+POOLINGS = ("mean", "flatten")
 
 
 class VideoFeatureEncoder(nn.Module):
@@ -45,6 +54,8 @@ class VideoFeatureEncoder(nn.Module):
   channels: Sequence[int] = (16, 32, 64)
   num_groups: int = 8
   trainable: bool = True
+  pooling: str = "mean"
+  temporal_kernel: int = 0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -52,10 +63,17 @@ class VideoFeatureEncoder(nn.Module):
   def from_config(cls, section: Any) -> VideoFeatureEncoder:
     """Builds the encoder from a `config.video_encoder` section."""
     values = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-    unknown = set(values) - {"features", "channels", "num_groups", "trainable", "dtype"}
+    keys = {"features", "channels", "num_groups", "trainable", "pooling", "temporal_kernel",
+            "dtype"}
+    unknown = set(values) - keys
     if unknown:
       raise ValueError(f"Unknown keys {sorted(unknown)} in video_encoder; the keys are "
-                       "features, channels, num_groups, trainable, dtype.")
+                       f"{', '.join(sorted(keys))}.")
+    if values.get("pooling", "mean") not in POOLINGS:
+      raise ValueError(f"video_encoder.pooling={values['pooling']!r}; use one of {POOLINGS}.")
+    kernel = values.get("temporal_kernel", 0)
+    if kernel < 0 or (kernel and kernel % 2 == 0):
+      raise ValueError(f"video_encoder.temporal_kernel={kernel}; use 0 (off) or an odd size.")
     if "channels" in values:
       values["channels"] = tuple(values["channels"])
     if "dtype" in values:
@@ -89,7 +107,10 @@ class VideoFeatureEncoder(nn.Module):
                        scale_init=logical_init(nn.initializers.ones, ("norm",)),
                        bias_init=logical_init(nn.initializers.zeros, ("norm",)))(x)
       x = nn.silu(x)  # [B * Tv, H / 2^(i+1), W / 2^(i+1), width]
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # [B * Tv, C]
+    if self.pooling == "flatten":
+      pooled = x.reshape(x.shape[0], -1)  # [B * Tv, H' W' C]
+    else:
+      pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # [B * Tv, C]
     out = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="out",
                    kernel_init=logical_init(nn.initializers.lecun_normal(),
                                             ("conv_out", "video_feature")),
@@ -98,5 +119,12 @@ class VideoFeatureEncoder(nn.Module):
                        name="out_norm",
                        scale_init=logical_init(nn.initializers.ones, ("norm",)),
                        bias_init=logical_init(nn.initializers.zeros, ("norm",)))(out)
-    out = out.reshape(b, tv, self.features).astype(jnp.float32)  # [B, Tv, Fv]
+    out = out.reshape(b, tv, self.features)  # [B, Tv, Fv]
+    if self.temporal_kernel:
+      out = out + nn.Conv(self.features, (self.temporal_kernel,), padding="SAME",
+                          dtype=self.dtype, param_dtype=self.param_dtype, name="temporal",
+                          kernel_init=logical_init(nn.initializers.zeros,
+                                                   (None, "video_feature", "conv_out")),
+                          bias_init=logical_init(nn.initializers.zeros, ("conv_out",)))(out)
+    out = out.astype(jnp.float32)
     return out if self.trainable else jax.lax.stop_gradient(out)

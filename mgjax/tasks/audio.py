@@ -334,23 +334,41 @@ class AudioTask(Task):
     return np.asarray(self.codec.decode(latents, num_frames * hop))[:, :num_samples]
 
   # ------------------------------------------------------------------- eval
-  def eval_clips(self) -> tuple[np.ndarray, list[dict]]:
-    """(frames [N, Tv, H, W, 3], records) of the first eval.num_prompts usable held-out
-    clips, decoded once; the unusable ones are counted."""
-    if "eval" not in self._cache:
-      records = av_clips.read_records(self.manifest(), "eval")
-      clips, kept, skipped = av_clips.load_clips(records, self.config.eval.num_prompts,
-                                                 **self.clip_args())
-      self._skipped.update({f"eval_{k}": v for k, v in skipped.items()})
-      if not kept:
+  def eval_clips(self, name: str = "eval") -> tuple[np.ndarray, list[dict]]:
+    """(frames [N, Tv, H, W, 3], records) of an evaluation set, decoded once; its
+    unusable clips are counted. "eval": the first eval.num_prompts usable held-out
+    clips; "bouncing": the eval.num_bouncing_clips fresh bouncing clips (`bouncing_manifest`)."""
+    if name not in self._cache:
+      if name == "eval":
+        records, limit = av_clips.read_records(self.manifest(), "eval"), self.config.eval.num_prompts
+      else:
+        manifest = self.bouncing_manifest()
+        records = [r for split in ("train", "eval") for r in av_clips.read_records(manifest, split)]
+        limit = None
+      clips, kept, skipped = av_clips.load_clips(records, limit, **self.clip_args())
+      self._skipped.update({f"{name}_{k}": v for k, v in skipped.items()})
+      if not kept and name == "eval":
         raise ValueError(f"{self.manifest()} has no usable \"split\": \"eval\" clips to "
                          "evaluate on; mark some lines \"split\": \"eval\".")
-      self._cache["eval"] = {"frames": np.stack([c[0] for c in clips]), "records": kept}
-    return self._cache["eval"]["frames"], self._cache["eval"]["records"]
+      if not kept:
+        raise ValueError(f"None of the clips in {self.bouncing_manifest()} could be decoded.")
+      self._cache[name] = {"frames": np.stack([c[0] for c in clips]), "records": kept}
+    return self._cache[name]["frames"], self._cache[name]["records"]
 
-  def evaluate(self, params, frozen, step):
+  def bouncing_manifest(self) -> str:
+    """eval.num_bouncing_clips fresh shapes clips that all bounce, in
+    <workdir>/shapes_audio_bouncing (made once; seed shapes_audio.BOUNCING_SEED, so never
+    trained on): the held-out split holds too few bounces for a sync figure."""
+    params = dict(shapes_audio_params(self.config.data, self.sample_rate),
+                  num_videos=int(self.config.eval.num_bouncing_clips),
+                  seed=shapes_audio.BOUNCING_SEED, motion="bouncing", motion_share=1.0)
+    out_dir = os.path.join(self.workdir, "shapes_audio_bouncing")
+    return distributed.first_process_first(
+        "shapes_audio_bouncing", lambda: shapes_audio.ensure_dataset(out_dir, **params))
+
+  def sample_clips(self, params, frozen, frames, records) -> np.ndarray:
+    """Generated sound [N, S, C] for clips' frames and captions (eval.* solver)."""
     e = self.config.eval
-    frames, records = self.eval_clips()
     num_samples = av_clips.clip_lengths(self.config.data.clip_seconds, self.video_fps,
                                         self.sample_rate)[1]
     waves = []
@@ -359,7 +377,11 @@ class AudioTask(Task):
           params, frozen, frames[i:i + e.batch_size],
           [r.get("caption", "") for r in records[i:i + e.batch_size]], num_samples,
           num_steps=e.num_steps, cfg_scale=e.cfg_scale, seed=e.seed + i, method=e.method))
-    waves = np.concatenate(waves)  # [N, S, C]
+    return np.concatenate(waves)
+
+  def evaluate(self, params, frozen, step):
+    frames, records = self.eval_clips()
+    waves = self.sample_clips(params, frozen, frames, records)  # [N, S, C]
     self.write_samples(waves, records, step)
     results = shapes_scores(waves, records, self.sample_rate)
     if results and jax.process_index() == 0:
@@ -368,6 +390,20 @@ class AudioTask(Task):
             f"within 40 ms, tone colour {100 * results['tone_accuracy']:.1f}%, false onsets "
             f"{results['false_onsets_per_silent_clip']:.2f} per bounce-free clip "
             f"({100 * results['false_onset_rate']:.1f}% of all onsets)", flush=True)
+    if (results and self.config.data.name == "shapes_audio"
+        and self.config.eval.get("num_bouncing_clips", 0)):
+      frames, records = self.eval_clips("bouncing")
+      bouncing = shapes_scores(self.sample_clips(params, frozen, frames, records), records,
+                               self.sample_rate)
+      results.update({f"bouncing_{k}": v for k, v in bouncing.items()
+                      if k in ("sync_score", "num_bounces", "chance_sync_score", "tone_accuracy",
+                               "false_onset_rate")})
+      if jax.process_index() == 0:
+        print(f"  on {len(records)} fresh bouncing clips: sync "
+              f"{100 * bouncing['sync_score']:.1f}% of {int(bouncing['num_bounces'])} bounces "
+              f"(onsets at random times: {100 * bouncing['chance_sync_score']:.1f}%), "
+              f"tone colour {100 * bouncing['tone_accuracy']:.1f}%, "
+              f"{100 * bouncing['false_onset_rate']:.1f}% of onsets false", flush=True)
     return results
 
   def write_samples(self, waves, records, step):
@@ -408,27 +444,37 @@ def span_context_mask(rng, batch: int, num_frames: int, section) -> jax.Array:
 
 def shapes_audio_params(data, sample_rate: int) -> dict:
   """ensure_dataset keyword arguments of the shapes_audio set of a data section."""
+  from mgjax.tasks.audio_vae import bouncing_args  # the trainer imports tasks lazily
   s = data.shapes
   return dict(num_videos=s.num_videos, seed=s.seed, sample_rate=sample_rate, fps=s.fps,
               num_frames=s.num_frames, height=s.height, width=s.width,
-              eval_fraction=data.get("eval_fraction", 0.15))
+              eval_fraction=data.get("eval_fraction", 0.15),
+              **bouncing_args(data.get("bouncing_share", 0.0)))
 
 
 def shapes_scores(waves: np.ndarray, records: list[dict], sample_rate: int) -> dict:
-  """Sync, tone-colour and false-onset scores of generated sound; {} off shapes data."""
+  """Sync, tone-colour and false-onset scores of generated sound; {} off shapes data.
+
+  chance_sync_score: the sync score the same number of onsets per clip would get at
+  random times -- what clicking often, not in time, earns.
+  """
   if not any("bounce_times" in r for r in records):
     return {}
-  hits = bounces = onsets = false = silent_clips = silent_onsets = tone_right = 0
+  hits = bounces = onsets = false = silent_clips = silent_onsets = tone_right = chance = 0
   for wave, record in zip(waves, records):
     length = wave.shape[0] / sample_rate
     truth = [t for t in record["bounce_times"] if t < length]
     score = shapes_audio.sync_score(shapes_audio.detect_onsets(wave, sample_rate), truth)
+    # The hit rate the clip's onsets would get at uniformly random times.
+    window = min(1.0, 2 * shapes_audio.SYNC_TOLERANCE_S / length)
+    chance += len(truth) * (1 - (1 - window) ** score.num_onsets)
     hits, bounces = hits + score.num_hits, bounces + score.num_bounces
     onsets, false = onsets + score.num_onsets, false + score.num_false_onsets
     if not truth:
       silent_clips, silent_onsets = silent_clips + 1, silent_onsets + score.num_onsets
     tone_right += shapes_audio.color_from_tone(wave, sample_rate) == record["attributes"]["color"]
   return {"sync_score": hits / bounces if bounces else 1.0, "num_bounces": float(bounces),
+          "chance_sync_score": chance / bounces if bounces else 0.0,
           "tone_accuracy": tone_right / len(records),
           "false_onsets_per_silent_clip": silent_onsets / silent_clips if silent_clips else 0.0,
           "false_onset_rate": false / onsets if onsets else 0.0}
@@ -444,8 +490,9 @@ def train_vae(vae_section, vae_workdir: str, data_config, data_dir: str):
     vae_config.data.dir = data_dir
     if data_config.name == "shapes_audio":
       params = shapes_audio_params(data_config, vae_config.model.sample_rate)
-      del params["sample_rate"]
-      vae_config.data.shapes_audio.update(params)
+      for key in ("sample_rate", "motion", "motion_share"):
+        params.pop(key, None)
+      vae_config.data.shapes_audio.update(params, bouncing_share=data_config.bouncing_share)
   done = (Checkpointer(vae_workdir, read_only=True).latest_step()
           if os.path.exists(os.path.join(vae_workdir, "config.json")) else None)
   if done is None or done < vae_config.train.num_steps:
