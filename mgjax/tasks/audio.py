@@ -36,7 +36,11 @@ workdir/samples/step_N. On shapes audio it prints and returns
                    over all bounces of the clips (shapes_audio.sync_score);
   tone_accuracy    clips whose dominant pitch names the caption's colour;
   false_onsets_per_silent_clip  onsets per clip that has no bounce;
-  false_onset_rate onsets near no bounce / all onsets, over all clips.
+  false_onset_rate onsets near no bounce / all onsets, over all clips;
+  chance_sync_score  the sync the same onsets would get at random times.
+The held-out split holds few bounces, so with eval.num_bouncing_clips the same scores
+(bouncing_*) are also taken on that many fresh clips that all bounce
+(<workdir>/shapes_audio_bouncing, seed shapes_audio.BOUNCING_SEED: never trained on).
 Bad input: clips whose audio or video cannot be decoded are skipped and counted by
 kind (data/skipped_clips_<kind>), in training data and in evaluation alike.
 """
