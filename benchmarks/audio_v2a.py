@@ -85,9 +85,8 @@ def main(argv):
   if FLAGS.num_bouncing:
     with config.unlocked():
       config.eval.num_bouncing_clips = FLAGS.num_bouncing
-    manifest = task.bouncing_manifest()
-    records = [r for split in ("train", "eval") for r in av_clips.read_records(manifest, split)]
-    scores("fresh bouncing clips", *av_clips.load_clips(records, **task.clip_args())[:2])
+    scores("fresh bouncing clips",
+           *av_clips.load_clips(task.bouncing_records(), **task.clip_args())[:2])
 
   # 2. A 3x-window video from three held-out clips, bouncing ones first.
   order = sorted(range(len(kept)), key=lambda i: not kept[i]["bounce_times"])[:3]

@@ -344,11 +344,10 @@ class AudioTask(Task):
     clips; "bouncing": the eval.num_bouncing_clips fresh bouncing clips (`bouncing_manifest`)."""
     if name not in self._cache:
       if name == "eval":
-        records, limit = av_clips.read_records(self.manifest(), "eval"), self.config.eval.num_prompts
+        records = av_clips.read_records(self.manifest(), "eval")
+        limit = self.config.eval.num_prompts
       else:
-        manifest = self.bouncing_manifest()
-        records = [r for split in ("train", "eval") for r in av_clips.read_records(manifest, split)]
-        limit = None
+        records, limit = self.bouncing_records(), None
       clips, kept, skipped = av_clips.load_clips(records, limit, **self.clip_args())
       self._skipped.update({f"{name}_{k}": v for k, v in skipped.items()})
       if not kept and name == "eval":
@@ -369,6 +368,11 @@ class AudioTask(Task):
     out_dir = os.path.join(self.workdir, "shapes_audio_bouncing")
     return distributed.first_process_first(
         "shapes_audio_bouncing", lambda: shapes_audio.ensure_dataset(out_dir, **params))
+
+  def bouncing_records(self) -> list[dict]:
+    """The records of `bouncing_manifest`, of both splits (none was trained on)."""
+    manifest = self.bouncing_manifest()
+    return [r for split in ("train", "eval") for r in av_clips.read_records(manifest, split)]
 
   def sample_clips(self, params, frozen, frames, records) -> np.ndarray:
     """Generated sound [N, S, C] for clips' frames and captions (eval.* solver)."""

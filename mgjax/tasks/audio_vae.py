@@ -104,7 +104,8 @@ def manifest_path(data_config, workdir: str, sample_rate: int) -> str:
     return distributed.first_process_first("shapes_audio", lambda: shapes_audio.ensure_dataset(
         data_dir(data_config, workdir), num_videos=s.num_videos, seed=s.seed,
         sample_rate=sample_rate, fps=s.fps, num_frames=s.num_frames, height=s.height,
-        width=s.width, eval_fraction=s.eval_fraction, **bouncing_args(s.get("bouncing_share", 0.0))))
+        width=s.width, eval_fraction=s.eval_fraction,
+        **bouncing_args(s.get("bouncing_share", 0.0))))
   if name == "manifest":
     if not data_config.dir:
       raise ValueError("data.name='manifest' needs data.dir, the folder holding "
