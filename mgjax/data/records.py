@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 
 from absl import logging
 
@@ -74,27 +75,32 @@ def read_manifest(path: str, split: str | None = None) -> Records:
                             "data.name='shapes' for the synthetic data set.")
   base = os.path.dirname(os.path.abspath(path))
   out = Records([])
+  for line_number, record, json_error in manifest_lines(path):
+    problem = ("bad_json", json_error) if json_error else check_record(record)
+    if problem is None and split is not None and record.get("split", "train") != split:
+      continue
+    if problem is not None:
+      out.skipped[problem[0]] += 1
+      logging.warning("Skipping %s:%d (%s): %s.", path, line_number, *problem)
+      continue
+    for key in ("video", "image"):
+      if record.get(key):
+        record[key] = os.path.join(base, record[key])
+    out.records.append(record)
+  return out
+
+
+def manifest_lines(path: str) -> Iterator[tuple[int, object, str | None]]:
+  """(line number, parsed JSON value or None, what is wrong or None) of each non-blank
+  line of a JSONL file: one bad line never stops the reading."""
   with open(path, encoding="utf-8") as f:
     for line_number, line in enumerate(f, 1):
       if not line.strip():
         continue
       try:
-        record = json.loads(line)
+        yield line_number, json.loads(line), None
       except json.JSONDecodeError as e:
-        record, problem = None, ("bad_json", f"not valid JSON ({e})")
-      else:
-        problem = check_record(record)
-      if problem is None and split is not None and record.get("split", "train") != split:
-        continue
-      if problem is not None:
-        out.skipped[problem[0]] += 1
-        logging.warning("Skipping %s:%d (%s): %s.", path, line_number, *problem)
-        continue
-      for key in ("video", "image"):
-        if record.get(key):
-          record[key] = os.path.join(base, record[key])
-      out.records.append(record)
-  return out
+        yield line_number, None, f"not valid JSON ({e})"
 
 
 def read_image_folder(folder: str) -> Records:

@@ -55,6 +55,7 @@ from mgjax.data import audio as audio_lib
 from mgjax.data import shapes_audio
 from mgjax.data import sources
 from mgjax.data.pipeline import DataIterator, Stream
+from mgjax.data.records import manifest_lines
 from mgjax.data.video import MediaDecodeError
 from mgjax.models.audio_vae import AudioVAE
 from mgjax.models.audio_vae_losses import (multiscale_stft_loss, onset_loss, snr_db,
@@ -126,23 +127,18 @@ def read_audio_records(path: str, split: str) -> tuple[list[dict], collections.C
                             "data.name='shapes_audio' for the synthetic set.")
   base = os.path.dirname(os.path.abspath(path))
   records, skipped = [], collections.Counter()
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        skipped["bad_json"] += 1
-        logging.warning("Skipping %s:%d: not valid JSON (%s).", path, line_number, e)
-        continue
-      media = (record.get("audio") or record.get("video")) if isinstance(record, dict) else None
-      if not isinstance(media, str):
-        skipped["no_media"] += 1
-        logging.warning("Skipping %s:%d: no \"audio\" or \"video\" path.", path, line_number)
-        continue
-      if record.get("split", "train") == split:
-        records.append({**record, "path": os.path.join(base, media)})
+  for line_number, record, json_error in manifest_lines(path):
+    if json_error:
+      skipped["bad_json"] += 1
+      logging.warning("Skipping %s:%d: %s.", path, line_number, json_error)
+      continue
+    media = (record.get("audio") or record.get("video")) if isinstance(record, dict) else None
+    if not isinstance(media, str):
+      skipped["no_media"] += 1
+      logging.warning("Skipping %s:%d: no \"audio\" or \"video\" path.", path, line_number)
+      continue
+    if record.get("split", "train") == split:
+      records.append({**record, "path": os.path.join(base, media)})
   return records, skipped
 
 
