@@ -306,6 +306,11 @@ def _dataset_params(num_videos, seed, sample_rate, fps, num_frames, height, widt
     return params
 
 
+def bouncing_args(share: float) -> dict:
+    """ensure_dataset keywords giving `share` of the clips a bounce (none for 0)."""
+    return dict(motion="bouncing", motion_share=float(share)) if share else {}
+
+
 def clip_spec(seed: int, index: int, motion: str = "", motion_share: float = 1.0
               ) -> shapes.ClipSpec:
     """Clip `index` of a set: shapes.sample_spec(default_rng([seed, index])), the clip

@@ -452,12 +452,11 @@ def span_context_mask(rng, batch: int, num_frames: int, section) -> jax.Array:
 
 def shapes_audio_params(data, sample_rate: int) -> dict:
   """ensure_dataset keyword arguments of the shapes_audio set of a data section."""
-  from mgjax.tasks.audio_vae import bouncing_args  # the trainer imports tasks lazily
   s = data.shapes
   return dict(num_videos=s.num_videos, seed=s.seed, sample_rate=sample_rate, fps=s.fps,
               num_frames=s.num_frames, height=s.height, width=s.width,
               eval_fraction=data.get("eval_fraction", 0.15),
-              **bouncing_args(data.get("bouncing_share", 0.0)))
+              **shapes_audio.bouncing_args(data.get("bouncing_share", 0.0)))
 
 
 def shapes_scores(waves: np.ndarray, records: list[dict], sample_rate: int) -> dict:

@@ -92,11 +92,6 @@ def data_dir(data_config, workdir: str) -> str:
   return data_config.dir or os.path.join(workdir, "shapes_audio")
 
 
-def bouncing_args(share: float) -> dict:
-  """shapes_audio.ensure_dataset keywords giving `share` of the clips a bounce."""
-  return dict(motion="bouncing", motion_share=float(share)) if share else {}
-
-
 def manifest_path(data_config, workdir: str, sample_rate: int) -> str:
   """The manifest to read; makes the shapes audio set (at sample_rate) if absent."""
   name = data_config.name
@@ -106,7 +101,7 @@ def manifest_path(data_config, workdir: str, sample_rate: int) -> str:
         data_dir(data_config, workdir), num_videos=s.num_videos, seed=s.seed,
         sample_rate=sample_rate, fps=s.fps, num_frames=s.num_frames, height=s.height,
         width=s.width, eval_fraction=s.eval_fraction,
-        **bouncing_args(s.get("bouncing_share", 0.0))))
+        **shapes_audio.bouncing_args(s.get("bouncing_share", 0.0))))
   if name == "manifest":
     if not data_config.dir:
       raise ValueError("data.name='manifest' needs data.dir, the folder holding "
