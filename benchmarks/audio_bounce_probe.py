@@ -36,6 +36,9 @@ from mgjax.models.video_features import VideoFeatureEncoder  # noqa: E402
 flags.DEFINE_string("config", "experiments/audio.py:tiny", "Audio config (its video encoder).")
 flags.DEFINE_string("manifest", None, "shapes_audio manifest to train on.", required=True)
 flags.DEFINE_string("eval_manifest", None, "shapes_audio manifest to score on.", required=True)
+flags.DEFINE_list("eval_splits", ["train", "eval"],
+                  "Splits of --eval_manifest to score: 'eval' alone scores the held-out "
+                  "combinations of a training manifest.")
 flags.DEFINE_integer("num_train", 0, "Train on the first N training clips; 0: all.")
 flags.DEFINE_integer("num_steps", 1500, "Probe training steps (batch 16).")
 FLAGS = flags.FLAGS
@@ -86,8 +89,9 @@ def main(argv):
   config = configs.load_config(FLAGS.config)
   train_frames, train_labels = bounce_clips(FLAGS.manifest, ["train"], config,
                                             FLAGS.num_train or None)
-  # Every clip of the eval manifest (e.g. <workdir>/shapes_audio_bouncing, never trained on).
-  eval_frames, eval_labels = bounce_clips(FLAGS.eval_manifest, ["train", "eval"], config, None)
+  # Clips never trained on: all of e.g. <workdir>/shapes_audio_bouncing, or the held-out
+  # combinations (--eval_splits=eval) of the training manifest.
+  eval_frames, eval_labels = bounce_clips(FLAGS.eval_manifest, FLAGS.eval_splits, config, None)
   print(f"probe: {len(train_frames)} training clips ({int(train_labels.sum())} bounces), "
         f"{len(eval_frames)} eval clips ({int(eval_labels.sum())} bounces)", flush=True)
   encoder = VideoFeatureEncoder.from_config(config.video_encoder)

@@ -427,21 +427,15 @@ def write_wav(
         fmt = "s16"
     else:
         data, fmt = audio, "flt"
-    temp = video._atomic_temp_path(path)
-    try:
-        with av.open(temp, mode="w", format="wav", options={"fflags": "+bitexact"}) as container:
-            stream = container.add_stream(WAV_FORMATS[sample_format], rate=sample_rate,
-                                          layout=_LAYOUTS[audio.shape[1]])
-            for frame in _frames_for_encoding(data, sample_rate, fmt):
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode(None):
+    with video.atomic_write(path) as temp, av.open(
+            temp, mode="w", format="wav", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream(WAV_FORMATS[sample_format], rate=sample_rate,
+                                      layout=_LAYOUTS[audio.shape[1]])
+        for frame in _frames_for_encoding(data, sample_rate, fmt):
+            for packet in stream.encode(frame):
                 container.mux(packet)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+        for packet in stream.encode(None):
+            container.mux(packet)
     return clipped
 
 
@@ -538,19 +532,14 @@ def mux_audio(
     codec = stream.codec_context.name
     source.close()
 
-    temp = video._atomic_temp_path(out_path)
-    reencoded = None
-    try:
-        if codec not in MP4_COPY_CODECS:
-            frames, fps = _decode_all_frames(video_path)
-            reencoded = video._atomic_temp_path(out_path)
+    with video.atomic_write(out_path) as temp:
+        if codec in MP4_COPY_CODECS:
+            _copy_video_with_audio(video_path, audio, sample_rate, temp)
+            return
+        frames, fps = _decode_all_frames(video_path)
+        reencoded = video._atomic_temp_path(out_path)  # H.264, then copied beside the audio
+        try:
             video.write_video(reencoded, frames, fps)
-        _copy_video_with_audio(reencoded or video_path, audio, sample_rate, temp)
-        os.replace(temp, out_path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-    finally:
-        if reencoded is not None and os.path.exists(reencoded):
+            _copy_video_with_audio(reencoded, audio, sample_rate, temp)
+        finally:
             os.remove(reencoded)

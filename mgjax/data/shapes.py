@@ -35,7 +35,6 @@ import json
 import math
 import os
 import re
-import tempfile
 
 import numpy as np
 
@@ -470,16 +469,8 @@ _IMAGE_NAME = re.compile(r"^\d{5,}\.png$")
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+    with video.atomic_write(path) as temp, open(temp, "w") as f:
+        f.write(text)
 
 
 def jsonl_text(records: list[dict]) -> str:
@@ -623,21 +614,32 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def is_complete(out_dir: str | os.PathLike, params: dict) -> bool:
-    """Whether out_dir holds a finished data set made with exactly `params`."""
+def holds_finished_set(out_dir: str | os.PathLike, params_file: str, params: dict,
+                       manifests: dict[str, tuple[int, tuple[str, ...]]]) -> bool:
+    """Whether out_dir holds a finished set made with exactly `params`: params_file
+    records them, and each manifest {name: (records, keys)} has that many records,
+    every file they name under `keys` present. A set cut short lacks one of these."""
     out_dir = os.fspath(out_dir)
     try:
-        with open(os.path.join(out_dir, PARAMS_FILE)) as f:
+        with open(os.path.join(out_dir, params_file)) as f:
             if json.load(f) != params:
                 return False
-        videos = read_jsonl(os.path.join(out_dir, MANIFEST))
-        images = read_jsonl(os.path.join(out_dir, IMAGES_MANIFEST))
+        listed = {name: read_jsonl(os.path.join(out_dir, name)) for name in manifests}
     except (OSError, ValueError):
         return False
-    if len(videos) != params["num_videos"] or len(images) != params["num_images"]:
-        return False
-    files = [r["video"] for r in videos] + [r["image"] for r in images]
-    return all(os.path.isfile(os.path.join(out_dir, f)) for f in files)
+    for name, (count, keys) in manifests.items():
+        records = listed[name]
+        if len(records) != count or not all(
+                os.path.isfile(os.path.join(out_dir, r[key])) for r in records for key in keys):
+            return False
+    return True
+
+
+def is_complete(out_dir: str | os.PathLike, params: dict) -> bool:
+    """Whether out_dir holds a finished data set made with exactly `params`."""
+    return holds_finished_set(out_dir, PARAMS_FILE, params, {
+        MANIFEST: (params["num_videos"], ("video",)),
+        IMAGES_MANIFEST: (params["num_images"], ("image",))})
 
 
 def ensure_dataset(

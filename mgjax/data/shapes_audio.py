@@ -404,18 +404,8 @@ def make_dataset(
 
 def is_complete(out_dir: str | os.PathLike, params: dict) -> bool:
     """Whether out_dir holds a finished set made with exactly `params`."""
-    out_dir = os.fspath(out_dir)
-    try:
-        with open(os.path.join(out_dir, PARAMS_FILE)) as f:
-            if json.load(f) != params:
-                return False
-        records = read_manifest(os.path.join(out_dir, MANIFEST))
-    except (OSError, ValueError):
-        return False
-    files = [r[key] for r in records for key in ("video", "audio")]
-    return len(records) == params["num_videos"] and all(
-        os.path.isfile(os.path.join(out_dir, f)) for f in files
-    )
+    return shapes.holds_finished_set(out_dir, PARAMS_FILE, params,
+                                     {MANIFEST: (params["num_videos"], ("video", "audio"))})
 
 
 def ensure_dataset(

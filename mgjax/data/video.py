@@ -25,6 +25,7 @@ Kinds:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fractions
 import os
@@ -509,6 +510,19 @@ def _atomic_temp_path(path: str) -> str:
     return temp
 
 
+@contextlib.contextmanager
+def atomic_write(path: str):
+    """Yields a temporary path beside `path`; renamed onto `path` when the block ends
+    without error, removed otherwise, so a reader or a killed run never sees half a file."""
+    temp = _atomic_temp_path(path)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
 def _pad_to_even(frames: np.ndarray) -> np.ndarray:
     """Edge-replicates one row/column so H.264 4:2:0 gets even dimensions."""
     pad_h = frames.shape[1] % 2
@@ -552,32 +566,26 @@ def write_video(
     _, height, width, _ = frames.shape
     rate = fractions.Fraction(fps).limit_denominator(1001)
 
-    temp = _atomic_temp_path(path)
-    try:
-        with av.open(temp, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width = width
-            stream.height = height
-            stream.pix_fmt = "yuv420p"
-            stream.codec_context.thread_count = 1
-            stream.options = {
-                "crf": str(crf),
-                "preset": preset,
-                "threads": "1",
-                "x264-params": "threads=1:lookahead-threads=1:mbtree=0",
-            }
-            for i, rgb in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                frame.pts = i
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode(None):
+    with atomic_write(path) as temp, av.open(temp, mode="w", format="mp4",
+                                             options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.options = {
+            "crf": str(crf),
+            "preset": preset,
+            "threads": "1",
+            "x264-params": "threads=1:lookahead-threads=1:mbtree=0",
+        }
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
                 container.mux(packet)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+        for packet in stream.encode(None):
+            container.mux(packet)
 
 
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -601,14 +609,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         raise ValueError(f"image must have shape [H, W, 3], got {image.shape}")
     fmt = _IMAGE_FORMATS[ext]
     options = {"quality": 95} if fmt == "JPEG" else {}
-    temp = _atomic_temp_path(path)
-    try:
+    with atomic_write(path) as temp:
         Image.fromarray(image, mode="RGB").save(temp, format=fmt, **options)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
 
 
 def read_image(
