@@ -29,26 +29,32 @@ def compile_seconds(config, layers: int, scan: bool, devices) -> float:
   config.model.update(num_layers=layers, scan_layers=scan)
   config.data.buckets = config.data.buckets[-1:]  # one (video) batch shape
   workdir = aot._prepared_workdir(config, "experiments/tae.py:paper")
-  (_, seconds, _), = aot._compiled_steps(config, devices, workdir)[1].values()
+  ((_, seconds, _),) = aot._compiled_steps(config, devices, workdir)[1].values()
   return seconds
 
 
 def main(argv):
   del argv
   import jax  # noqa: PLC0415
+
   devices = jax.devices()[:1]
   if _TOPOLOGY.value:
     from jax.experimental import topologies  # noqa: PLC0415
-    devices = topologies.get_topology_desc(aot.topology_name(_TOPOLOGY.value),
-                                           "tpu").devices
+
+    devices = topologies.get_topology_desc(aot.topology_name(_TOPOLOGY.value), "tpu").devices
   counts = [int(n) for n in _LAYERS.value]
-  print(f"Train step compile time, {devices[0].device_kind} x {len(devices)}, "
-        f"width {_CONFIG.value.model.embed_dim}")
-  for scan in ([True, False] if _UNROLLED.value else [True]):
+  print(
+    f"Train step compile time, {devices[0].device_kind} x {len(devices)}, "
+    f"width {_CONFIG.value.model.embed_dim}"
+  )
+  for scan in [True, False] if _UNROLLED.value else [True]:
     times = [compile_seconds(_CONFIG.value, n, scan, devices) for n in counts]
     label = "scanned" if scan else "unrolled"
-    print("  " + ", ".join(f"{n} layers {t:.1f} s" for n, t in zip(counts, times))
-          + f" ({label}): {counts[-1]} / {counts[0]} layers = {times[-1] / times[0]:.2f}x")
+    print(
+      "  "
+      + ", ".join(f"{n} layers {t:.1f} s" for n, t in zip(counts, times))
+      + f" ({label}): {counts[-1]} / {counts[0]} layers = {times[-1] / times[0]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

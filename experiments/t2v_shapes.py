@@ -32,8 +32,9 @@ def get_config(arg: str = ""):
     # Each motion on its own lane (mgjax/data/shapes.py PATHS): the motion word then
     # says where the shape is in every frame, which the tiny DiT learns like colour;
     # with paths anywhere it says only how frames relate, which it did not learn here.
-    config.data.shapes.update(num_videos=512, num_images=256, num_frames=32, height=64,
-                              width=64, paths="lanes")
+    config.data.shapes.update(
+      num_videos=512, num_images=256, num_frames=32, height=64, width=64, paths="lanes"
+    )
     config.eval.update(num_prompts_per_bucket=24, num_steps=50, cfg_scale=4.0)
     config.flow.cfg_scale = 4.0  # mgjax.sample's default
     # More training time at high noise (t ~ logit-normal(-1, 1)): on these small

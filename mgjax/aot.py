@@ -62,28 +62,46 @@ from mgjax.tasks import get_task_class
 from mgjax.train_state import path_names
 
 # Per chip: HBM bytes and dense bf16 peak FLOP/s (vendor figures).
-CHIPS = {"v5p": (95 * 2**30, 459e12), "v5e": (16 * 2**30, 197e12),
-         "v4": (32 * 2**30, 275e12), "v6e": (32 * 2**30, 918e12)}
+CHIPS = {
+  "v5p": (95 * 2**30, 459e12),
+  "v5e": (16 * 2**30, 197e12),
+  "v4": (32 * 2**30, 275e12),
+  "v6e": (32 * 2**30, 918e12),
+}
 # "v5p-N" names count TensorCores (2 per v5p / v4 chip); their chip grids.
-_V5P_GRIDS = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
-              128: "4x4x8", 256: "4x8x8", 512: "8x8x8", 1024: "8x8x16",
-              2048: "8x16x16", 4096: "16x16x16", 6144: "16x16x24"}
+_V5P_GRIDS = {
+  4: "2x2x1",
+  8: "2x2x2",
+  16: "2x2x4",
+  32: "2x4x4",
+  64: "4x4x4",
+  128: "4x4x8",
+  256: "4x8x8",
+  512: "8x8x8",
+  1024: "8x8x16",
+  2048: "8x16x16",
+  4096: "16x16x16",
+  6144: "16x16x24",
+}
 
 
 def topology_name(name: str) -> str:
-  """"v5p-1024" (TensorCores) or "v5p:8x8x8" (chip grid) -> "v5p:8x8x8"."""
+  """ "v5p-1024" (TensorCores) or "v5p:8x8x8" (chip grid) -> "v5p:8x8x8"."""
   if ":" in name:
     return name
   kind, _, cores = name.partition("-")
   if kind in ("v5p", "v4") and cores.isdigit() and int(cores) // 2 in _V5P_GRIDS:
     return f"{kind}:{_V5P_GRIDS[int(cores) // 2]}"
-  raise ValueError(f"Unknown topology {name!r}; give the chip grid, e.g. v5p:4x4x4, or "
-                   f"v5p-N with N in {[2 * c for c in _V5P_GRIDS]}.")
+  raise ValueError(
+    f"Unknown topology {name!r}; give the chip grid, e.g. v5p:4x4x4, or "
+    f"v5p-N with N in {[2 * c for c in _V5P_GRIDS]}."
+  )
 
 
 @dataclasses.dataclass
 class BucketReport:
   """One compiled batch shape; bytes are per chip, FLOPs per step for all chips."""
+
   bucket: str
   tokens_per_example: int
   global_batch: int
@@ -93,16 +111,16 @@ class BucketReport:
   alias_bytes: int
   hbm_bytes: int
   compile_seconds: float
-  xla_flops_counted: float   # as XLA reports it (scanned body once), all chips
-  xla_flops: float           # scan-corrected, + the attention kernels', all chips;
-                             # nan: not counted (--nocount_flops on a scanned stack)
-  model_flops: float         # analytic, no recompute, all chips
-  attention_flops: float     # analytic attention (model FLOPs), all chips
-  kernel_flops: float        # run by the Pallas attention kernels (XLA counts none)
-  step_seconds: float        # xla_flops / (chips x peak x peak_fraction)
-  mfu: float                 # model_flops / (step_seconds x chips x peak)
-  text_in_step: tuple[str, ...] = ()       # encoders run inside the step
-  text_precomputed: tuple[str, ...] = ()   # encoders whose embeddings are inputs
+  xla_flops_counted: float  # as XLA reports it (scanned body once), all chips
+  xla_flops: float  # scan-corrected, + the attention kernels', all chips;
+  # nan: not counted (--nocount_flops on a scanned stack)
+  model_flops: float  # analytic, no recompute, all chips
+  attention_flops: float  # analytic attention (model FLOPs), all chips
+  kernel_flops: float  # run by the Pallas attention kernels (XLA counts none)
+  step_seconds: float  # xla_flops / (chips x peak x peak_fraction)
+  mfu: float  # model_flops / (step_seconds x chips x peak)
+  text_in_step: tuple[str, ...] = ()  # encoders run inside the step
+  text_precomputed: tuple[str, ...] = ()  # encoders whose embeddings are inputs
 
   @property
   def total_bytes(self) -> int:
@@ -162,8 +180,10 @@ def precompute_frozen_text(task, config) -> None:
   if data is None or not data.get("precompute_text") or data.get("encode_on_the_fly"):
     return
   if not hasattr(type(task), "precomputed_text"):  # on the class: no getter runs
-    raise ValueError(f"data.precompute_text: the {config.task!r} task has no precomputed "
-                     "text inputs; leave it False.")
+    raise ValueError(
+      f"data.precompute_text: the {config.task!r} task has no precomputed "
+      "text inputs; leave it False."
+    )
   task.precomputed_text = [e.name for e in task.text.encoders if not e.trainable]
 
 
@@ -193,8 +213,11 @@ def _compiled_steps(config, devices, workdir: str):
   for name, spec in task.batch_specs().items():
     batch = train_lib.abstract_batch(name, spec, mesh)
     start = time.perf_counter()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), \
-        attention.target_platform(devices[0].platform):
+    with (
+      jax.set_mesh(mesh),
+      nn.logical_axis_rules(rules),
+      attention.target_platform(devices[0].platform),
+    ):
       executable = step.lower(state, batch).compile()
     compiled[name] = (executable, time.perf_counter() - start, spec)
   return task, compiled
@@ -210,9 +233,12 @@ def _flops(executable) -> float:
 # pallas_call names) and the Q x K-sized matmuls each does, 2 x B x N x Q x K x D FLOPs
 # apiece on its q [B, N, Q, D] and k [B, N, K, D] operands: forward s = QK^T, o = PV;
 # dK/dV s^T, dp^T, dV, dK; dQ s^T, dp^T, dQ (both backward kernels recompute s, dp).
-KERNEL_MATMULS = {"flash_attention_fwd": 2, "flash_attention_bwd_dkv": 4,
-                  "flash_attention_bwd_dq": 3}
-_KERNEL_OP = re.compile(r'op_name="[^"]*?(' + "|".join(KERNEL_MATMULS) + r')/pallas_call')
+KERNEL_MATMULS = {
+  "flash_attention_fwd": 2,
+  "flash_attention_bwd_dkv": 4,
+  "flash_attention_bwd_dq": 3,
+}
+_KERNEL_OP = re.compile(r'op_name="[^"]*?(' + "|".join(KERNEL_MATMULS) + r")/pallas_call")
 _SHAPE = re.compile(r"\[([\d,]+)\]")
 
 
@@ -231,11 +257,13 @@ def kernel_flops(executable) -> float:
       continue
     operands = line.split("operand_layout_constraints={", 1)[1]
     (batch, heads, q_len, dim), k_shape = (
-        tuple(int(d) for d in shape.split(",")) for shape in _SHAPE.findall(operands)[:2])
+      tuple(int(d) for d in shape.split(",")) for shape in _SHAPE.findall(operands)[:2]
+    )
     total += 2.0 * KERNEL_MATMULS[kernel.group(1)] * batch * heads * q_len * k_shape[2] * dim
   if unknown:
-    logging.warning("%d Pallas calls other than the attention kernels: their FLOPs are "
-                    "not counted.", unknown)
+    logging.warning(
+      "%d Pallas calls other than the attention kernels: their FLOPs are not counted.", unknown
+    )
   return total
 
 
@@ -244,8 +272,9 @@ def _step_flops(executable) -> tuple[float, float]:
   return _flops(executable), kernel_flops(executable)
 
 
-def _unrolled_layer_flops(config, devices, workdir: str
-                          ) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+def _unrolled_layer_flops(
+  config, devices, workdir: str
+) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
   """{bucket: (per-layer FLOPs, FLOPs outside the layers)}, each (XLA-counted,
   attention-kernel), from 1- and 2-layer unrolled compiles of the same config (per
   chip)."""
@@ -253,17 +282,24 @@ def _unrolled_layer_flops(config, devices, workdir: str
   for layers in (1, 2):
     small = ml_collections.ConfigDict(config.to_dict())
     small.model.update(num_layers=layers, scan_layers=False)
-    flops.append({name: _step_flops(c[0]) for name, c in
-                  _compiled_steps(small, devices, workdir)[1].items()})
-  return {name: (tuple(b - a for a, b in zip(flops[0][name], flops[1][name])),
-                 tuple(2 * a - b for a, b in zip(flops[0][name], flops[1][name])))
-          for name in flops[0]}
+    flops.append(
+      {name: _step_flops(c[0]) for name, c in _compiled_steps(small, devices, workdir)[1].items()}
+    )
+  return {
+    name: (
+      tuple(b - a for a, b in zip(flops[0][name], flops[1][name])),
+      tuple(2 * a - b for a, b in zip(flops[0][name], flops[1][name])),
+    )
+    for name in flops[0]
+  }
 
 
 def _kernel_sizes(tree) -> dict[str, int]:
   """{"a/b/kernel": size} of a parameter tree's matmul weights."""
-  sizes = {"/".join(path_names(path)): math.prod(leaf.shape)
-           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  sizes = {
+    "/".join(path_names(path)): math.prod(leaf.shape)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   return {path: size for path, size in sizes.items() if path.endswith("/kernel")}
 
 
@@ -281,8 +317,9 @@ def model_flops(config, task, spec) -> tuple[float, float]:
     return float("nan"), float("nan")
   batch = next(iter(spec.values())).shape[0]
   tokens = task.batch_tokens(spec) // batch  # video tokens per example
-  params, frozen = (nn.meta.unbox(tree) for tree in
-                    jax.eval_shape(lambda: task.init(jax.random.key(0))))
+  params, frozen = (
+    nn.meta.unbox(tree) for tree in jax.eval_shape(lambda: task.init(jax.random.key(0)))
+  )
   lengths = {name: e.max_length for name, e in config.text.encoders.items()}
   text_tokens = sum(lengths.values())
   per_video_token = per_text_token = 0
@@ -303,14 +340,18 @@ def model_flops(config, task, spec) -> tuple[float, float]:
   return batch * 6.0 * (per_video_token + per_text_token), batch * attention
 
 
-def compile_report(config: ml_collections.ConfigDict, topology: str,
-                   tae_config: str = "experiments/tae.py:paper",
-                   peak_fraction: float = 0.5, count_flops: bool = True
-                   ) -> list[BucketReport]:
+def compile_report(
+  config: ml_collections.ConfigDict,
+  topology: str,
+  tae_config: str = "experiments/tae.py:paper",
+  peak_fraction: float = 0.5,
+  count_flops: bool = True,
+) -> list[BucketReport]:
   """Compiles every batch shape of `config` for `topology`; see the module doc."""
   # Compile-only: no chip is claimed, so other processes may use libtpu at once.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # noqa: PLC0415 - needs libtpu
+
   name = topology_name(topology)
   kind = name.split(":")[0]
   if kind not in CHIPS:
@@ -324,8 +365,11 @@ def compile_report(config: ml_collections.ConfigDict, topology: str,
   workdir = _prepared_workdir(config, tae_config)
   task, compiled = _compiled_steps(config, devices, workdir)
   in_step, precomputed = text_inputs(task)
-  layers = _unrolled_layer_flops(config, devices, workdir) if count_flops and \
-      config.model.get("scan_layers") else {}
+  layers = (
+    _unrolled_layer_flops(config, devices, workdir)
+    if count_flops and config.model.get("scan_layers")
+    else {}
+  )
   reports = []
   for bucket, (executable, seconds, spec) in compiled.items():
     memory = executable.memory_analysis()
@@ -335,8 +379,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: str,
     analytic = matmuls + attention_flops
     if bucket in layers:
       body, rest = layers[bucket]
-      xla, kernels = ((r + config.model.num_layers * b) * len(devices)
-                      for b, r in zip(body, rest))
+      xla, kernels = ((r + config.model.num_layers * b) * len(devices) for b, r in zip(body, rest))
     elif not config.model.get("scan_layers"):
       xla, kernels = counted, kernel_flops(executable) * len(devices)
     else:  # --nocount_flops on a scanned stack: its count would be one layer's
@@ -344,49 +387,69 @@ def compile_report(config: ml_collections.ConfigDict, topology: str,
     total = xla + kernels
     step_seconds = total / (len(devices) * peak * peak_fraction)
     batch = next(iter(spec.values())).shape[0]
-    reports.append(BucketReport(
-        bucket=bucket, global_batch=batch,
+    reports.append(
+      BucketReport(
+        bucket=bucket,
+        global_batch=batch,
         tokens_per_example=task.batch_tokens(spec) // batch,
-        argument_bytes=memory.argument_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
-        output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
-        hbm_bytes=hbm, compile_seconds=seconds, xla_flops_counted=counted, xla_flops=total,
-        model_flops=analytic, attention_flops=attention_flops, kernel_flops=kernels,
+        argument_bytes=memory.argument_size_in_bytes,
+        temp_bytes=memory.temp_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes,
+        alias_bytes=memory.alias_size_in_bytes,
+        hbm_bytes=hbm,
+        compile_seconds=seconds,
+        xla_flops_counted=counted,
+        xla_flops=total,
+        model_flops=analytic,
+        attention_flops=attention_flops,
+        kernel_flops=kernels,
         step_seconds=step_seconds,
         mfu=analytic / (step_seconds * len(devices) * peak),
-        text_in_step=in_step, text_precomputed=precomputed))
+        text_in_step=in_step,
+        text_precomputed=precomputed,
+      )
+    )
   return reports
 
 
 def format_report(reports: list[BucketReport], topology: str, peak_fraction: float) -> str:
   gib = 2**30
-  lines = [f"Topology {topology_name(topology)}; step time and MFU if XLA's FLOPs ran at "
-           f"{peak_fraction:.0%} of peak."]
+  lines = [
+    f"Topology {topology_name(topology)}; step time and MFU if XLA's FLOPs ran at "
+    f"{peak_fraction:.0%} of peak."
+  ]
   for r in reports:
     fits = "fits" if r.headroom >= 0 else "DOES NOT FIT"
     lines += [
-        f"[{r.bucket}] {r.global_batch} examples x {r.tokens_per_example:,} tokens",
-        f"  per chip: arguments {r.argument_bytes / gib:.2f} GiB, temporaries "
-        f"{r.temp_bytes / gib:.2f} GiB, outputs {r.output_bytes / gib:.2f} GiB "
-        f"(donated {r.alias_bytes / gib:.2f}) = {r.total_bytes / gib:.2f} of "
-        f"{r.hbm_bytes / gib:.0f} GiB HBM: {fits}, headroom {r.headroom:.0%}"]
+      f"[{r.bucket}] {r.global_batch} examples x {r.tokens_per_example:,} tokens",
+      f"  per chip: arguments {r.argument_bytes / gib:.2f} GiB, temporaries "
+      f"{r.temp_bytes / gib:.2f} GiB, outputs {r.output_bytes / gib:.2f} GiB "
+      f"(donated {r.alias_bytes / gib:.2f}) = {r.total_bytes / gib:.2f} of "
+      f"{r.hbm_bytes / gib:.0f} GiB HBM: {fits}, headroom {r.headroom:.0%}",
+    ]
     model = f"model {r.model_flops:.3e} (attention {r.attention_flops:.3e})"
     if math.isnan(r.xla_flops):
-      lines.append(f"  compile {r.compile_seconds:.1f} s; FLOPs per step not counted "
-                   f"(--nocount_flops: XLA counts a scanned layer once), {model}")
+      lines.append(
+        f"  compile {r.compile_seconds:.1f} s; FLOPs per step not counted "
+        f"(--nocount_flops: XLA counts a scanned layer once), {model}"
+      )
     else:
       lines += [
-          f"  compile {r.compile_seconds:.1f} s; FLOPs per step: {r.xla_flops:.3e} compiled "
-          f"(XLA counted {r.xla_flops_counted:.3e}: scanned body once, no attention "
-          f"kernels; the kernels {r.kernel_flops:.3e}), {model}",
-          f"  estimated step {r.step_seconds:.2f} s, MFU {r.mfu:.1%}"]
+        f"  compile {r.compile_seconds:.1f} s; FLOPs per step: {r.xla_flops:.3e} compiled "
+        f"(XLA counted {r.xla_flops_counted:.3e}: scanned body once, no attention "
+        f"kernels; the kernels {r.kernel_flops:.3e}), {model}",
+        f"  estimated step {r.step_seconds:.2f} s, MFU {r.mfu:.1%}",
+      ]
     if r.text_in_step or r.text_precomputed:
-      lines.append(f"  text encoders in the step: {', '.join(r.text_in_step) or 'none'}; "
-                   f"embeddings as inputs: {', '.join(r.text_precomputed) or 'none'}")
+      lines.append(
+        f"  text encoders in the step: {', '.join(r.text_in_step) or 'none'}; "
+        f"embeddings as inputs: {', '.join(r.text_precomputed) or 'none'}"
+      )
   return "\n".join(lines)
 
 
 def parse_bucket(text: str) -> tuple:
-  """"video:256:768:768:16" -> ("video", 256, 768, 768, 16)."""
+  """ "video:256:768:768:16" -> ("video", 256, 768, 768, 16)."""
   name, *sizes = text.split(":")
   if len(sizes) != 4 or not all(s.isdigit() for s in sizes):
     raise app.UsageError(f"Bucket {text!r}: give name:frames:height:width:global_batch.")
@@ -394,23 +457,36 @@ def parse_bucket(text: str) -> tuple:
 
 
 def main():
-  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                                lock_config=True)
-  topology = flags.DEFINE_string("topology", "v5p:2x2x1", "TPU topology: v5p-N (N "
-                                 "TensorCores) or v5p:AxBxC (chips).")
-  tae_config = flags.DEFINE_string("tae_config", "experiments/tae.py:paper",
-                                   "TAE config for t2v latent shapes, when the TAE "
-                                   "workdir has none.")
-  peak_fraction = flags.DEFINE_float("peak_fraction", 0.5, "Share of peak FLOP/s the "
-                                     "compiled FLOPs are assumed to run at.")
-  count_flops = flags.DEFINE_bool("count_flops", True, "Rebuild a scanned model's FLOPs "
-                                  "from 1- and 2-layer unrolled compiles; without, a "
-                                  "scanned model's FLOPs, step time and MFU are not "
-                                  "reported (NaN in --json): memory only.")
+  config_flag = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+  )
+  topology = flags.DEFINE_string(
+    "topology", "v5p:2x2x1", "TPU topology: v5p-N (N TensorCores) or v5p:AxBxC (chips)."
+  )
+  tae_config = flags.DEFINE_string(
+    "tae_config",
+    "experiments/tae.py:paper",
+    "TAE config for t2v latent shapes, when the TAE workdir has none.",
+  )
+  peak_fraction = flags.DEFINE_float(
+    "peak_fraction", 0.5, "Share of peak FLOP/s the compiled FLOPs are assumed to run at."
+  )
+  count_flops = flags.DEFINE_bool(
+    "count_flops",
+    True,
+    "Rebuild a scanned model's FLOPs "
+    "from 1- and 2-layer unrolled compiles; without, a "
+    "scanned model's FLOPs, step time and MFU are not "
+    "reported (NaN in --json): memory only.",
+  )
   json_path = flags.DEFINE_string("json", None, "Also write the report here as JSON.")
-  buckets = flags.DEFINE_list("buckets", None, "Replace data.buckets by these batch "
-                              "shapes, name:frames:height:width:global_batch each, e.g. "
-                              "video:256:768:768:16 (73,728 tokens with the paper's TAE).")
+  buckets = flags.DEFINE_list(
+    "buckets",
+    None,
+    "Replace data.buckets by these batch "
+    "shapes, name:frames:height:width:global_batch each, e.g. "
+    "video:256:768:768:16 (73,728 tokens with the paper's TAE).",
+  )
 
   def run(argv):
     if len(argv) > 1:
@@ -420,8 +496,9 @@ def main():
       config = ml_collections.ConfigDict(config.to_dict())
       config.data.buckets = tuple(parse_bucket(b) for b in buckets.value)
     try:
-      reports = compile_report(config, topology.value, tae_config.value,
-                               peak_fraction.value, count_flops.value)
+      reports = compile_report(
+        config, topology.value, tae_config.value, peak_fraction.value, count_flops.value
+      )
     except (ValueError, FileNotFoundError) as e:
       sys.stderr.write(f"mgjax.aot: {e}\n")
       sys.exit(2)
@@ -429,15 +506,23 @@ def main():
       if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
         raise
       first = next((l for l in str(e).splitlines() if "memory" in l.lower()), str(e))
-      sys.stderr.write(f"mgjax.aot: the step does not fit {topology.value}: {first.strip()}"
-                       "\nShard more (fsdp, tensor, context), remat more "
-                       "(model.remat_policy), or use a smaller batch.\n")
+      sys.stderr.write(
+        f"mgjax.aot: the step does not fit {topology.value}: {first.strip()}"
+        "\nShard more (fsdp, tensor, context), remat more "
+        "(model.remat_policy), or use a smaller batch.\n"
+      )
       sys.exit(1)
     print(format_report(reports, topology.value, peak_fraction.value))
     if json_path.value:
       with open(json_path.value, "w") as f:
-        json.dump([dict(dataclasses.asdict(r), total_bytes=r.total_bytes,
-                        headroom=r.headroom) for r in reports], f, indent=1)
+        json.dump(
+          [
+            dict(dataclasses.asdict(r), total_bytes=r.total_bytes, headroom=r.headroom)
+            for r in reports
+          ],
+          f,
+          indent=1,
+        )
     sys.exit(0 if all(r.headroom >= 0 for r in reports) else 1)
 
   app.run(run)

@@ -36,7 +36,8 @@ multi-diffusion B' = B * num_windows (example-major); for autoregression B' = B.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +58,10 @@ def _check_window(num_frames: int, window: int, overlap: int) -> None:
   if int(window) < 1:
     raise ValueError(f"longform window must be >= 1 latent frame; got {window}.")
   if not 0 <= int(overlap) < int(window):
-    raise ValueError(f"longform overlap must be in [0, window) = [0, {window}); got "
-                     f"{overlap}. Windows must advance by at least one frame.")
+    raise ValueError(
+      f"longform overlap must be in [0, window) = [0, {window}); got "
+      f"{overlap}. Windows must advance by at least one frame."
+    )
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> tuple[int, ...]:
@@ -102,9 +105,11 @@ def _full_context(noise, context, context_mask):
       raise ValueError("context_mask given without context; pass both or neither.")
     return jnp.zeros_like(noise), jnp.zeros(noise.shape[:2] + (1,), noise.dtype)
   if context.shape != noise.shape or context_mask is None:
-    raise ValueError(f"context must be [B, T, C] = {noise.shape} with context_mask "
-                     f"[B, T, 1]; got {context.shape} and "
-                     f"{None if context_mask is None else context_mask.shape}.")
+    raise ValueError(
+      f"context must be [B, T, C] = {noise.shape} with context_mask "
+      f"[B, T, 1]; got {context.shape} and "
+      f"{None if context_mask is None else context_mask.shape}."
+    )
   if context_mask.shape == noise.shape[:2]:
     context_mask = context_mask[..., None]
   return context.astype(noise.dtype), context_mask.astype(noise.dtype)
@@ -113,9 +118,18 @@ def _full_context(noise, context, context_mask):
 # -------------------------------------------------------------- multi-diffusion
 
 
-def multidiffusion_velocity(velocity_fn: WindowVelocityFn, x: jax.Array, t: jax.Array,
-                            context: jax.Array, context_mask: jax.Array, aligned: Any,
-                            per_example: Any, *args, window: int, overlap: int) -> jax.Array:
+def multidiffusion_velocity(
+  velocity_fn: WindowVelocityFn,
+  x: jax.Array,
+  t: jax.Array,
+  context: jax.Array,
+  context_mask: jax.Array,
+  aligned: Any,
+  per_example: Any,
+  *args,
+  window: int,
+  overlap: int,
+) -> jax.Array:
   """The full-length velocity [B, T, C] at x [B, T, C]: windowed velocities blended.
 
   All windows run as one batch of B * N (example-major).
@@ -125,9 +139,15 @@ def multidiffusion_velocity(velocity_fn: WindowVelocityFn, x: jax.Array, t: jax.
   n = index.shape[0]
   windows = lambda a: a[:, index].reshape((b * n,) + index.shape[1:] + a.shape[2:])
   repeat = lambda a: jnp.repeat(a, n, axis=0)
-  v = velocity_fn(windows(x), repeat(t), windows(context), windows(context_mask),
-                  jax.tree.map(windows, aligned), jax.tree.map(repeat, per_example),
-                  *args)  # [B * N, W, C]
+  v = velocity_fn(
+    windows(x),
+    repeat(t),
+    windows(context),
+    windows(context_mask),
+    jax.tree.map(windows, aligned),
+    jax.tree.map(repeat, per_example),
+    *args,
+  )  # [B * N, W, C]
   v = v.reshape((b, n) + v.shape[1:]).astype(jnp.float32)
   weighted = v * jnp.asarray(weight)[None, :, :, None]  # [B, N, W, C]
   out = jnp.zeros((b, num_frames, v.shape[-1]), jnp.float32).at[:, index].add(weighted)
@@ -138,18 +158,28 @@ def multidiffusion_velocity(velocity_fn: WindowVelocityFn, x: jax.Array, t: jax.
 def _blended(velocity_fn: WindowVelocityFn, window: int, overlap: int):
   """One function object per (model, window, overlap), so flow.solve's compiled step
   is reused across calls."""
+
   def blended(x, t, *args):
     return multidiffusion_velocity(velocity_fn, x, t, *args, window=window, overlap=overlap)
+
   return blended
 
 
-def multidiffusion_sample(velocity_fn: WindowVelocityFn, noise: jax.Array, schedule, *,
-                          window: int, overlap: int, method: str = "midpoint",
-                          context: jax.Array | None = None,
-                          context_mask: jax.Array | None = None, aligned: Any = None,
-                          per_example: Any = None, args: tuple = (),
-                          step_callback: Callable[[int, int], None] | None = None
-                          ) -> jax.Array:
+def multidiffusion_sample(
+  velocity_fn: WindowVelocityFn,
+  noise: jax.Array,
+  schedule,
+  *,
+  window: int,
+  overlap: int,
+  method: str = "midpoint",
+  context: jax.Array | None = None,
+  context_mask: jax.Array | None = None,
+  aligned: Any = None,
+  per_example: Any = None,
+  args: tuple = (),
+  step_callback: Callable[[int, int], None] | None = None,
+) -> jax.Array:
   """Solves the full clip from noise [B, T, C] with blended window velocities.
 
   `schedule` are the times of `flow.make_schedule`; `method` a flow solver
@@ -159,8 +189,14 @@ def multidiffusion_sample(velocity_fn: WindowVelocityFn, noise: jax.Array, sched
   _check_window(noise.shape[1], window, overlap)
   context, context_mask = _full_context(noise, context, context_mask)
   step_fn = _blended(velocity_fn, int(window), int(overlap))
-  return flow.solve(step_fn, noise, schedule, method, step_callback=step_callback,
-                    args=(context, context_mask, aligned, per_example) + tuple(args))
+  return flow.solve(
+    step_fn,
+    noise,
+    schedule,
+    method,
+    step_callback=step_callback,
+    args=(context, context_mask, aligned, per_example) + tuple(args),
+  )
 
 
 # --------------------------------------------------- segment-level autoregression
@@ -175,13 +211,21 @@ def crossfade(old: jax.Array, new: jax.Array) -> jax.Array:
   return mixed.astype(old.dtype)
 
 
-def autoregressive_sample(velocity_fn: WindowVelocityFn, noise: jax.Array, schedule, *,
-                          window: int, overlap: int, method: str = "midpoint",
-                          context: jax.Array | None = None,
-                          context_mask: jax.Array | None = None, aligned: Any = None,
-                          per_example: Any = None, args: tuple = (),
-                          step_callback: Callable[[int, int], None] | None = None
-                          ) -> jax.Array:
+def autoregressive_sample(
+  velocity_fn: WindowVelocityFn,
+  noise: jax.Array,
+  schedule,
+  *,
+  window: int,
+  overlap: int,
+  method: str = "midpoint",
+  context: jax.Array | None = None,
+  context_mask: jax.Array | None = None,
+  aligned: Any = None,
+  per_example: Any = None,
+  args: tuple = (),
+  step_callback: Callable[[int, int], None] | None = None,
+) -> jax.Array:
   """Generates window after window, each conditioned on the frames before it.
 
   Window k (frames [s_k, s_k + W)) starts from noise[:, s_k : s_k + W]; the frames
@@ -193,8 +237,10 @@ def autoregressive_sample(velocity_fn: WindowVelocityFn, noise: jax.Array, sched
   num_frames = noise.shape[1]
   _check_window(num_frames, window, overlap)
   if overlap < 1 and num_frames > window:
-    raise ValueError("Autoregressive extension needs overlap >= 1: the overlap frames are "
-                     "the context each next window continues from.")
+    raise ValueError(
+      "Autoregressive extension needs overlap >= 1: the overlap frames are "
+      "the context each next window continues from."
+    )
   context, context_mask = _full_context(noise, context, context_mask)
   starts = window_starts(num_frames, window, overlap)
   length = min(window, num_frames)
@@ -207,13 +253,18 @@ def autoregressive_sample(velocity_fn: WindowVelocityFn, noise: jax.Array, sched
     if done:
       ctx = ctx.at[:, :done].set(out[:, start:])
       mask = mask.at[:, :done].set(1)
-    window_aligned = jax.tree.map(lambda a: a[:, start:stop], aligned)
+    window_aligned = jax.tree.map(lambda a: a[:, start:stop], aligned)  # noqa: B023 (called now)
     callback = None
     if step_callback is not None:
       callback = lambda i, n, k=k: step_callback(k * num_steps + i, len(starts) * n)
-    new = flow.solve(velocity_fn, noise[:, start:stop], schedule, method,
-                     step_callback=callback,
-                     args=(ctx, mask, window_aligned, per_example) + tuple(args))
+    new = flow.solve(
+      velocity_fn,
+      noise[:, start:stop],
+      schedule,
+      method,
+      step_callback=callback,
+      args=(ctx, mask, window_aligned, per_example) + tuple(args),
+    )
     if out is None:
       out = new
     else:
@@ -225,8 +276,9 @@ def autoregressive_sample(velocity_fn: WindowVelocityFn, noise: jax.Array, sched
 SAMPLERS = {"multidiffusion": multidiffusion_sample, "autoregressive": autoregressive_sample}
 
 
-def sample_long(strategy: str, velocity_fn: WindowVelocityFn, noise: jax.Array, schedule,
-                **kwargs) -> jax.Array:
+def sample_long(
+  strategy: str, velocity_fn: WindowVelocityFn, noise: jax.Array, schedule, **kwargs
+) -> jax.Array:
   """`strategy` ("multidiffusion" | "autoregressive", config.longform.method) with the
   keyword arguments of `multidiffusion_sample`."""
   if strategy not in SAMPLERS:

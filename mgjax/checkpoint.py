@@ -26,8 +26,11 @@ from orbax.checkpoint import checkpoint_managers
 def _handlers() -> dict:
   """The handler of each item, so that a manager opened later (read-only) can read
   metadata and restore without being told."""
-  return dict(state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
-              data=ocp.JsonCheckpointHandler())
+  return dict(
+    state=ocp.StandardCheckpointHandler(),
+    config=ocp.JsonCheckpointHandler(),
+    data=ocp.JsonCheckpointHandler(),
+  )
 
 
 def _preservation(keep: int | None, keep_every: int):
@@ -38,25 +41,38 @@ def _preservation(keep: int | None, keep_every: int):
 
 
 class Checkpointer:
-
-  def __init__(self, workdir: str, save_every: int = 1, keep: int | None = None,
-               keep_every: int = 0, async_save: bool = True, read_only: bool = False):
+  def __init__(
+    self,
+    workdir: str,
+    save_every: int = 1,
+    keep: int | None = None,
+    keep_every: int = 0,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(save_every, 1), create=not read_only,
-        preservation_policy=_preservation(keep, keep_every),
-        enable_async_checkpointing=async_save, read_only=read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=_handlers())
+      save_interval_steps=max(save_every, 1),
+      create=not read_only,
+      preservation_policy=_preservation(keep, keep_every),
+      enable_async_checkpointing=async_save,
+      read_only=read_only,
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
-           data_state: dict | None = None, force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    config: ml_collections.ConfigDict,
+    data_state: dict | None = None,
+    force: bool = False,
+  ) -> bool:
     """Starts an async save when `step` is due (or `force`); returns whether it did."""
-    items = dict(state=ocp.args.StandardSave(state),
-                 config=ocp.args.JsonSave(config.to_dict()))
+    items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
     if data_state is not None:
       items["data"] = ocp.args.JsonSave(data_state)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -64,7 +80,8 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores the state at `step` with the shardings of `abstract_state`."""
     restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )
     return restored["state"]
 
   def all_steps(self) -> list[int]:
@@ -77,15 +94,15 @@ class Checkpointer:
     return self.manager.item_metadata(step)["state"]
 
   def restore_config(self, step: int) -> dict:
-    return self.manager.restore(
-        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+      "config"
+    ]
 
   def restore_data(self, step: int) -> dict | None:
     """The input pipeline's state saved at `step`, or None when it has none."""
     if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
       return None
-    return self.manager.restore(
-        step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+    return self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -96,5 +113,6 @@ class Checkpointer:
 
 def abstract_with_shardings(state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings, for `Checkpointer.restore`."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,17 +46,21 @@ def _per_example(t: jax.Array, x: jax.Array) -> jax.Array:
   if t.ndim == 0:
     return t
   if t.ndim != 1 or t.shape[0] != x.shape[0]:
-    raise ValueError(f"t must be a scalar or have shape [B] = [{x.shape[0]}] to match the "
-                     f"batch of x {tuple(x.shape)}; got t of shape {tuple(t.shape)}.")
+    raise ValueError(
+      f"t must be a scalar or have shape [B] = [{x.shape[0]}] to match the "
+      f"batch of x {tuple(x.shape)}; got t of shape {tuple(t.shape)}."
+    )
   return t.reshape((-1,) + (1,) * (x.ndim - 1))  # [B, 1, ..., 1]
 
 
-def interpolate(x0: jax.Array, x1: jax.Array, t: jax.Array,
-                sigma_min: float = SIGMA_MIN) -> jax.Array:
+def interpolate(
+  x0: jax.Array, x1: jax.Array, t: jax.Array, sigma_min: float = SIGMA_MIN
+) -> jax.Array:
   """X_t = t * X1 + (1 - (1 - sigma_min) * t) * X0, with t [B] per example."""
   if x0.shape != x1.shape:
-    raise ValueError(f"x0 and x1 must have the same shape; got {tuple(x0.shape)} and "
-                     f"{tuple(x1.shape)}.")
+    raise ValueError(
+      f"x0 and x1 must have the same shape; got {tuple(x0.shape)} and {tuple(x1.shape)}."
+    )
   t = _per_example(t, x1)  # [B, 1, ..., 1]
   return t * x1 + (1 - (1 - sigma_min) * t) * x0  # [B, ...]
 
@@ -86,16 +90,22 @@ def sample_t(rng: jax.Array, batch_size: int, mean: float = 0.0, std: float = 1.
   return jnp.clip(jax.nn.sigmoid(logits), eps, 1.0 - eps)  # [B]
 
 
-def training_example(rng: jax.Array, x1: jax.Array, sigma_min: float = SIGMA_MIN,
-                     t_mean: float = 0.0, t_std: float = 1.0
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def training_example(
+  rng: jax.Array,
+  x1: jax.Array,
+  sigma_min: float = SIGMA_MIN,
+  t_mean: float = 0.0,
+  t_std: float = 1.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Draws noise and t for data x1 [B, ...]; returns (t [B], x_t [B, ...], target [B, ...]).
 
   The model is trained to predict `target` from (x_t, t); see `velocity_loss`.
   """
   if not jnp.issubdtype(x1.dtype, jnp.floating):
-    raise ValueError(f"x1 must be a floating-point array; got dtype {x1.dtype}. "
-                     "Cast the latents to float32 or bfloat16 first.")
+    raise ValueError(
+      f"x1 must be a floating-point array; got dtype {x1.dtype}. "
+      "Cast the latents to float32 or bfloat16 first."
+    )
   noise_rng, t_rng = jax.random.split(rng)
   x0 = jax.random.normal(noise_rng, x1.shape, x1.dtype)  # [B, ...]
   t = sample_t(t_rng, x1.shape[0], t_mean, t_std)  # [B]
@@ -103,8 +113,9 @@ def training_example(rng: jax.Array, x1: jax.Array, sigma_min: float = SIGMA_MIN
   return t, x_t, velocity_target(x0, x1, sigma_min)
 
 
-def drop_condition(rng: jax.Array, keep_mask_shape_or_batch: int | tuple[int, ...],
-                   drop_prob: float) -> jax.Array:
+def drop_condition(
+  rng: jax.Array, keep_mask_shape_or_batch: int | tuple[int, ...], drop_prob: float
+) -> jax.Array:
   """Classifier-free guidance dropout: bool "keep the text" mask, False w.p. drop_prob.
 
   `keep_mask_shape_or_batch` is a batch size B (mask [B]) or a full mask shape.
@@ -120,8 +131,7 @@ def drop_condition(rng: jax.Array, keep_mask_shape_or_batch: int | tuple[int, ..
   return jax.random.uniform(rng, tuple(shape)) >= drop_prob  # [B]
 
 
-def velocity_loss(pred: jax.Array, target: jax.Array,
-                  weight: jax.Array | None = None) -> jax.Array:
+def velocity_loss(pred: jax.Array, target: jax.Array, weight: jax.Array | None = None) -> jax.Array:
   """Mean squared error, float32 scalar.
 
   Without `weight` it is the mean over all elements. With a per-example weight or
@@ -129,15 +139,19 @@ def velocity_loss(pred: jax.Array, target: jax.Array,
   so a 0/1 mask averages over the kept examples only (and gives 0 when none are).
   """
   if pred.shape != target.shape:
-    raise ValueError(f"pred and target must have the same shape; got {tuple(pred.shape)} "
-                     f"and {tuple(target.shape)}.")
+    raise ValueError(
+      f"pred and target must have the same shape; got {tuple(pred.shape)} "
+      f"and {tuple(target.shape)}."
+    )
   squared = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))  # [B, ...]
   if weight is None:
     return jnp.mean(squared)
   weight = jnp.asarray(weight, jnp.float32)
   if weight.shape != pred.shape[:1]:
-    raise ValueError(f"weight must have shape [B] = [{pred.shape[0]}] (one per example); "
-                     f"got {tuple(weight.shape)}.")
+    raise ValueError(
+      f"weight must have shape [B] = [{pred.shape[0]}] (one per example); "
+      f"got {tuple(weight.shape)}."
+    )
   per_example = jnp.mean(squared.reshape(squared.shape[0], -1), axis=1)  # [B]
   total = jnp.sum(weight)
   return jnp.sum(weight * per_example) / jnp.where(total > 0, total, 1.0)  # 0 if all masked
@@ -157,8 +171,7 @@ def linear_schedule(num_steps: int) -> np.ndarray:
   return (np.arange(num_steps + 1, dtype=np.float64) / num_steps).astype(np.float32)
 
 
-def linear_quadratic_schedule(num_steps: int = 50, emulated_linear_steps: int = 250
-                              ) -> np.ndarray:
+def linear_quadratic_schedule(num_steps: int = 50, emulated_linear_steps: int = 250) -> np.ndarray:
   """Movie Gen's linear-quadratic schedule: num_steps + 1 times from 0.0 to 1.0, float32.
 
   With k = num_steps // 2 and h = 1 / emulated_linear_steps, the first k steps are
@@ -176,13 +189,17 @@ def linear_quadratic_schedule(num_steps: int = 50, emulated_linear_steps: int = 
   _check_steps("emulated_linear_steps", emulated_linear_steps)
   k = num_steps // 2
   if k >= emulated_linear_steps:
-    raise ValueError(f"The linear part num_steps // 2 = {k} must be shorter than "
-                     f"emulated_linear_steps = {emulated_linear_steps}; raise "
-                     "emulated_linear_steps or lower num_steps.")
+    raise ValueError(
+      f"The linear part num_steps // 2 = {k} must be shorter than "
+      f"emulated_linear_steps = {emulated_linear_steps}; raise "
+      "emulated_linear_steps or lower num_steps."
+    )
   if emulated_linear_steps < num_steps:
-    raise ValueError(f"emulated_linear_steps = {emulated_linear_steps} must be >= num_steps "
-                     f"= {num_steps} (the schedule emulates a finer linear one); raise it to "
-                     f"at least {num_steps}.")
+    raise ValueError(
+      f"emulated_linear_steps = {emulated_linear_steps} must be >= num_steps "
+      f"= {num_steps} (the schedule emulates a finer linear one); raise it to "
+      f"at least {num_steps}."
+    )
   h = 1.0 / emulated_linear_steps
   m = num_steps - k
   linear = np.arange(k + 1, dtype=np.float64) / emulated_linear_steps  # [k + 1], t_0..t_k
@@ -213,8 +230,9 @@ def _times(x: jax.Array, t: jax.Array) -> jax.Array:
   return jnp.full((x.shape[0],), t, jnp.float32)  # [B]
 
 
-def euler_step(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
-               t_next: jax.Array, *args) -> jax.Array:
+def euler_step(
+  velocity_fn: VelocityFn, x: jax.Array, t: jax.Array, t_next: jax.Array, *args
+) -> jax.Array:
   """One explicit Euler step of dx/dt = v(x, t) from t to t_next (scalars).
 
   `args` are passed on to velocity_fn(x, t, *args) (e.g. model parameters).
@@ -224,8 +242,9 @@ def euler_step(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
   return x + (dt * v).astype(x.dtype)
 
 
-def midpoint_step(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
-                  t_next: jax.Array, *args) -> jax.Array:
+def midpoint_step(
+  velocity_fn: VelocityFn, x: jax.Array, t: jax.Array, t_next: jax.Array, *args
+) -> jax.Array:
   """One explicit midpoint (second-order Runge-Kutta) step: two velocity evaluations."""
   dt = jnp.asarray(t_next, jnp.float32) - t
   v = velocity_fn(x, _times(x, t), *args)  # [B, ...]
@@ -243,9 +262,14 @@ def _jitted_step(velocity_fn: VelocityFn, method: str):
   return jax.jit(functools.partial(SOLVERS[method], velocity_fn))
 
 
-def solve(velocity_fn: VelocityFn, x0: jax.Array, schedule, method: str = "euler",
-          step_callback: Callable[[int, int], None] | None = None,
-          args: tuple = ()) -> jax.Array:
+def solve(
+  velocity_fn: VelocityFn,
+  x0: jax.Array,
+  schedule,
+  method: str = "euler",
+  step_callback: Callable[[int, int], None] | None = None,
+  args: tuple = (),
+) -> jax.Array:
   """Integrates dx/dt = velocity_fn(x, t) from schedule[0] to schedule[-1].
 
   Starts from x0 [B, ...] (noise for sampling). The step is jitted once per call,
@@ -260,8 +284,10 @@ def solve(velocity_fn: VelocityFn, x0: jax.Array, schedule, method: str = "euler
     raise ValueError(f"Unknown method {method!r}; valid methods are {list(SOLVERS)}.")
   times = np.asarray(schedule, np.float32)
   if times.ndim != 1 or times.shape[0] < 2:
-    raise ValueError("schedule must be a 1-D array of at least 2 times (num_steps + 1); "
-                     f"got shape {times.shape}. Use make_schedule().")
+    raise ValueError(
+      "schedule must be a 1-D array of at least 2 times (num_steps + 1); "
+      f"got shape {times.shape}. Use make_schedule()."
+    )
   step = _jitted_step(velocity_fn, method)
   num_steps = times.shape[0] - 1
   x = x0
@@ -288,18 +314,23 @@ def cfg_velocity_fn(model_fn: ModelFn, scale: float) -> VelocityFn:
   conditional velocity alone, so the unconditional half is skipped.
   """
   if not isinstance(scale, numbers.Real):
-    raise ValueError(f"scale must be a Python number (it decides the batch layout); "
-                     f"got {type(scale).__name__}.")
+    raise ValueError(
+      f"scale must be a Python number (it decides the batch layout); got {type(scale).__name__}."
+    )
 
   if scale == 1.0:
+
     def conditional(x: jax.Array, t: jax.Array, *args) -> jax.Array:
       return model_fn(x, t, jnp.ones((x.shape[0],), bool), *args)
+
     return conditional
 
   def guided(x: jax.Array, t: jax.Array, *args) -> jax.Array:
     batch = x.shape[0]
     use_condition = jnp.arange(2 * batch) < batch  # [2B]: conditional first
-    v = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), use_condition,
-                 *args)  # [2B, ...]
+    v = model_fn(
+      jnp.concatenate([x, x]), jnp.concatenate([t, t]), use_condition, *args
+    )  # [2B, ...]
     return guided_velocity(v[:batch], v[batch:], scale)  # [B, ...]
+
   return guided

@@ -35,8 +35,10 @@ class PreemptionWatch:
       if threading.current_thread() is threading.main_thread():
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
       else:
-        logging.warning("Training outside the main thread: SIGTERM is not caught, so a "
-                        "preempted run resumes from its last periodic checkpoint.")
+        logging.warning(
+          "Training outside the main thread: SIGTERM is not caught, so a "
+          "preempted run resumes from its last periodic checkpoint."
+        )
 
   def _on_sigterm(self, signum, frame):
     del signum, frame

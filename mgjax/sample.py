@@ -45,8 +45,9 @@ def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str
     if not p.strip():
       raise ValueError(f"Prompt {i + 1} is empty; describe the video to generate.")
   if not prompts:
-    raise ValueError("No prompts: pass --prompt=\"...\" or a --prompts_file with one "
-                     "prompt per line.")
+    raise ValueError(
+      'No prompts: pass --prompt="..." or a --prompts_file with one prompt per line.'
+    )
   return prompts
 
 
@@ -73,11 +74,22 @@ def contact_sheet(videos: np.ndarray, num_columns: int = CONTACT_SHEET_FRAMES) -
   return np.concatenate(rows, axis=0)
 
 
-def generate_videos(config, task, state, prompts: list[str], *, num_steps: int | None = None,
-                    schedule: str | None = None, cfg_scale: float | None = None, seed: int = 0,
-                    num_frames: int | None = None, height: int | None = None,
-                    width: int | None = None, method: str = "euler",
-                    batch_size: int = 8) -> tuple[np.ndarray, list[str]]:
+def generate_videos(
+  config,
+  task,
+  state,
+  prompts: list[str],
+  *,
+  num_steps: int | None = None,
+  schedule: str | None = None,
+  cfg_scale: float | None = None,
+  seed: int = 0,
+  num_frames: int | None = None,
+  height: int | None = None,
+  width: int | None = None,
+  method: str = "euler",
+  batch_size: int = 8,
+) -> tuple[np.ndarray, list[str]]:
   """uint8 videos [N, T, H, W, 3] for the prompts, and the prompts as the model read
   them (frame-rate tagged), from a restored run (`mgjax.train.restore_train_state`).
 
@@ -88,34 +100,73 @@ def generate_videos(config, task, state, prompts: list[str], *, num_steps: int |
   num_frames = num_frames or video_bucket.num_frames
   height, width = height or video_bucket.height, width or video_bucket.width
   f = config.flow
-  kwargs = dict(num_steps=num_steps or f.sample_steps, schedule=schedule or f.schedule,
-                cfg_scale=f.cfg_scale if cfg_scale is None else cfg_scale, method=method)
+  kwargs = dict(
+    num_steps=num_steps or f.sample_steps,
+    schedule=schedule or f.schedule,
+    cfg_scale=f.cfg_scale if cfg_scale is None else cfg_scale,
+    method=method,
+  )
   tagged = [with_fps_tag(p, video_fps(config), num_frames) for p in prompts]
   params = state.eval_params()
   videos = []
-  with tqdm.tqdm(total=kwargs["num_steps"] * -(-len(prompts) // batch_size),
-                 unit="step", desc="sampling") as bar:
+  with tqdm.tqdm(
+    total=kwargs["num_steps"] * -(-len(prompts) // batch_size), unit="step", desc="sampling"
+  ) as bar:
     for start in range(0, len(prompts), batch_size):
-      videos.append(task.generate(params, state.frozen, tagged[start:start + batch_size], num_frames,
-                                  height, width, seed=seed + start,
-                                  step_callback=lambda i, n: bar.update(), **kwargs))
+      videos.append(
+        task.generate(
+          params,
+          state.frozen,
+          tagged[start : start + batch_size],
+          num_frames,
+          height,
+          width,
+          seed=seed + start,
+          step_callback=lambda i, n: bar.update(),
+          **kwargs,
+        )
+      )
   report = task.text.truncation_report()
   if report:
     logging.warning("%s.", report)
   return np.concatenate(videos), tagged  # [N, T, H, W, 3]
 
 
-def sample(workdir: str, prompts: list[str], out_dir: str, *, num_steps: int | None = None,
-           schedule: str | None = None, cfg_scale: float | None = None, seed: int = 0,
-           num_frames: int | None = None, height: int | None = None, width: int | None = None,
-           method: str = "euler", batch_size: int = 8, step: int | None = None) -> list[str]:
+def sample(
+  workdir: str,
+  prompts: list[str],
+  out_dir: str,
+  *,
+  num_steps: int | None = None,
+  schedule: str | None = None,
+  cfg_scale: float | None = None,
+  seed: int = 0,
+  num_frames: int | None = None,
+  height: int | None = None,
+  width: int | None = None,
+  method: str = "euler",
+  batch_size: int = 8,
+  step: int | None = None,
+) -> list[str]:
   """Generates one file per prompt into out_dir; returns their paths."""
   from mgjax.train import restore_train_state
+
   config, task, state = restore_train_state(workdir, step)
   videos, tagged = generate_videos(
-      config, task, state, prompts, num_steps=num_steps, schedule=schedule,
-      cfg_scale=cfg_scale, seed=seed, num_frames=num_frames, height=height, width=width,
-      method=method, batch_size=batch_size)  # [N, T, H, W, 3]
+    config,
+    task,
+    state,
+    prompts,
+    num_steps=num_steps,
+    schedule=schedule,
+    cfg_scale=cfg_scale,
+    seed=seed,
+    num_frames=num_frames,
+    height=height,
+    width=width,
+    method=method,
+    batch_size=batch_size,
+  )  # [N, T, H, W, 3]
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for i, (prompt, video) in enumerate(zip(prompts, videos)):
@@ -136,19 +187,28 @@ def run_v2a(FLAGS) -> None:
   """--task=v2a: sound for --video; clear one-line errors, exit code 2."""
   from mgjax.data.video import MediaDecodeError
   from mgjax.sample_audio import video_to_audio
+
   try:
     if not FLAGS.video:
       raise ValueError("--task=v2a needs --video=IN.mp4, the video to make sound for.")
     if len(FLAGS.prompt or []) > 1:
       raise ValueError("--task=v2a takes at most one --prompt (the sound's description).")
-    paths = video_to_audio(FLAGS.workdir, FLAGS.video, FLAGS.out or FLAGS.out_dir or
-                           os.path.join(FLAGS.workdir, "samples", "v2a"),
-                           (FLAGS.prompt or [""])[0], num_steps=FLAGS.num_steps,
-                           cfg_scale=FLAGS.cfg_scale, method=FLAGS.method, seed=FLAGS.seed,
-                           step=FLAGS.step)
+    paths = video_to_audio(
+      FLAGS.workdir,
+      FLAGS.video,
+      FLAGS.out or FLAGS.out_dir or os.path.join(FLAGS.workdir, "samples", "v2a"),
+      (FLAGS.prompt or [""])[0],
+      num_steps=FLAGS.num_steps,
+      cfg_scale=FLAGS.cfg_scale,
+      method=FLAGS.method,
+      seed=FLAGS.seed,
+      step=FLAGS.step,
+    )
   except MediaDecodeError as e:
-    sys.stderr.write(f"mgjax.sample: cannot read the video {e}. Pass an existing, decodable "
-                     "video file with at least one frame (--video).\n")
+    sys.stderr.write(
+      f"mgjax.sample: cannot read the video {e}. Pass an existing, decodable "
+      "video file with at least one frame (--video).\n"
+    )
     sys.exit(2)
   except (ValueError, FileNotFoundError) as e:
     sys.stderr.write(f"mgjax.sample: {e}\n")
@@ -157,8 +217,12 @@ def run_v2a(FLAGS) -> None:
 
 
 def main():
-  flags.DEFINE_enum("task", "t2v", ["t2v", "v2a"], "t2v: videos from prompts; v2a: sound "
-                    "for --video from a video-to-audio run.")
+  flags.DEFINE_enum(
+    "task",
+    "t2v",
+    ["t2v", "v2a"],
+    "t2v: videos from prompts; v2a: sound for --video from a video-to-audio run.",
+  )
   flags.DEFINE_string("video", None, "--task=v2a: the video to make sound for.")
   flags.DEFINE_string("out", None, "--task=v2a: output folder (default <workdir>/samples/v2a).")
   flags.DEFINE_string("workdir", None, "A text-to-video training run's --workdir.")
@@ -167,12 +231,17 @@ def main():
   flags.DEFINE_string("out_dir", None, "Output folder; default <workdir>/samples/cli.")
   flags.DEFINE_integer("num_steps", None, "ODE steps; default config.flow.sample_steps.")
   flags.DEFINE_enum("schedule", None, list(SCHEDULES), "Time schedule; default the config's.")
-  flags.DEFINE_enum("method", None, list(SOLVERS), "ODE solver; default euler (t2v), the "
-                    "run's config.flow.method (v2a).")
+  flags.DEFINE_enum(
+    "method",
+    None,
+    list(SOLVERS),
+    "ODE solver; default euler (t2v), the run's config.flow.method (v2a).",
+  )
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale; default the config's.")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
-  flags.DEFINE_integer("num_frames", None, "Frames; 1 samples an image. Default: the first "
-                       "video bucket's.")
+  flags.DEFINE_integer(
+    "num_frames", None, "Frames; 1 samples an image. Default: the first video bucket's."
+  )
   flags.DEFINE_integer("height", None, "Pixels; a multiple of TAE factor x patch size.")
   flags.DEFINE_integer("width", None, "Pixels; a multiple of TAE factor x patch size.")
   flags.DEFINE_integer("batch_size", 8, "Prompts sampled together.")
@@ -189,11 +258,21 @@ def main():
       return
     try:
       prompts = read_prompts(FLAGS.prompt, FLAGS.prompts_file)
-      paths = sample(FLAGS.workdir, prompts, FLAGS.out_dir or os.path.join(
-          FLAGS.workdir, "samples", "cli"), num_steps=FLAGS.num_steps,
-          schedule=FLAGS.schedule, cfg_scale=FLAGS.cfg_scale, seed=FLAGS.seed,
-          num_frames=FLAGS.num_frames, height=FLAGS.height, width=FLAGS.width,
-          method=FLAGS.method or "euler", batch_size=FLAGS.batch_size, step=FLAGS.step)
+      paths = sample(
+        FLAGS.workdir,
+        prompts,
+        FLAGS.out_dir or os.path.join(FLAGS.workdir, "samples", "cli"),
+        num_steps=FLAGS.num_steps,
+        schedule=FLAGS.schedule,
+        cfg_scale=FLAGS.cfg_scale,
+        seed=FLAGS.seed,
+        num_frames=FLAGS.num_frames,
+        height=FLAGS.height,
+        width=FLAGS.width,
+        method=FLAGS.method or "euler",
+        batch_size=FLAGS.batch_size,
+        step=FLAGS.step,
+      )
     except (ValueError, FileNotFoundError) as e:
       sys.stderr.write(f"mgjax.sample: {e}\n")
       sys.exit(2)

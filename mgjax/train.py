@@ -39,8 +39,10 @@ from mgjax.train_state import TrainState
 
 # ----------------------------------------------------------------------------- step
 
-def train_step(state: TrainState, batch, *, task: Task, optimizer,
-               ema_decay: float = 0.0) -> tuple[TrainState, dict]:
+
+def train_step(
+  state: TrainState, batch, *, task: Task, optimizer, ema_decay: float = 0.0
+) -> tuple[TrainState, dict]:
   """One optimizer update. Pure: the same state and batch give the same result."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
@@ -53,25 +55,35 @@ def train_step(state: TrainState, batch, *, task: Task, optimizer,
     ema_params = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), ema_params, params)
   if isinstance(opt_state, optax.ApplyIfFiniteState):  # optimizer.skip_non_finite > 0
     # A skipped update left params unchanged; the EMA must not move towards them either.
-    ema_params = jax.tree.map(lambda new, old: jnp.where(opt_state.last_finite, new, old),
-                              ema_params, state.ema_params)
-    metrics.update(skipped_updates=opt_state.total_notfinite,
-                   non_finite_in_a_row=opt_state.notfinite_count)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       ema_params=ema_params), metrics
+    ema_params = jax.tree.map(
+      lambda new, old: jnp.where(opt_state.last_finite, new, old), ema_params, state.ema_params
+    )
+    metrics.update(
+      skipped_updates=opt_state.total_notfinite, non_finite_in_a_row=opt_state.notfinite_count
+    )
+  return state.replace(
+    step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+  ), metrics
 
 
 # ---------------------------------------------------------------------------- state
 
+
 def make_init_fn(task: Task, optimizer, seed: int, ema: bool = False):
   """A function () -> logically boxed TrainState, for eval_shape and jit."""
+
   def init_boxed():
     rng = jax.random.key(seed)
     params, frozen = task.init(jax.random.fold_in(rng, 0))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                      opt_state=optimizer.init(params),
-                      rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
-                      ema_params=params if ema else {})
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      frozen=frozen,
+      opt_state=optimizer.init(params),
+      rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
+      ema_params=params if ema else {},
+    )
+
   return init_boxed
 
 
@@ -91,14 +103,16 @@ def _replace_subtrees(tree, new, shardings, path: str = ""):
   if not isinstance(new, dict):
     expected = tuple(tree.shape)
     if tuple(np.shape(new)) != expected:
-      raise ValueError(f"Pretrained weight {path} has shape {np.shape(new)}; the model "
-                       f"expects {expected}.")
+      raise ValueError(
+        f"Pretrained weight {path} has shape {np.shape(new)}; the model expects {expected}."
+      )
     value = np.asarray(new, tree.dtype)  # the same on every host: each takes its shards
     return jax.make_array_from_callback(value.shape, shardings, lambda index: value[index])
   missing = set(new) - set(tree)
   if missing:
-    raise ValueError(f"Pretrained weights {sorted(missing)} under {path or '/'} are not in "
-                     f"the model.")
+    raise ValueError(
+      f"Pretrained weights {sorted(missing)} under {path or '/'} are not in the model."
+    )
   out = dict(tree)
   for key, value in new.items():
     out[key] = _replace_subtrees(tree[key], value, shardings[key], f"{path}/{key}")
@@ -114,11 +128,13 @@ def with_pretrained(state: TrainState, task: Task, shardings: TrainState) -> Tra
     return state
   params, frozen = pretrained.get("params", {}), pretrained.get("frozen", {})
   replaced = state.replace(
-      params=_replace_subtrees(state.params, params, shardings.params),
-      frozen=_replace_subtrees(state.frozen, frozen, shardings.frozen))
+    params=_replace_subtrees(state.params, params, shardings.params),
+    frozen=_replace_subtrees(state.frozen, frozen, shardings.frozen),
+  )
   if state.ema_params and jax.tree.leaves(params):
     replaced = replaced.replace(
-        ema_params=_replace_subtrees(state.ema_params, params, shardings.ema_params))
+      ema_params=_replace_subtrees(state.ema_params, params, shardings.ema_params)
+    )
   return replaced
 
 
@@ -130,10 +146,11 @@ def batch_signature(batch) -> tuple:
 def jit_train_step(task: Task, optimizer, mesh, state_shardings, ema_decay: float = 0.0):
   """The trainer's step, jitted: the state is donated, the new state keeps its
   shardings and the metrics are replicated."""
-  return jax.jit(functools.partial(train_step, task=task, optimizer=optimizer,
-                                   ema_decay=ema_decay),
-                 out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-                 donate_argnums=(0,))
+  return jax.jit(
+    functools.partial(train_step, task=task, optimizer=optimizer, ema_decay=ema_decay),
+    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
 
 def abstract_batch(name: str, spec: dict, mesh) -> dict:
@@ -142,16 +159,22 @@ def abstract_batch(name: str, spec: dict, mesh) -> dict:
   batch_shards = math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
   for key, value in spec.items():
     if value.shape[0] % batch_shards:
-      raise ValueError(f"Batch {name!r} has {value.shape[0]} examples ({key}), which does "
-                       f"not split over the mesh's {batch_shards} data x fsdp shards; use a "
-                       f"batch size that is a multiple of {batch_shards}.")
-  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                  sharding=sharding_lib.batch_sharding(mesh, len(v.shape)))
-          for k, v in spec.items()}
+      raise ValueError(
+        f"Batch {name!r} has {value.shape[0]} examples ({key}), which does "
+        f"not split over the mesh's {batch_shards} data x fsdp shards; use a "
+        f"batch size that is a multiple of {batch_shards}."
+      )
+  return {
+    k: jax.ShapeDtypeStruct(
+      v.shape, v.dtype, sharding=sharding_lib.batch_sharding(mesh, len(v.shape))
+    )
+    for k, v in spec.items()
+  }
 
 
-def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shardings,
-                  ema_decay: float = 0.0):
+def compile_steps(
+  task: Task, optimizer, mesh, rules, abstract_state, state_shardings, ema_decay: float = 0.0
+):
   """AOT-compiles the train step once per batch shape the task declares.
 
   Returns {signature of this process's rows of the batch: (compiled step, batch
@@ -168,8 +191,10 @@ def compile_steps(task: Task, optimizer, mesh, rules, abstract_state, state_shar
     log_memory(name, compiled)
     global_rows = next(iter(spec.values())).shape[0]
     rows = batch_rows(mesh)(global_rows)
-    local_spec = {k: jax.ShapeDtypeStruct((rows.stop - rows.start,) + v.shape[1:], v.dtype)
-                  for k, v in spec.items()}
+    local_spec = {
+      k: jax.ShapeDtypeStruct((rows.stop - rows.start,) + v.shape[1:], v.dtype)
+      for k, v in spec.items()
+    }
     shardings = {k: v.sharding for k, v in batch.items()}
     compiled_steps[batch_signature(local_spec)] = (compiled, shardings, global_rows)
   return compiled_steps
@@ -188,6 +213,7 @@ def count_params(tree) -> int:
 
 # ----------------------------------------------------------------------------- loop
 
+
 class MetricsWriter:
   """Writes metrics to workdir/metrics.jsonl (one JSON object per logged step) and
   to TensorBoard event files in workdir/tensorboard; only process 0 writes."""
@@ -197,6 +223,7 @@ class MetricsWriter:
     self.tensorboard = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
+
       self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict):
@@ -214,8 +241,7 @@ class MetricsWriter:
       self.tensorboard.close()
 
 
-def check_finite(metrics: dict, step: int, last_checkpoint: int | None,
-                 skip_limit: int = 0):
+def check_finite(metrics: dict, step: int, last_checkpoint: int | None, skip_limit: int = 0):
   """Stops the run on a non-finite loss, unless the optimizer skipped that update and
   no more than `skip_limit` in a row (optimizer.skip_non_finite)."""
   loss = float(metrics["loss"])
@@ -223,15 +249,21 @@ def check_finite(metrics: dict, step: int, last_checkpoint: int | None,
     return
   in_a_row = int(metrics.get("non_finite_in_a_row", 0))
   if skip_limit and in_a_row <= skip_limit:
-    logging.warning("Loss is %s at step %d: update skipped (%d in a row, %d allowed).",
-                    loss, step, in_a_row, skip_limit)
+    logging.warning(
+      "Loss is %s at step %d: update skipped (%d in a row, %d allowed).",
+      loss,
+      step,
+      in_a_row,
+      skip_limit,
+    )
     return
   raise FloatingPointError(
-      f"Loss is {loss} at step {step}. Last complete checkpoint: "
-      f"{last_checkpoint if last_checkpoint is not None else 'none'}. Lower the "
-      "learning rate or check the data; the run resumes from that checkpoint. To skip "
-      "isolated bad updates instead, set --config.optimizer.skip_non_finite=N (at most "
-      "N in a row).")
+    f"Loss is {loss} at step {step}. Last complete checkpoint: "
+    f"{last_checkpoint if last_checkpoint is not None else 'none'}. Lower the "
+    "learning rate or check the data; the run resumes from that checkpoint. To skip "
+    "isolated bad updates instead, set --config.optimizer.skip_non_finite=N (at most "
+    "N in a row)."
+  )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -252,18 +284,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -------------------------------------------------------------------- state
   optimizer, schedule = optim.make_optimizer(config.optimizer, num_steps)
   init, abstract_state, state_shardings = create_state(task, optimizer, config, mesh)
-  logging.info("Trainable parameters: %s; frozen: %s", f"{count_params(abstract_state.params):,}",
-               f"{count_params(abstract_state.frozen):,}")
+  logging.info(
+    "Trainable parameters: %s; frozen: %s",
+    f"{count_params(abstract_state.params):,}",
+    f"{count_params(abstract_state.frozen):,}",
+  )
 
   # --------------------------------------------------------------- checkpoint
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.checkpoint_every,
-                                             config.train.keep_checkpoints,
-                                             config.train.keep_checkpoints_every)
+  checkpointer = checkpoint_lib.Checkpointer(
+    workdir,
+    config.train.checkpoint_every,
+    config.train.keep_checkpoints,
+    config.train.keep_checkpoints_every,
+  )
   start_step = checkpointer.latest_step()
   if start_step is not None:
     logging.info("Resuming from step %d in %s", start_step, checkpointer.directory)
     state = checkpointer.restore(
-        start_step, checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings))
+      start_step, checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
+    )
   else:
     start_step = 0
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -274,8 +313,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f.write(config.to_json(indent=2))
 
   # --------------------------------------------------------------------- step
-  step_fns = compile_steps(task, optimizer, mesh, rules, abstract_state, state_shardings,
-                           config.train.ema_decay)
+  step_fns = compile_steps(
+    task, optimizer, mesh, rules, abstract_state, state_shardings, config.train.ema_decay
+  )
 
   # --------------------------------------------------------------------- loop
   writer = MetricsWriter(workdir)
@@ -285,16 +325,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_state = checkpointer.restore_data(start_step) if start_step else None
   if data_state is not None:
     batches.set_state(data_state)
-  progress = tqdm.tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                       disable=not config.train.progress_bar or jax.process_index() != 0)
+  progress = tqdm.tqdm(
+    total=num_steps,
+    initial=start_step,
+    unit="step",
+    dynamic_ncols=True,
+    disable=not config.train.progress_bar or jax.process_index() != 0,
+  )
   preemption = PreemptionWatch()
   try:
     for step in range(start_step, num_steps):
       host_batch = next(batches)
       signature = batch_signature(host_batch)
       if signature not in step_fns:
-        raise ValueError(f"Batch {signature} at step {step} matches none of the shapes the "
-                         f"task declared in batch_specs(): {list(step_fns)}.")
+        raise ValueError(
+          f"Batch {signature} at step {step} matches none of the shapes the "
+          f"task declared in batch_specs(): {list(step_fns)}."
+        )
       compiled, shardings, global_rows = step_fns[signature]
       local_rows = signature[0][1][0]
       tokens += task.batch_tokens(host_batch) * global_rows // local_rows
@@ -308,8 +355,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       should_log = done % config.train.log_every == 0 or is_last
       if should_save or should_log:  # never log or checkpoint a non-finite state
         metrics = jax.device_get(metrics)
-        check_finite(metrics, done, checkpointer.latest_step(),
-                     config.optimizer.skip_non_finite)
+        check_finite(metrics, done, checkpointer.latest_step(), config.optimizer.skip_non_finite)
       if should_log:
         elapsed = time.time() - last_log_time
         metrics["steps_per_second"] = (done - last_log_step) / max(elapsed, 1e-9)
@@ -319,22 +365,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics.update(batches.metrics())
         metrics.update(task.data_metrics())
         writer.write(done, metrics)
-        logging.info("step %d/%d %s", done, num_steps,
-                     " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
+        logging.info(
+          "step %d/%d %s",
+          done,
+          num_steps,
+          " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())),
+        )
         last_log_time, last_log_step, tokens = time.time(), done, 0
         progress.set_postfix(loss=f"{float(metrics['loss']):.4g}")
       if should_save:
         checkpointer.save(done, state, config, data_state=batches.get_state(), force=True)
         logging.info("Saving checkpoint at step %d", done)
       if preempted:
-        logging.warning("Stopped at step %d on request (SIGTERM); its checkpoint is "
-                        "saved. Rerun the same command to resume.", done)
+        logging.warning(
+          "Stopped at step %d on request (SIGTERM); its checkpoint is "
+          "saved. Rerun the same command to resume.",
+          done,
+        )
         break
       if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
         eval_metrics = task.evaluate(*evaluation_copy(state), done)
         writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-        logging.info("eval step %d: %s", done,
-                     " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+        logging.info(
+          "eval step %d: %s",
+          done,
+          " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())),
+        )
   finally:  # also when the run stops on an error: the saves in flight complete
     batches.close()
     preemption.close()
@@ -379,7 +435,8 @@ def restore_train_state(workdir: str, step: int | None = None):
   if step is None:
     raise FileNotFoundError(f"No complete checkpoint in {checkpointer.directory}.")
   state = checkpointer.restore(
-      step, checkpoint_lib.abstract_with_shardings(abstract_state, shardings))
+    step, checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
+  )
   checkpointer.close()
   return config, task, state
 
@@ -394,21 +451,30 @@ def log_memory(name: str, compiled):
   if analysis is None:
     return
   gib = 1 / 2**30
-  logging.info("Compiled train step for %r batches, per device: arguments %.3f GiB, "
-               "temporaries %.3f GiB, outputs %.3f GiB", name,
-               analysis.argument_size_in_bytes * gib,
-               analysis.temp_size_in_bytes * gib, analysis.output_size_in_bytes * gib)
+  logging.info(
+    "Compiled train step for %r batches, per device: arguments %.3f GiB, "
+    "temporaries %.3f GiB, outputs %.3f GiB",
+    name,
+    analysis.argument_size_in_bytes * gib,
+    analysis.temp_size_in_bytes * gib,
+    analysis.output_size_in_bytes * gib,
+  )
 
 
 def main():
   """Command line: defines the flags here so importing this module defines none."""
-  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                                lock_config=True)
-  workdir_flag = flags.DEFINE_string("workdir", None, "Directory for checkpoints, "
-                                     "metrics and outputs; an existing one resumes.")
+  config_flag = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+  )
+  workdir_flag = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and outputs; an existing one resumes."
+  )
   coordinator = flags.DEFINE_string(
-      "coordinator_address", "", "host:port of process 0 in a multi-process run; see "
-      "mgjax/parallel/distributed.py for the environment and cluster alternatives.")
+    "coordinator_address",
+    "",
+    "host:port of process 0 in a multi-process run; see "
+    "mgjax/parallel/distributed.py for the environment and cluster alternatives.",
+  )
   num_processes = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
   process_id = flags.DEFINE_integer("process_id", -1, "This process's index.")
 
@@ -416,8 +482,10 @@ def main():
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if config_flag.value is None or workdir_flag.value is None:
-      raise app.UsageError("Both --config and --workdir are required, e.g. "
-                           "--config=experiments/tae.py:tiny --workdir=/tmp/tae")
+      raise app.UsageError(
+        "Both --config and --workdir are required, e.g. "
+        "--config=experiments/tae.py:tiny --workdir=/tmp/tae"
+      )
     distributed.initialize(coordinator.value, num_processes.value, process_id.value)
     try:
       train(config_flag.value, workdir_flag.value)
@@ -433,8 +501,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
-    sys.stderr.write(f"Invalid command line: {message}\nFix the flag; every config field "
-                     "is listed in the config file (--config=FILE:ARG).\n")
+    sys.stderr.write(
+      f"Invalid command line: {message}\nFix the flag; every config field "
+      "is listed in the config file (--config=FILE:ARG).\n"
+    )
     sys.exit(2)
 
 

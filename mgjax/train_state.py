@@ -10,11 +10,11 @@ import jax
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array       # int32 scalar: number of updates applied
-  params: Any           # trainable parameters
-  frozen: Any           # parameters the loss uses but does not train
+  step: jax.Array  # int32 scalar: number of updates applied
+  params: Any  # trainable parameters
+  frozen: Any  # parameters the loss uses but does not train
   opt_state: Any
-  rng: jax.Array        # uint32[2] raw key; step s uses fold_in(rng, s)
+  rng: jax.Array  # uint32[2] raw key; step s uses fold_in(rng, s)
   ema_params: Any = None  # exponential moving average of params; {} when off
 
   def eval_params(self):

@@ -30,7 +30,7 @@ from mgjax.models.audio_dit import AudioDiT, align_video_features, guided_veloci
 
 SIGMA = flow.SIGMA_MIN
 PERIODS = (16.0, 24.0)  # frames
-WHITE = 1e-3            # white-noise variance of the Gaussian process
+WHITE = 1e-3  # white-noise variance of the Gaussian process
 STRATEGIES = ("multidiffusion", "autoregressive")
 
 
@@ -101,11 +101,9 @@ def test_window_geometry():
   with pytest.raises(ValueError, match=r"overlap must be in \[0, window\)"):
     lf.window_starts(100, 32, 32)
   with pytest.raises(ValueError, match="Unknown long-form method"):
-    lf.sample_long("stitch", exact_velocity, jnp.zeros((1, 40, 2)), [0.0, 1.0], window=8,
-                   overlap=2)
+    lf.sample_long("stitch", exact_velocity, jnp.zeros((1, 40, 2)), [0.0, 1.0], window=8, overlap=2)
   with pytest.raises(ValueError, match="overlap >= 1"):
-    lf.autoregressive_sample(exact_velocity, jnp.zeros((1, 40, 2)), [0.0, 1.0], window=8,
-                             overlap=0)
+    lf.autoregressive_sample(exact_velocity, jnp.zeros((1, 40, 2)), [0.0, 1.0], window=8, overlap=0)
 
 
 def test_crossfade_ramps_linearly():
@@ -121,28 +119,50 @@ def test_both_methods_reproduce_a_known_signal_across_windows(strategy):
   b, num_frames, c, window, overlap = 2, 101, 3, 32, 8  # 4 windows, last one end-aligned
   target = smooth_target(b, num_frames, c)
   noise = jax.random.normal(jax.random.key(0), target.shape)
-  out = lf.sample_long(strategy, exact_velocity, noise, flow.linear_schedule(4),
-                       window=window, overlap=overlap, method="midpoint", aligned=target)
+  out = lf.sample_long(
+    strategy,
+    exact_velocity,
+    noise,
+    flow.linear_schedule(4),
+    window=window,
+    overlap=overlap,
+    method="midpoint",
+    aligned=target,
+  )
   assert out.shape == (b, num_frames, c)
   np.testing.assert_allclose(out, target, atol=2e-3)
   # With T == window both are plain sampling of one window.
-  one = lf.sample_long(strategy, exact_velocity, noise[:, :window], flow.linear_schedule(4),
-                       window=window, overlap=overlap, aligned=target[:, :window])
-  plain = flow.solve(lambda x, t: exact_velocity(x, t, None, None, target[:, :window], None),
-                     noise[:, :window], flow.linear_schedule(4), "midpoint")
+  one = lf.sample_long(
+    strategy,
+    exact_velocity,
+    noise[:, :window],
+    flow.linear_schedule(4),
+    window=window,
+    overlap=overlap,
+    aligned=target[:, :window],
+  )
+  plain = flow.solve(
+    lambda x, t: exact_velocity(x, t, None, None, target[:, :window], None),
+    noise[:, :window],
+    flow.linear_schedule(4),
+    "midpoint",
+  )
   np.testing.assert_allclose(one, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_multidiffusion_velocity_blends_disagreeing_windows_by_weight():
   """Windows that each return their own start index: the blend is the weighted
   average of those constants, frame by frame."""
+
   def start_of_window(x, t, context, context_mask, aligned, per_example):
     return jnp.broadcast_to(aligned[:, :1], x.shape)  # every frame: the window's first
+
   frames = jnp.arange(40, dtype=jnp.float32)[None, :, None]  # [1, T, 1]
   x = jnp.zeros((1, 40, 1))
   zeros = jnp.zeros((1, 40, 1))
-  v = lf.multidiffusion_velocity(start_of_window, x, jnp.zeros(1), zeros, zeros, frames,
-                                 None, window=16, overlap=6)
+  v = lf.multidiffusion_velocity(
+    start_of_window, x, jnp.zeros(1), zeros, zeros, frames, None, window=16, overlap=6
+  )
   index, weight = lf.blend_plan(40, 16, 6)
   expected = np.zeros(40)
   np.add.at(expected, index, weight * index[:, :1])
@@ -171,22 +191,29 @@ def seam_measures(x: np.ndarray, boundaries, guard: int = 3, segment: int = 16):
 
   hann = np.hanning(segment)[None, :, None]
   high = np.fft.rfftfreq(segment) > 1 / 6
+
   def band_power(centre):
-    seg = x[:, centre - segment // 2: centre + segment // 2]
+    seg = x[:, centre - segment // 2 : centre + segment // 2]
     seg = (seg - seg.mean(axis=1, keepdims=True)) * hann
     return np.mean(np.abs(np.fft.rfft(seg, axis=1)[:, high]) ** 2)
+
   centres = range(segment // 2, x.shape[1] - segment // 2 + 1)
   reference = np.median([band_power(c) for c in centres])
   band = max(band_power(b) for b in boundaries) / reference
 
-  power = lambda seg: np.mean(seg ** 2)
-  energy = max(max(power(x[:, b:b + 8]) / power(x[:, b - 8:b]),
-                   power(x[:, b - 8:b]) / power(x[:, b:b + 8])) for b in boundaries)
+  power = lambda seg: np.mean(seg**2)
+  energy = max(
+    max(
+      power(x[:, b : b + 8]) / power(x[:, b - 8 : b]),
+      power(x[:, b - 8 : b]) / power(x[:, b : b + 8]),
+    )
+    for b in boundaries
+  )
   return jump, band, energy
 
 
-JUMP_LIMIT = 2.0   # a seam's frame step at most 2x the typical step inside windows
-BAND_LIMIT = 2.0   # and at most 2x the typical high-frequency power
+JUMP_LIMIT = 2.0  # a seam's frame step at most 2x the typical step inside windows
+BAND_LIMIT = 2.0  # and at most 2x the typical high-frequency power
 ENERGY_LIMIT = 2.0
 
 
@@ -206,16 +233,24 @@ def extension():
 def edges(num_frames, window, overlap):
   """Every window start and end strictly inside the clip."""
   starts = lf.window_starts(num_frames, window, overlap)
-  return sorted({s for s in starts if s > 0} | {s + window for s in starts
-                                                if s + window < num_frames})
+  return sorted(
+    {s for s in starts if s > 0} | {s + window for s in starts if s + window < num_frames}
+  )
 
 
 def test_naive_concatenation_fails_the_seam_check(extension):
   noise, window, _, schedule = extension
-  pieces = [flow.solve(lambda x, t: gaussian_velocity(
-                x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None),
-                       noise[:, s:s + window], schedule, "midpoint")
-            for s in range(0, noise.shape[1], window)]
+  pieces = [
+    flow.solve(
+      lambda x, t: gaussian_velocity(
+        x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None
+      ),
+      noise[:, s : s + window],
+      schedule,
+      "midpoint",
+    )
+    for s in range(0, noise.shape[1], window)
+  ]
   naive = np.asarray(jnp.concatenate(pieces, axis=1))
   jump, band, energy = seam_measures(naive, [window, 2 * window])
   print(f"naive concatenation: jump {jump:.2f}, high band {band:.2f}, energy {energy:.2f}")
@@ -231,8 +266,9 @@ def test_naive_concatenation_fails_the_seam_check(extension):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_extension_is_continuous_at_every_window_boundary(extension, strategy):
   noise, window, overlap, schedule = extension
-  out = lf.sample_long(strategy, gaussian_velocity, noise, schedule, window=window,
-                       overlap=overlap, method="midpoint")
+  out = lf.sample_long(
+    strategy, gaussian_velocity, noise, schedule, window=window, overlap=overlap, method="midpoint"
+  )
   out = np.asarray(out)
   assert out.shape == noise.shape and np.all(np.isfinite(out))
   boundaries = edges(noise.shape[1], window, overlap)
@@ -243,15 +279,20 @@ def test_extension_is_continuous_at_every_window_boundary(extension, strategy):
   # The output is the process, not a flattened blend: unit variance, and neighbouring
   # frames correlated as a sinusoid of period >= 16 makes them.
   assert 0.5 < float(np.var(out)) < 2.0
-  lag1 = np.mean(out[:, 1:] * out[:, :-1]) / np.mean(out ** 2)
+  lag1 = np.mean(out[:, 1:] * out[:, :-1]) / np.mean(out**2)
   assert lag1 > 0.9
   if strategy == "autoregressive":
     # Window 2 continues window 1 from its context: the overlap frames stay what
     # window 1 made (a crossfade of two unrelated windows would blur them, and a
     # model blind to its context measures 1.2 / 2.8 / 1.5 above: the band check fails).
-    first = flow.solve(lambda x, t: gaussian_velocity(
-        x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None),
-                       noise[:, :window], schedule, "midpoint")
+    first = flow.solve(
+      lambda x, t: gaussian_velocity(
+        x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None
+      ),
+      noise[:, :window],
+      schedule,
+      "midpoint",
+    )
     np.testing.assert_allclose(out[:, :window], first, atol=1e-2)  # measured 4e-5; blind 3.1
 
 
@@ -259,13 +300,29 @@ def test_autoregression_continues_the_given_context(extension):
   """With a given prefix as context, window 1 continues it: the first frames are the
   prefix, and there is no seam between prefix and generated audio."""
   noise, window, overlap, schedule = extension
-  prefix = np.asarray(lf.sample_long("multidiffusion", gaussian_velocity, noise[:, :window],
-                                     schedule, window=window, overlap=overlap))
+  prefix = np.asarray(
+    lf.sample_long(
+      "multidiffusion",
+      gaussian_velocity,
+      noise[:, :window],
+      schedule,
+      window=window,
+      overlap=overlap,
+    )
+  )
   context = jnp.zeros_like(noise).at[:, :12].set(prefix[:, :12])
   mask = jnp.zeros(noise.shape[:2] + (1,)).at[:, :12].set(1.0)
-  out = np.asarray(lf.autoregressive_sample(
-      gaussian_velocity, jax.random.normal(jax.random.key(5), noise.shape), schedule,
-      window=window, overlap=overlap, context=context, context_mask=mask))
+  out = np.asarray(
+    lf.autoregressive_sample(
+      gaussian_velocity,
+      jax.random.normal(jax.random.key(5), noise.shape),
+      schedule,
+      window=window,
+      overlap=overlap,
+      context=context,
+      context_mask=mask,
+    )
+  )
   np.testing.assert_allclose(out[:, :12], prefix[:, :12], atol=0.05)
   assert continuous(seam_measures(out, [12] + edges(noise.shape[1], window, overlap)))
 
@@ -274,8 +331,15 @@ def test_autoregression_continues_the_given_context(extension):
 
 
 def test_real_tiny_audio_dit_through_both_methods():
-  model = AudioDiT(num_layers=2, embed_dim=32, mlp_dim=64, num_heads=2, max_frames=16,
-                   latent_rate=25.0, video_fps=16.0)
+  model = AudioDiT(
+    num_layers=2,
+    embed_dim=32,
+    mlp_dim=64,
+    num_heads=2,
+    max_frames=16,
+    latent_rate=25.0,
+    video_fps=16.0,
+  )
   b, num_frames, c, window, overlap = 2, 40, 4, 16, 4
   keys = jax.random.split(jax.random.key(0), 4)
   noise = jax.random.normal(keys[0], (b, num_frames, c))
@@ -285,19 +349,33 @@ def test_real_tiny_audio_dit_through_both_methods():
   # Random values for every parameter (shapes from eval_shape: no init to compile), so
   # no zero-initialised layer makes the output 0.
   init = functools.partial(model.init, video_fps=25.0)  # a Python float, not traced
-  abstract = nn.meta.unbox(jax.eval_shape(init, keys[3], noise[:, :window], jnp.zeros(b),
-                                          None, None, aligned["video"][:, :window], text))
+  abstract = nn.meta.unbox(
+    jax.eval_shape(
+      init, keys[3], noise[:, :window], jnp.zeros(b), None, None, aligned["video"][:, :window], text
+    )
+  )
   rng = np.random.default_rng(0)
-  variables = jax.tree.map(lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype),
-                           abstract)
+  variables = jax.tree.map(
+    lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype), abstract
+  )
   velocity_fn = guided_velocity_fn(model, 3.0)
   context = jnp.zeros_like(noise).at[:, :5].set(1.0)
   mask = jnp.zeros((b, num_frames, 1)).at[:, :5].set(1.0)
   for strategy in STRATEGIES:
-    out = lf.sample_long(strategy, velocity_fn, noise, flow.linear_schedule(2),
-                         window=window, overlap=overlap, method="midpoint", context=context,
-                         context_mask=mask, aligned=aligned, per_example={"text": text},
-                         args=(variables,))
+    out = lf.sample_long(
+      strategy,
+      velocity_fn,
+      noise,
+      flow.linear_schedule(2),
+      window=window,
+      overlap=overlap,
+      method="midpoint",
+      context=context,
+      context_mask=mask,
+      aligned=aligned,
+      per_example={"text": text},
+      args=(variables,),
+    )
     assert out.shape == noise.shape, strategy
     assert bool(jnp.all(jnp.isfinite(out))), strategy
     assert float(jnp.abs(out - noise).mean()) > 1e-2, strategy  # the model moved it

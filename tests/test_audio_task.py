@@ -25,9 +25,14 @@ from mgjax.tasks import get_task_class
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {  # a tiny audio DiT, video encoder and data set: seconds per step on CPU
-    "model.num_layers": 1, "model.embed_dim": 32, "model.mlp_dim": 64, "model.num_heads": 2,
-    "video_encoder.features": 16, "video_encoder.channels": (8, 8),
-    "video_encoder.num_groups": 4, "train.batch_size": 8,
+  "model.num_layers": 1,
+  "model.embed_dim": 32,
+  "model.mlp_dim": 64,
+  "model.num_heads": 2,
+  "video_encoder.features": 16,
+  "video_encoder.channels": (8, 8),
+  "video_encoder.num_groups": 4,
+  "train.batch_size": 8,
 }
 
 
@@ -57,16 +62,20 @@ def random_batch(task, seed=0):
   spec = task.batch_specs()["clip"]
   rng = np.random.default_rng(seed)
   tokens = task.text.tokenize([f"a red circle bounces {seed}"] * spec["latent"].shape[0])
-  return {"latent": rng.standard_normal(spec["latent"].shape).astype(np.float32),
-          "frames": rng.integers(0, 256, spec["frames"].shape, dtype=np.uint8), **tokens}
+  return {
+    "latent": rng.standard_normal(spec["latent"].shape).astype(np.float32),
+    "frames": rng.integers(0, 256, spec["frames"].shape, dtype=np.uint8),
+    **tokens,
+  }
 
 
 def perturbed(params, scale=0.05):
   """Params with noise on every leaf, so zero-initialised output layers say something."""
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(7), len(leaves))
-  return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype)
-                                   for p, k in zip(leaves, keys)])
+  return jax.tree.unflatten(
+    tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+  )
 
 
 # ------------------------------------------------------------------ unit tests
@@ -110,8 +119,9 @@ def test_condition_dropout_really_drops(tmp_path):
   seen = v(params, frozen, x, t, x, no_context, a["frames"], text_b, keep, keep)
   assert float(jnp.abs(seen - same).max()) > 1e-4
   # Through the loss: with video_drop_prob=1 the loss ignores the frames.
-  loss = lambda task, batch: float(jax.jit(task.loss)(params, frozen, batch,
-                                                      jax.random.key(3), 0)[0])
+  loss = lambda task, batch: float(
+    jax.jit(task.loss)(params, frozen, batch, jax.random.key(3), 0)[0]
+  )
   swapped = dict(a, frames=b["frames"])
   dropping, _, _ = make_task(tmp_path, **{"flow.video_drop_prob": 1.0})
   assert loss(dropping, a) == loss(dropping, swapped)
@@ -133,20 +143,21 @@ def test_context_mask_spans(tmp_path):
 def test_loss_counts_only_generated_frames(tmp_path):
   """With every example given context, changing the target on given frames (the
   latent there) moves the context input but not which frames are scored."""
-  task, params, frozen = make_task(tmp_path, **{"context.prob": 1.0,
-                                                "context.min_fraction": 0.3,
-                                                "context.max_fraction": 0.3})
+  task, params, frozen = make_task(
+    tmp_path, **{"context.prob": 1.0, "context.min_fraction": 0.3, "context.max_fraction": 0.3}
+  )
   batch = random_batch(task)
   rng = jax.random.key(4)
-  mask = np.asarray(audio_task.span_context_mask(
-      jax.random.split(rng, 4)[3], 2, 50, task.config.context))  # the loss's own draw
+  mask = np.asarray(
+    audio_task.span_context_mask(jax.random.split(rng, 4)[3], 2, 50, task.config.context)
+  )  # the loss's own draw
   hidden = 1 - mask
   # Zero-init output: the loss is the mean target^2 over the hidden frames only.
   x1 = batch["latent"]
   noise_rng = jax.random.split(jax.random.split(rng, 4)[0])[0]
   x0 = np.asarray(jax.random.normal(noise_rng, x1.shape))
   target = x1 - (1 - 1e-5) * x0
-  expected = float((target ** 2 * hidden).sum() / (hidden.sum() * x1.shape[-1]))
+  expected = float((target**2 * hidden).sum() / (hidden.sum() * x1.shape[-1]))
   loss, _ = jax.jit(task.loss)(params, frozen, batch, rng, 0)
   assert abs(float(loss) - expected) < 1e-4, (float(loss), expected)
 
@@ -156,13 +167,15 @@ def test_shapes_scores_and_their_chance_level():
   every bounce "heard" too, but the chance level says so and most onsets are false."""
   rate = 16_000
   spec = shapes_audio.clip_spec(shapes_audio.BOUNCING_SEED, 0, "bouncing")
-  record = {"bounce_times": shapes_audio.bounce_times(spec, 32, 16).tolist(),
-            "attributes": spec.attributes}
+  record = {
+    "bounce_times": shapes_audio.bounce_times(spec, 32, 16).tolist(),
+    "attributes": spec.attributes,
+  }
   own = shapes_audio.render_audio(spec, 32, 16, rate)  # [S, 1]
   spray = shapes_audio.tone(spec.color, own.shape[0], rate)
   burst = shapes_audio.click(rate)
   for start in range(0, own.shape[0] - len(burst), rate * 6 // 100):
-    spray[start:start + len(burst)] += burst
+    spray[start : start + len(burst)] += burst
   good = audio_task.shapes_scores(own[None], [record], rate)
   assert good["sync_score"] == 1.0 and good["false_onset_rate"] == 0.0
   assert good["tone_accuracy"] == 1.0 and good["chance_sync_score"] < 0.2
@@ -175,8 +188,9 @@ def test_shapes_scores_and_their_chance_level():
 
 
 def run(args, env=None, timeout=900):
-  return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout, env=env)
+  return subprocess.run(
+    [sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+  )
 
 
 @pytest.fixture(scope="module")
@@ -193,14 +207,27 @@ def trained(tmp_path_factory):
   with open(os.path.join(workdir, "shapes_audio", broken["video"]), "wb"):
     pass  # an empty .mp4: the clip must be skipped and counted
   overrides = [f"--config.{k}={str(v).replace(' ', '')}" for k, v in SMALL.items()]
-  result = run(["-m", "mgjax.train", "--config=experiments/audio.py:tiny",
-                f"--workdir={workdir}", "--config.vae.train_steps=2",
-                "--config.data.shapes.num_videos=24", "--config.train.num_steps=4",
-                "--config.train.log_every=2", "--config.train.checkpoint_every=4",
-                "--config.train.progress_bar=False", "--config.optimizer.warmup_steps=1",
-                "--config.eval.num_prompts=2", "--config.eval.num_bouncing_clips=2",
-                "--config.eval.num_steps=2",
-                "--config.eval.batch_size=2", "--config.eval.num_to_write=1"] + overrides)
+  result = run(
+    [
+      "-m",
+      "mgjax.train",
+      "--config=experiments/audio.py:tiny",
+      f"--workdir={workdir}",
+      "--config.vae.train_steps=2",
+      "--config.data.shapes.num_videos=24",
+      "--config.train.num_steps=4",
+      "--config.train.log_every=2",
+      "--config.train.checkpoint_every=4",
+      "--config.train.progress_bar=False",
+      "--config.optimizer.warmup_steps=1",
+      "--config.eval.num_prompts=2",
+      "--config.eval.num_bouncing_clips=2",
+      "--config.eval.num_steps=2",
+      "--config.eval.batch_size=2",
+      "--config.eval.num_to_write=1",
+    ]
+    + overrides
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, records, result
 
@@ -220,12 +247,13 @@ def test_training_runs_every_stage_and_counts_bad_clips(trained):
   assert held_out and f"Video-to-audio at step 4 on {held_out} held-out clips" in result.stdout
   # Sync is also scored on fresh clips that all bounce (the held-out split has few bounces).
   bouncing = shapes_audio.read_manifest(
-      os.path.join(workdir, "shapes_audio_bouncing", "manifest.jsonl"))
+    os.path.join(workdir, "shapes_audio_bouncing", "manifest.jsonl")
+  )
   assert len(bouncing) == 2 and all(r["bounce_times"] for r in bouncing)
   num_bounces = sum(len(r["bounce_times"]) for r in bouncing)
   assert eval_line["eval/bouncing_num_bounces"] == num_bounces
   assert 0.0 <= eval_line["eval/bouncing_sync_score"] <= 1.0
-  assert f"on 2 fresh bouncing clips: sync" in result.stdout
+  assert "on 2 fresh bouncing clips: sync" in result.stdout
   wave = audio_lib.read_audio(os.path.join(workdir, "samples", "step_4", "00.mp4"))
   assert abs(wave.shape[0] / 16_000 - 2.0) < 0.04
 
@@ -234,8 +262,18 @@ def test_v2a_writes_wav_and_muxed_mp4_of_the_videos_duration(trained, tmp_path):
   workdir, records, _ = trained
   video = os.path.join(workdir, "shapes_audio", records[-1]["video"])
   out = str(tmp_path / "out")
-  result = run(["-m", "mgjax.sample", "--task=v2a", f"--workdir={workdir}", f"--video={video}",
-                "--prompt=a red circle bounces", f"--out={out}", "--num_steps=2"])
+  result = run(
+    [
+      "-m",
+      "mgjax.sample",
+      "--task=v2a",
+      f"--workdir={workdir}",
+      f"--video={video}",
+      "--prompt=a red circle bounces",
+      f"--out={out}",
+      "--num_steps=2",
+    ]
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   stem = os.path.splitext(os.path.basename(video))[0]
   wav = audio_lib.read_audio(os.path.join(out, stem + ".wav"))
@@ -252,9 +290,12 @@ def test_v2a_writes_wav_and_muxed_mp4_of_the_videos_duration(trained, tmp_path):
 def test_v2a_long_video_goes_through_sample_long(trained, tmp_path, monkeypatch):
   """A video 3x the trained window: multi-diffusion over 4 windows, 6 s of sound."""
   from mgjax import sample_audio
+
   workdir, records, _ = trained
-  clips = [video_lib.read_clip(os.path.join(workdir, "shapes_audio", r["video"]), 32, fps=16)
-           for r in records[1:4]]
+  clips = [
+    video_lib.read_clip(os.path.join(workdir, "shapes_audio", r["video"]), 32, fps=16)
+    for r in records[1:4]
+  ]
   long_video = str(tmp_path / "long.mp4")
   video_lib.write_video(long_video, np.concatenate(clips), fps=16)  # 96 frames, 6 s
   calls = []
@@ -265,9 +306,10 @@ def test_v2a_long_video_goes_through_sample_long(trained, tmp_path, monkeypatch)
     return real(strategy, velocity_fn, noise, schedule, **kwargs)
 
   monkeypatch.setattr(audio_task, "sample_long", spy)
-  wav_path, mp4_path = sample_audio.video_to_audio(workdir, long_video, str(tmp_path / "o"),
-                                                   num_steps=2)
-  (strategy, shape, window, overlap), = calls
+  wav_path, mp4_path = sample_audio.video_to_audio(
+    workdir, long_video, str(tmp_path / "o"), num_steps=2
+  )
+  ((strategy, shape, window, overlap),) = calls
   assert strategy == "multidiffusion" and shape[1] == 150 and (window, overlap) == (50, 10)
   assert len(audio_longform.window_starts(shape[1], window, overlap)) == 4
   wav = audio_lib.read_audio(wav_path)
@@ -287,8 +329,17 @@ def test_v2a_bad_video_is_a_clear_error(tmp_path, kind):
   elif kind == "undecodable":
     with open(video, "w") as f:
       f.write("not a video\n" * 100)
-  result = run(["-m", "mgjax.sample", "--task=v2a", f"--workdir={workdir}", f"--video={video}",
-                f"--out={tmp_path / 'o'}"], timeout=120)
+  result = run(
+    [
+      "-m",
+      "mgjax.sample",
+      "--task=v2a",
+      f"--workdir={workdir}",
+      f"--video={video}",
+      f"--out={tmp_path / 'o'}",
+    ],
+    timeout=120,
+  )
   assert result.returncode == 2
   assert video in result.stderr and f"({kind})" in result.stderr
   assert "--video" in result.stderr and "Traceback" not in result.stderr

@@ -20,8 +20,14 @@ from mgjax.data.pipeline import all_rows
 from mgjax.models import audio_vae_losses as losses
 from mgjax.models.audio_vae import AudioVAE, Downsample, Upsample
 from mgjax.models.tae_losses import kl_divergence
-from mgjax.tasks.audio_vae import (AudioVAECodec, AudioVAETask, LoadAudioCrop, bouncing_clips,
-                                   make_audio_vae, reconstruction_scores)
+from mgjax.tasks.audio_vae import (
+  AudioVAECodec,
+  AudioVAETask,
+  LoadAudioCrop,
+  bouncing_clips,
+  make_audio_vae,
+  reconstruction_scores,
+)
 
 RATE = 16_000
 
@@ -30,9 +36,15 @@ RATE = 16_000
 def tiny():
   """The tiny config's hop (640 at 16 kHz) with one residual unit per level and
   narrow stacks: the same code paths, a fraction of the compile time."""
-  model = AudioVAE(sample_rate=RATE, strides=(4, 4, 5, 8), encoder_channels=(4, 8, 8, 8, 16),
-                   decoder_channels=(16, 8, 8, 8, 4), latent_channels=16, dilations=(1,),
-                   linear_bypass=True)
+  model = AudioVAE(
+    sample_rate=RATE,
+    strides=(4, 4, 5, 8),
+    encoder_channels=(4, 8, 8, 8, 16),
+    decoder_channels=(16, 8, 8, 8, 4),
+    latent_channels=16,
+    dilations=(1,),
+    linear_bypass=True,
+  )
   boxed = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1280, 1)))
   return model, boxed
 
@@ -43,8 +55,7 @@ def encode(model, variables, x):
 
 
 def decode(model, variables, z, num_samples=None):
-  return jax.jit(lambda v, z: model.apply(v, z, num_samples, method=AudioVAE.decode))(
-      variables, z)
+  return jax.jit(lambda v, z: model.apply(v, z, num_samples, method=AudioVAE.decode))(variables, z)
 
 
 def test_tiny_config_is_25_hz_by_16_channels():
@@ -52,8 +63,9 @@ def test_tiny_config_is_25_hz_by_16_channels():
   assert (model.sample_rate, model.hop, model.latent_rate) == (16_000, 640, 25.0)
   waveform = jax.ShapeDtypeStruct((2, RATE, 1), jnp.float32)  # 1 s
   variables = jax.eval_shape(model.init, jax.random.key(0), waveform)
-  mean, _ = jax.eval_shape(lambda v, x: model.apply(v, x, method=AudioVAE.encode),
-                           variables, waveform)
+  mean, _ = jax.eval_shape(
+    lambda v, x: model.apply(v, x, method=AudioVAE.encode), variables, waveform
+  )
   assert mean.shape == (2, 25, 16)
   num_params = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(variables)))
   assert 0.3e6 < num_params < 1.5e6, num_params
@@ -70,11 +82,12 @@ def test_fresh_model_round_trips_quietly_with_a_narrow_posterior(tiny):
   recon = decode(model, variables, mean, RATE)
   assert recon.shape == (2, RATE, 1) and float(jnp.abs(recon).max()) < 1.0
   # Untrained, the output is noise at about the input's level, not a saturated tanh.
-  assert float(jnp.sqrt(jnp.mean(recon ** 2))) < 0.6
+  assert float(jnp.sqrt(jnp.mean(recon**2))) < 0.6
   assert float(jnp.mean(jnp.abs(recon) > 0.99)) < 0.01
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) and
-                        len(x.names) == x.value.ndim for x in leaves)
+  assert leaves and all(
+    isinstance(x, nn.LogicallyPartitioned) and len(x.names) == x.value.ndim for x in leaves
+  )
 
 
 def test_paper_config_is_48k_to_25_hz_by_128_channels():
@@ -83,8 +96,9 @@ def test_paper_config_is_48k_to_25_hz_by_128_channels():
   assert model.latent_rate == 25.0
   waveform = jax.ShapeDtypeStruct((1, 48_000, 1), jnp.float32)  # 1 s
   variables = jax.eval_shape(model.init, jax.random.key(0), waveform)
-  mean, _ = jax.eval_shape(lambda v, x: model.apply(v, x, method=AudioVAE.encode),
-                           variables, waveform)
+  mean, _ = jax.eval_shape(
+    lambda v, x: model.apply(v, x, method=AudioVAE.encode), variables, waveform
+  )
   assert mean.shape == (1, 25, 128)
   num_params = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(variables)))
   print(f"paper audio VAE: {num_params / 1e6:.1f}M parameters")
@@ -124,9 +138,12 @@ def test_downsample_is_a_centred_strided_conv_with_kernel_2s():
   variables = module.init(jax.random.key(1), x)
   params = nn.meta.unbox(variables)["params"]["conv"]
   kernel = params["kernel"].reshape(2 * s, c, f)  # [2 taps x s samples] -> [2s]
-  expected = jax.lax.conv_general_dilated(
-      x, kernel, (s,), [(s // 2, s - s // 2)],
-      dimension_numbers=("NWC", "WIO", "NWC")) + params["bias"]
+  expected = (
+    jax.lax.conv_general_dilated(
+      x, kernel, (s,), [(s // 2, s - s // 2)], dimension_numbers=("NWC", "WIO", "NWC")
+    )
+    + params["bias"]
+  )
   np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -138,17 +155,18 @@ def test_upsample_is_the_transposed_strided_conv():
   x = jax.random.normal(jax.random.key(0), (1, frames * s, c))
   z = jax.random.normal(jax.random.key(1), (1, frames, f))
   down_vars = nn.meta.unbox(down.init(jax.random.key(2), x))
-  w = down_vars["params"]["conv"]["kernel"].reshape(2, s, c, f)    # [tap, phase, C, F]
+  w = down_vars["params"]["conv"]["kernel"].reshape(2, s, c, f)  # [tap, phase, C, F]
   down_vars["params"]["conv"]["bias"] = jnp.zeros((f,))
   # The same linear map, transposed: Upsample's kernel [tap, F, phase x C].
   up_kernel = jnp.flip(w, axis=0).transpose(0, 3, 1, 2).reshape(2, f, s * c)
   up_vars = {"params": {"conv": {"kernel": up_kernel, "bias": jnp.zeros((s * c,))}}}
-  lhs = jnp.vdot(down.apply(down_vars, x), z)        # <Down x, z>
-  rhs = jnp.vdot(x, up.apply(up_vars, z))             # <x, Up z>
+  lhs = jnp.vdot(down.apply(down_vars, x), z)  # <Down x, z>
+  rhs = jnp.vdot(x, up.apply(up_vars, z))  # <x, Up z>
   np.testing.assert_allclose(lhs, rhs, rtol=1e-4)
 
 
 # ------------------------------------------------------------------ losses, metrics
+
 
 def tone(freq=440.0, seconds=0.5, amplitude=0.5):
   t = np.arange(int(seconds * RATE)) / RATE
@@ -183,7 +201,7 @@ def test_snr_and_spectral_distance():
   assert losses.snr_db(x, x)[0] == np.inf
   np.testing.assert_allclose(losses.snr_db(np.zeros_like(x), x), [0.0], atol=1e-9)
   noise = np.random.default_rng(0).standard_normal(x.shape)
-  noise *= np.sqrt(np.sum(x ** 2) / np.sum(noise ** 2)) / 10  # 10x lower amplitude
+  noise *= np.sqrt(np.sum(x**2) / np.sum(noise**2)) / 10  # 10x lower amplitude
   np.testing.assert_allclose(losses.snr_db(x + noise, x), [20.0], atol=1e-6)
   windows = (256, 512, 1024)
   assert losses.spectral_distance_db(x, x, windows)[0] == 0.0
@@ -200,7 +218,7 @@ def clicks(seconds, times):
   burst = shapes_audio.click(RATE)
   for t in times:
     start = int(round(t * RATE))
-    x[start:start + len(burst)] += burst[:len(x) - start]
+    x[start : start + len(burst)] += burst[: len(x) - start]
   return x
 
 
@@ -219,17 +237,22 @@ def test_onset_loss_wants_the_click_in_its_frame():
   envelope = np.asarray(losses.onset_envelope(jnp.asarray(x), window))[0, 0]
   detector = shapes_audio.onset_strength(x[0], RATE)[0]
   assert envelope.max() > 15 and abs(envelope.max() - detector.max()) < 4, (
-      envelope.max(), detector.max())
+    envelope.max(),
+    detector.max(),
+  )
   steady = tone(amplitude=0.25)
   # Away from the ends: the STFT's zero padding makes the clip's first frames rise.
   assert np.asarray(losses.onset_envelope(jnp.asarray(steady), window))[0, 0, 4:-4].max() < 1
-  t = np.arange(x.shape[1]) / RATE - 0.22                   # a 30 ms attack, then the decay
+  t = np.arange(x.shape[1]) / RATE - 0.22  # a 30 ms attack, then the decay
   shape = np.where(t < 0, 0.0, np.where(t < 0.03, t / 0.03, np.exp(-(t - 0.03) / 0.004)))
   noise = np.random.default_rng(0).uniform(-1, 1, x.shape[1]) * shape
   burst = clicks(0.5, (0.25,))
-  noise *= np.sqrt(np.sum(burst ** 2) / np.sum(noise ** 2))   # the click's energy
-  candidates = {"none": steady, "early": clicked(times=(0.19,)),
-                "slow attack": steady + noise[None, :, None].astype(np.float32)}
+  noise *= np.sqrt(np.sum(burst**2) / np.sum(noise**2))  # the click's energy
+  candidates = {
+    "none": steady,
+    "early": clicked(times=(0.19,)),
+    "slow attack": steady + noise[None, :, None].astype(np.float32),
+  }
   windows = (window,)
   assert float(losses.onset_loss(jnp.asarray(x), jnp.asarray(x), windows)[0]) < 0.01
   for name, y in candidates.items():
@@ -243,10 +266,15 @@ def test_click_scores_count_only_clicks_at_the_bounces():
   config = audio_vae_config.get_config("tiny")
   clips, records = bouncing_clips(config.data.shapes_audio, RATE, 3, 640)
   assert clips.shape == (3, 2 * RATE, 1) and all(r["bounce_times"] for r in records)
-  tones = np.stack([shapes_audio.tone(r["attributes"]["color"], clips.shape[1], RATE)[:, None]
-                    for r in records])
-  early = np.stack([t + clicks(2.0, [max(0.0, b - 0.06) for b in r["bounce_times"]])[:, None]
-                    for t, r in zip(tones, records)])
+  tones = np.stack(
+    [shapes_audio.tone(r["attributes"]["color"], clips.shape[1], RATE)[:, None] for r in records]
+  )
+  early = np.stack(
+    [
+      t + clicks(2.0, [max(0.0, b - 0.06) for b in r["bounce_times"]])[:, None]
+      for t, r in zip(tones, records)
+    ]
+  )
   n = np.full(3, clips.shape[1])
   windows = (256,)
   perfect = reconstruction_scores(clips, clips, n, records, RATE, windows)
@@ -263,25 +291,31 @@ def test_bounce_and_end_crops(tmp_path):
   click of a record with "bounce_times"; end_fraction=1: crops end at the file end."""
   audio_lib.write_wav(str(tmp_path / "bounce.wav"), clicked(2.0, (0.5, 1.5))[0], RATE)
   audio_lib.write_wav(str(tmp_path / "tone.wav"), tone(seconds=2.0, amplitude=0.25)[0], RATE)
-  records = [{"path": str(tmp_path / "tone.wav")},
-             {"path": str(tmp_path / "bounce.wav"), "bounce_times": [0.5, 1.5]}]
+  records = [
+    {"path": str(tmp_path / "tone.wav")},
+    {"path": str(tmp_path / "bounce.wav"), "bounce_times": [0.5, 1.5]},
+  ]
   crop = 7680
   load = LoadAudioCrop(records, crop, RATE, 1, False, bounce_fraction=1.0)
   for seed in range(12):
     audio = load(0, np.random.default_rng(seed))["audio"][:, 0]
     assert audio.shape == (crop,)
     loudest = int(np.argmax(np.abs(audio)))
-    assert np.abs(audio).max() > 0.4, seed                # the click (tone alone: 0.25)
-    assert loudest < 0.75 * crop + 0.025 * RATE, seed      # with room after it
+    assert np.abs(audio).max() > 0.4, seed  # the click (tone alone: 0.25)
+    assert loudest < 0.75 * crop + 0.025 * RATE, seed  # with room after it
   uniform = LoadAudioCrop(records, crop, RATE, 1, False)
-  assert max(np.abs(uniform(0, np.random.default_rng(s))["audio"]).max()
-             for s in range(5)) < 0.3                       # the tone record stays itself
+  assert (
+    max(np.abs(uniform(0, np.random.default_rng(s))["audio"]).max() for s in range(5)) < 0.3
+  )  # the tone record stays itself
   at_end = LoadAudioCrop(records, crop, RATE, 1, False, end_fraction=1.0)
-  np.testing.assert_allclose(at_end(1, np.random.default_rng(0))["audio"],
-                             audio_lib.read_audio(str(tmp_path / "bounce.wav"))[-crop:])
+  np.testing.assert_allclose(
+    at_end(1, np.random.default_rng(0))["audio"],
+    audio_lib.read_audio(str(tmp_path / "bounce.wav"))[-crop:],
+  )
 
 
 # ----------------------------------------------------------------------- config, data
+
 
 def test_bad_config_args_are_refused():
   with pytest.raises(ValueError, match="Unknown audio VAE size 'huge'.*:tiny or :paper"):
@@ -303,10 +337,14 @@ def test_bad_and_silent_files_are_counted_and_skipped_others_converted(tmp_path)
   audio_lib.write_wav(str(d / "quiet.wav"), np.zeros((16_000, 1)), 16_000)
   (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
   (d / "empty.wav").write_bytes(b"")
-  lines = [json.dumps({"audio": name}) for name in
-           ("tone.wav", "quiet.wav", "corrupt.wav", "empty.wav")]
-  lines += ["{not json", json.dumps({"caption": "no path"}),
-            json.dumps({"audio": "tone.wav", "split": "eval"})]
+  lines = [
+    json.dumps({"audio": name}) for name in ("tone.wav", "quiet.wav", "corrupt.wav", "empty.wav")
+  ]
+  lines += [
+    "{not json",
+    json.dumps({"caption": "no path"}),
+    json.dumps({"audio": "tone.wav", "split": "eval"}),
+  ]
   (d / "manifest.jsonl").write_text("\n".join(lines) + "\n")
   config = audio_vae_config.get_config("tiny")
   config.data.update(name="manifest", dir=str(d), max_skip_fraction=0.9, num_threads=1)
@@ -329,6 +367,7 @@ def test_bad_and_silent_files_are_counted_and_skipped_others_converted(tmp_path)
 
 # -------------------------------------------------------------------------- training
 
+
 def test_training_through_the_trainer_raises_snr(tmp_path):
   """A short run of the tiny config (fewer clips and steps, shorter crops) on the
   shapes sound made in the workdir; eval SNR must beat the untrained model's by 10 dB."""
@@ -338,15 +377,23 @@ def test_training_through_the_trainer_raises_snr(tmp_path):
   # (benchmarks/audio_vae_quality.py); tests/test_audio_task.py's fixture runs them
   # through the trainer, test_onset_loss_* and test_bounce_and_end_crops test them.
   config.data.shapes_audio.update(num_videos=32, bouncing_share=0.0)
-  config.data.update(crop_seconds=0.16, num_threads=2, bounce_crop_fraction=0.0,
-                     end_crop_fraction=0.0)
+  config.data.update(
+    crop_seconds=0.16, num_threads=2, bounce_crop_fraction=0.0, end_crop_fraction=0.0
+  )
   config.loss.onset_weight = 0.0
   # 3 fresh bouncing clips too (the held-out ones hold no bounce), the eval clips' shape:
   # one compiled reconstruction for both.
-  config.eval.update(num_clips=3, seconds=2.0, batch_size=3, num_wavs_to_write=1,
-                     num_bouncing_clips=3)
-  config.train.update(num_steps=150, batch_size=8, log_every=50, eval_every=0,
-                      checkpoint_every=150, progress_bar=False)
+  config.eval.update(
+    num_clips=3, seconds=2.0, batch_size=3, num_wavs_to_write=1, num_bouncing_clips=3
+  )
+  config.train.update(
+    num_steps=150,
+    batch_size=8,
+    log_every=50,
+    eval_every=0,
+    checkpoint_every=150,
+    progress_bar=False,
+  )
   config.optimizer.warmup_steps = 20
   workdir = str(tmp_path / "avae")
   untrained_task = AudioVAETask(config, workdir)
@@ -371,7 +418,11 @@ def test_training_through_the_trainer_raises_snr(tmp_path):
   # The codec the audio DiT loads reproduces the evaluation's reconstruction.
   codec = AudioVAECodec.from_workdir(workdir)
   assert (codec.sample_rate, codec.hop, codec.latent_rate, codec.latent_channels) == (
-      RATE, 640, 25.0, 16)
+    RATE,
+    640,
+    25.0,
+    16,
+  )
   clip = audio_lib.read_audio(os.path.join(out, "input_00.wav"))[None]  # [1, T, 1]
   latent = codec.encode(clip)
   assert latent.shape == (1, 50, 16)

@@ -4,15 +4,19 @@ import pytest
 
 from mgjax.data.buckets import assign_bucket, buckets_from_config
 
-BUCKETS = buckets_from_config([
-    ("image_square", 1, 64, 64, 32), ("image_wide", 1, 64, 112, 32),
-    ("square_short", 8, 64, 64, 8), ("square_long", 32, 64, 64, 4),
-    ("wide_long", 32, 64, 112, 4)])
+BUCKETS = buckets_from_config(
+  [
+    ("image_square", 1, 64, 64, 32),
+    ("image_wide", 1, 64, 112, 32),
+    ("square_short", 8, 64, 64, 8),
+    ("square_long", 32, 64, 64, 4),
+    ("wide_long", 32, 64, 112, 4),
+  ]
+)
 
 
 def video(width, height, num_frames, fps=16):
-  return {"video": "v.mp4", "width": width, "height": height, "num_frames": num_frames,
-          "fps": fps}
+  return {"video": "v.mp4", "width": width, "height": height, "num_frames": num_frames, "fps": fps}
 
 
 def test_videos_go_to_the_nearest_aspect_and_longest_fitting_duration():
@@ -36,9 +40,15 @@ def test_images_go_to_image_buckets():
   assert assign_bucket(image, BUCKETS, 16).name == "image_wide"
 
 
-@pytest.mark.parametrize("entries,match", [
-    ([("a", 1, 64, 64)], "5 fields"), ([("a", 0, 64, 64, 2)], "positive"),
-    ([("a", 1, 64, 64, 2), ("a", 8, 64, 64, 2)], "unique"), ([], "at least one")])
+@pytest.mark.parametrize(
+  "entries,match",
+  [
+    ([("a", 1, 64, 64)], "5 fields"),
+    ([("a", 0, 64, 64, 2)], "positive"),
+    ([("a", 1, 64, 64, 2), ("a", 8, 64, 64, 2)], "unique"),
+    ([], "at least one"),
+  ],
+)
 def test_bad_bucket_tables_are_rejected(entries, match):
   with pytest.raises(ValueError, match=match):
     buckets_from_config(entries)

@@ -57,13 +57,15 @@ def test_restores_onto_another_mesh(tmp_path):
   checkpointer.save(7, state, config, force=True)
   checkpointer.wait()
   _, abstract, shardings24, _ = dit_state(dict(fsdp=2, tensor=4))
-  restored = checkpointer.restore(7, checkpoint_lib.abstract_with_shardings(abstract,
-                                                                            shardings24))
+  restored = checkpointer.restore(7, checkpoint_lib.abstract_with_shardings(abstract, shardings24))
   checkpointer.close()
   resharded = 0
-  for saved, loaded, old, new in zip(jax.tree.leaves(state), jax.tree.leaves(restored),
-                                     jax.tree.leaves(shardings8),
-                                     jax.tree.leaves(shardings24)):
+  for saved, loaded, old, new in zip(
+    jax.tree.leaves(state),
+    jax.tree.leaves(restored),
+    jax.tree.leaves(shardings8),
+    jax.tree.leaves(shardings24),
+  ):
     np.testing.assert_array_equal(np.asarray(loaded), np.asarray(saved))
     assert loaded.sharding == new
     resharded += old != new and "tensor" in str(new.spec)
@@ -96,8 +98,9 @@ def runs(tmp_path_factory):
   """{name: (workdir, state)}: two runs of one model (seeds 0, 1), one of another."""
   root = tmp_path_factory.mktemp("runs")
   specs = dict(a=dict(seed=0), b=dict(seed=1), wider=dict(seed=0, base_channels=16))
-  return {name: (str(root / name), save_run(str(root / name), **spec))
-          for name, spec in specs.items()}
+  return {
+    name: (str(root / name), save_run(str(root / name), **spec)) for name, spec in specs.items()
+  }
 
 
 def test_merge_averages_parameters_with_weights(runs, tmp_path):
@@ -116,8 +119,13 @@ def test_merge_averages_parameters_with_weights(runs, tmp_path):
 
 
 def test_merge_refuses_other_models_naming_the_parameter(runs, tmp_path):
-  command = [sys.executable, "-m", "mgjax.tools.merge_checkpoints",
-             f"--inputs={runs['a'][0]},{runs['wider'][0]}", f"--out={tmp_path / 'm'}"]
+  command = [
+    sys.executable,
+    "-m",
+    "mgjax.tools.merge_checkpoints",
+    f"--inputs={runs['a'][0]},{runs['wider'][0]}",
+    f"--out={tmp_path / 'm'}",
+  ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stderr[-2000:]
   assert re.search(r"parameters differ at params/\S+: shape/dtype \(\(\d+", result.stderr)

@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 
 from experiments import t2v as t2v_config
-from mgjax.models.dit import (VideoDiT, latent_shape, loop_to_scan_params, num_tokens,
-                              patchify, scan_to_loop_params, unpatchify)
+from mgjax.configs import DEFAULT_LOGICAL_AXIS_RULES
+from mgjax.models.dit import (
+  VideoDiT,
+  latent_shape,
+  loop_to_scan_params,
+  num_tokens,
+  patchify,
+  scan_to_loop_params,
+  unpatchify,
+)
 from mgjax.models.dit_blocks import REMAT_POLICIES
 from mgjax.models.positional import TABLE_AXES, interpolate_rows, resize_positional_tables
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.parallel import sharding as sharding_lib
-from mgjax.configs import DEFAULT_LOGICAL_AXIS_RULES
 
 C = 16  # latent channels
 TEXT_DIM = 24
@@ -23,8 +30,9 @@ TEXT_DIM = 24
 
 def small_dit(**overrides) -> VideoDiT:
   """Two layers, width 32, 2 heads: a few tens of thousands of parameters."""
-  kwargs = dict(num_layers=2, embed_dim=32, mlp_dim=64, num_heads=2, max_frames=4,
-                max_height=8, max_width=8)
+  kwargs = dict(
+    num_layers=2, embed_dim=32, mlp_dim=64, num_heads=2, max_frames=4, max_height=8, max_width=8
+  )
   kwargs.update(overrides)
   return VideoDiT(**kwargs)
 
@@ -46,10 +54,12 @@ def random_variables(model, *args, seed: int = 0, scale: float = 0.15):
   """
   abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))
   rng = np.random.default_rng(seed)
+
   def draw(path, leaf):
     noise = scale * rng.standard_normal(leaf.shape)
     is_scale = getattr(path[-1], "key", None) == "scale"
     return jnp.asarray(noise + 1.0 if is_scale else noise, leaf.dtype)
+
   return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
@@ -75,8 +85,13 @@ UL2_WIDTH = 4096  # the widest of the paper's text encoders
 
 def abstract_init(model, text_dim):
   x = jax.ShapeDtypeStruct((1, 1, 2, 2, C), jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), x, jax.ShapeDtypeStruct((1,), jnp.float32),
-                        jax.ShapeDtypeStruct((1, 1, text_dim), jnp.float32))
+  return jax.eval_shape(
+    model.init,
+    jax.random.key(0),
+    x,
+    jax.ShapeDtypeStruct((1,), jnp.float32),
+    jax.ShapeDtypeStruct((1, 1, text_dim), jnp.float32),
+  )
 
 
 def test_30b_parameter_count_without_allocating():
@@ -84,11 +99,17 @@ def test_30b_parameter_count_without_allocating():
   shapes = abstract_init(VideoDiT.from_config(config), UL2_WIDTH)
   total = num_params(shapes)
   text_projection = num_params(shapes["params"]["text_projection_text"])
-  print(f"30b VideoDiT: {total:,} parameters, including the {UL2_WIDTH}-wide text "
-        f"projection ({text_projection:,})")
+  print(
+    f"30b VideoDiT: {total:,} parameters, including the {UL2_WIDTH}-wide text "
+    f"projection ({text_projection:,})"
+  )
   assert 28e9 <= total <= 31e9
-  layer = num_params(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
-                                  nn.meta.unbox(shapes["params"]["layers"])))
+  layer = num_params(
+    jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+      nn.meta.unbox(shapes["params"]["layers"]),
+    )
+  )
   d, f = 6144, 16384
   # Self- and cross-attention, SwiGLU, 3 RMSNorms, 4 QK-norms, the adaLN table.
   assert layer == 8 * d * d + 3 * d * f + 3 * d + 4 * 128 + 6 * d
@@ -124,9 +145,11 @@ def test_forward_shape_and_finite(trained_like, frames, h, w):
 def flow_loss_grad(model):
   """jit(grad) of a flow-style squared error to the inputs, returning (grads, output)."""
   x, t, text, mask = inputs()
+
   def loss(params):
     out = model.apply({"params": params}, x, t, text, mask)
     return jnp.sum((out - x) ** 2), out
+
   return jax.jit(jax.grad(loss, has_aux=True))
 
 
@@ -155,13 +178,17 @@ def test_tiny_config_builds_the_model():
   assert (model.num_layers, model.embed_dim, model.dtype) == (4, 128, jnp.float32)
   x = jnp.zeros((1, 2, 4, 6, config.latent_channels))
   text = jnp.zeros((1, 3, 64))
-  out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x, jnp.zeros(1),
-                                  text)
+  out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x, jnp.zeros(1), text)
   assert out.shape == x.shape
   assert variables["params"]["layers"]["mlp"]["gate"]["kernel"].value.shape == (4, 128, 384)
   # out_channels decouples the output from extra conditioning input channels (editing).
-  wide = jax.eval_shape(model.clone(out_channels=8).init_with_output, jax.random.key(0),
-                        jnp.zeros((1, 1, 4, 4, 2 * C)), jnp.zeros(1), text)[0]
+  wide = jax.eval_shape(
+    model.clone(out_channels=8).init_with_output,
+    jax.random.key(0),
+    jnp.zeros((1, 1, 4, 4, 2 * C)),
+    jnp.zeros(1),
+    text,
+  )[0]
   assert wide.shape == (1, 1, 4, 4, 8)
 
 
@@ -199,8 +226,9 @@ def test_several_text_encoders_each_projected():
   assert params["params"]["text_projection_clip"]["dense"]["kernel"].shape == (12, 32)
   out = apply(params, x, t, encoders)
   np.testing.assert_array_equal(out, apply(params, x, t, {"clip": clip, "ul2": (text, mask)}))
-  assert float(jnp.abs(out - apply(params, x, t, {"ul2": (text, mask), "clip": clip + 1})
-                       ).max()) > 1e-3
+  assert (
+    float(jnp.abs(out - apply(params, x, t, {"ul2": (text, mask), "clip": clip + 1})).max()) > 1e-3
+  )
   with pytest.raises(ValueError, match="text_mask"):
     model.apply(params, x, t, encoders, mask)
 
@@ -226,8 +254,9 @@ def test_scan_with_remat_equals_loop_with_gradients(scanned_remat):
   grads_loop, out_loop = flow_loss_grad(looped)(loop_params)
   np.testing.assert_allclose(out_loop, out_scan, rtol=1e-5, atol=1e-4)
   assert float(jnp.abs(out_scan).max()) > 1e-2
-  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                   atol=1e-5 * float(jnp.abs(b).max()))
+  close = lambda a, b: np.testing.assert_allclose(
+    a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max())
+  )
   jax.tree.map(close, scan_to_loop_params(grads_scan, 2), grads_loop)
 
 
@@ -261,7 +290,11 @@ def test_every_param_has_logical_axes(scan_layers, modulation):
     assert len(leaf.names) == len(leaf.value.shape), leaf
   if scan_layers:
     assert params["layers"]["self_attention"]["query"]["kernel"].names == (
-        "layers", "embed", "heads", "kv")
+      "layers",
+      "embed",
+      "heads",
+      "kv",
+    )
 
 
 def test_shards_and_runs_under_default_rules(trained_like):
@@ -274,8 +307,7 @@ def test_shards_and_runs_under_default_rules(trained_like):
   shardings = sharding_lib.logical_to_shardings(abstract, mesh, DEFAULT_LOGICAL_AXIS_RULES)
   layers = shardings["params"]["layers"]
   assert tuple(layers["mlp"]["gate"]["kernel"].spec) == (None, "fsdp", "tensor")
-  assert tuple(layers["self_attention"]["query"]["kernel"].spec) == (
-      None, "fsdp", "tensor", None)
+  assert tuple(layers["self_attention"]["query"]["kernel"].spec) == (None, "fsdp", "tensor", None)
   with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_LOGICAL_AXIS_RULES):
     sharded = jax.device_put(variables, shardings)
     out = jax.jit(model.apply)(sharded, x, t, text, mask)
@@ -318,15 +350,21 @@ def test_resized_tables_run_a_larger_model(trained_like):
   tables = resized["params"]["pos_embed"]
   assert tables["height"].shape == (24, 32) and tables["width"].shape == (16, 32)
   np.testing.assert_array_equal(tables["frames"], variables["params"]["pos_embed"]["frames"])
-  np.testing.assert_allclose(tables["height"][1::3], variables["params"]["pos_embed"]["height"],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    tables["height"][1::3], variables["params"]["pos_embed"]["height"], rtol=1e-6
+  )
   x, t, text, mask = inputs(h=40, w=30)  # 20 x 15 patches: too big for the old tables
   out = jax.jit(bigger.apply)(resized, x, t, text, mask)
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
   # Boxed params keep their logical names through the resize.
-  boxed = {"params": {"pos_embed": {
-      name: nn.LogicallyPartitioned(table, TABLE_AXES[name])
-      for name, table in variables["params"]["pos_embed"].items()}}}
+  boxed = {
+    "params": {
+      "pos_embed": {
+        name: nn.LogicallyPartitioned(table, TABLE_AXES[name])
+        for name, table in variables["params"]["pos_embed"].items()
+      }
+    }
+  }
   grown = resize_positional_tables(boxed, (6, 8, 8))["params"]["pos_embed"]["frames"]
   assert isinstance(grown, nn.LogicallyPartitioned) and grown.names == ("pos_t", "embed")
   assert grown.value.shape == (6, 32)

@@ -31,7 +31,7 @@ def make_manifest(root, num_good, bad_kinds=()):
       path.write_bytes(os.urandom(4000))
     elif kind == "truncated":
       good = (root / "good_0.mp4").read_bytes()
-      path.write_bytes(good[:len(good) // 3])
+      path.write_bytes(good[: len(good) // 3])
     lines.append({"video": path.name, "caption": kind, "split": "train"})  # missing: not written
   (root / "manifest.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
   return str(root / "manifest.jsonl")
@@ -42,11 +42,14 @@ SPEC = ExampleSpec(num_frames=8, height=16, width=16)
 
 def iterator(records, batch_size=4, seed=0, rows=None, max_skip_fraction=0.5, **options):
   stream = Stream("clips", len(records.records), LoadExample(records.records, SPEC), batch_size)
-  return DataIterator([stream], LoaderOptions(seed=seed, max_skip_fraction=max_skip_fraction,
-                                              **options),
-                      finish=lambda batch: batch, rows_of=rows or (lambda b: slice(0, b)),
-                      skipped_records=records.skipped,
-                      num_records=len(records.records) + sum(records.skipped.values()))
+  return DataIterator(
+    [stream],
+    LoaderOptions(seed=seed, max_skip_fraction=max_skip_fraction, **options),
+    finish=lambda batch: batch,
+    rows_of=rows or (lambda b: slice(0, b)),
+    skipped_records=records.skipped,
+    num_records=len(records.records) + sum(records.skipped.values()),
+  )
 
 
 def take(it, n):
@@ -72,8 +75,12 @@ def test_same_seed_same_batches_and_a_restored_iterator_continues_identically(tm
   for x, y in zip(expected, take(restored, 3)):
     np.testing.assert_array_equal(x["pixels"], y["pixels"])
   # A fresh iterator started at that batch index sees the same too.
-  started = DataIterator([Stream("clips", 6, LoadExample(records.records, SPEC), 4)],
-                         LoaderOptions(seed=0), lambda b: b, start=4)
+  started = DataIterator(
+    [Stream("clips", 6, LoadExample(records.records, SPEC), 4)],
+    LoaderOptions(seed=0),
+    lambda b: b,
+    start=4,
+  )
   np.testing.assert_array_equal(next(started)["pixels"], expected[0]["pixels"])
   for it in (a, b, restored, started):
     it.close()
@@ -82,8 +89,9 @@ def test_same_seed_same_batches_and_a_restored_iterator_continues_identically(tm
 def test_two_processes_read_disjoint_rows_that_cover_the_data(tmp_path):
   records = read_manifest(make_manifest(tmp_path, 8))
   whole = iterator(records)
-  halves = [iterator(records, rows=lambda b, p=p: slice(p * b // 2, (p + 1) * b // 2))
-            for p in range(2)]
+  halves = [
+    iterator(records, rows=lambda b, p=p: slice(p * b // 2, (p + 1) * b // 2)) for p in range(2)
+  ]
   seen = [[], []]
   for _ in range(2):  # one epoch: 8 examples in two batches of 4
     full = next(whole)
@@ -105,13 +113,12 @@ def test_bad_input_of_every_kind_is_skipped_counted_and_reported(tmp_path):
     f.write('{"video": 17, "caption": "a number for a path"}\n')
     f.write('{"video": "good_1.mp4", "caption": "x", "fps": "fast"}\n')
     f.write('{"caption": "no media"}\n')
-    f.write('not json\n')
+    f.write("not json\n")
   write_video(tmp_path / "short.mp4", np.zeros((3, 32, 48, 3), np.uint8), fps=12)
   with open(manifest, "a") as f:
     f.write('{"video": "short.mp4", "caption": "three frames"}\n')
   records = read_manifest(manifest)
-  assert dict(records.skipped) == {"empty_caption": 1, "bad_field": 2, "no_media": 1,
-                                   "bad_json": 1}
+  assert dict(records.skipped) == {"empty_caption": 1, "bad_field": 2, "no_media": 1, "bad_json": 1}
   it = iterator(records, max_skip_fraction=0.5)
   for batch in take(it, 10):  # two epochs of the 21 readable-looking records
     assert batch["pixels"].shape == (4, 8, 16, 16, 3)
@@ -129,8 +136,9 @@ def test_too_much_bad_input_stops_with_a_clear_error(tmp_path):
   it = iterator(records, max_skip_fraction=0.1)
   with pytest.raises(DataQualityError, match=r"max_skip_fraction=0.1.*raise"):
     take(it, 10)
-  (tmp_path / "m2.jsonl").write_text('{"video": 1}\n' * 3 + '{"video": "good_0.mp4", '
-                                     '"caption": "ok"}\n')
+  (tmp_path / "m2.jsonl").write_text(
+    '{"video": 1}\n' * 3 + '{"video": "good_0.mp4", "caption": "ok"}\n'
+  )
   with pytest.raises(DataQualityError, match="3 of 4 records are unusable"):
     iterator(read_manifest(str(tmp_path / "m2.jsonl")))
 
@@ -145,7 +153,7 @@ def test_buckets_give_one_shape_per_batch_and_keep_aspect_ratios(tmp_path):
   lines = []
   for i, (h, w) in enumerate([(64, 64), (72, 128), (128, 72), (60, 110), (90, 90)]):
     yy, xx = np.mgrid[:h, :w]
-    disc = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 4) ** 2)
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 4) ** 2
     frame = np.where(disc[..., None], 255, 0).astype(np.uint8).repeat(3, -1)
     if i == 4:
       write_image(tmp_path / f"still_{i}.png", frame)
@@ -154,18 +162,26 @@ def test_buckets_give_one_shape_per_batch_and_keep_aspect_ratios(tmp_path):
       write_video(tmp_path / f"clip_{i}.mp4", np.repeat(frame[None], 20, 0), fps=16)
       lines.append({"video": f"clip_{i}.mp4", "caption": f"clip {i}"})
   (tmp_path / "m.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
-  buckets = buckets_from_config([("img", 1, 32, 32, 2), ("sq", 8, 32, 32, 2),
-                                 ("wide", 8, 32, 56, 2), ("tall", 8, 56, 32, 2)])
-  groups, skipped = group_by_bucket(read_manifest(str(tmp_path / "m.jsonl")).records,
-                                    buckets, fps=16.0)
+  buckets = buckets_from_config(
+    [("img", 1, 32, 32, 2), ("sq", 8, 32, 32, 2), ("wide", 8, 32, 56, 2), ("tall", 8, 56, 32, 2)]
+  )
+  groups, skipped = group_by_bucket(
+    read_manifest(str(tmp_path / "m.jsonl")).records, buckets, fps=16.0
+  )
   assert {k: len(v) for k, v in groups.items()} == {"img": 1, "sq": 1, "wide": 2, "tall": 1}
   assert not skipped
   for bucket in buckets:
-    spec = ExampleSpec(bucket.num_frames, bucket.height, bucket.width, fps=16.0,
-                       scale_to=(bucket.height, bucket.width))
+    spec = ExampleSpec(
+      bucket.num_frames,
+      bucket.height,
+      bucket.width,
+      fps=16.0,
+      scale_to=(bucket.height, bucket.width),
+    )
     load = LoadExample(groups[bucket.name], spec)
-    it = DataIterator([Stream(bucket.name, len(groups[bucket.name]), load, 2)],
-                      LoaderOptions(), lambda b: b)
+    it = DataIterator(
+      [Stream(bucket.name, len(groups[bucket.name]), load, 2)], LoaderOptions(), lambda b: b
+    )
     for batch in take(it, 2):
       assert batch["pixels"].shape == (2, bucket.num_frames, bucket.height, bucket.width, 3)
       disc = batch["pixels"][:, 0, ..., 0] > 127  # [B, H, W]

@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 
 from mgjax.models.tae import TAE, frame_counts
-from mgjax.models.tae_blocks import (depth_to_space, downsample_shortcut, space_to_depth,
-                                     upsample_shortcut)
+from mgjax.models.tae_blocks import (
+  depth_to_space,
+  downsample_shortcut,
+  space_to_depth,
+  upsample_shortcut,
+)
 from tests.tiny_models import perturb, tiny_tae
 
 H = W = 16
@@ -39,8 +43,13 @@ def test_encode_decode_shapes(model_and_params, num_frames):
 def test_space_to_depth_round_trips(temporal, num_frames):
   x = jax.random.normal(jax.random.key(0), (2, num_frames, 4, 6, 3))
   folded = space_to_depth(x, temporal)
-  assert folded.shape == (2, -(-num_frames // 2) if temporal else num_frames, 2, 3,
-                          3 * (8 if temporal else 4))
+  assert folded.shape == (
+    2,
+    -(-num_frames // 2) if temporal else num_frames,
+    2,
+    3,
+    3 * (8 if temporal else 4),
+  )
   np.testing.assert_array_equal(depth_to_space(folded, temporal, num_frames), x)
 
 
@@ -124,6 +133,7 @@ def test_every_parameter_has_logical_axes():
 def test_paper_config_compresses_8x_with_16_channels():
   from experiments.tae import get_config
   from mgjax.tasks.tae import make_tae
+
   model = make_tae(get_config("paper").model)
   video = jax.ShapeDtypeStruct((1, 32, 256, 256, 3), jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.key(0), video)

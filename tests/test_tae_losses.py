@@ -15,8 +15,7 @@ def test_kl_matches_closed_form():
   logvar = jnp.array([[0.0, 0.0], [np.log(4.0), np.log(0.25)]])
   expected_row0 = (0.0 + 0.5) / 2  # 0.5 * (1 + 1 - 1 - 0) for the second element
   expected_row1 = (0.5 * (4 + 4 - 1 - np.log(4)) + 0.5 * (1 + 0.25 - 1 - np.log(0.25))) / 2
-  np.testing.assert_allclose(kl_divergence(mean, logvar), [expected_row0, expected_row1],
-                             rtol=1e-6)
+  np.testing.assert_allclose(kl_divergence(mean, logvar), [expected_row0, expected_row1], rtol=1e-6)
 
 
 def test_opl_is_zero_without_outliers_and_positive_with_a_dot():
@@ -64,11 +63,15 @@ def test_training_with_opl_lowers_the_latent_norm_ratio():
   plant = lambda p: reconstruction(p) - jnp.linalg.norm(encode(p)[:, :, 1, 2], axis=-1).mean()
   dotted = train(params, plant, 15)
   start = float(latent_norm_ratio(encode(dotted)).mean())
-  with_opl = train(dotted, lambda p: reconstruction(p) + 10.0 * outlier_penalty(encode(p)).mean(), 30)
+  with_opl = train(
+    dotted, lambda p: reconstruction(p) + 10.0 * outlier_penalty(encode(p)).mean(), 30
+  )
   without_opl = train(dotted, reconstruction, 30)
   ratio = lambda p: float(latent_norm_ratio(encode(p)).mean())
-  print(f"latent max/mean norm ratio: planted {start:.2f}; after 30 steps with OPL "
-        f"{ratio(with_opl):.2f}, without {ratio(without_opl):.2f}")
+  print(
+    f"latent max/mean norm ratio: planted {start:.2f}; after 30 steps with OPL "
+    f"{ratio(with_opl):.2f}, without {ratio(without_opl):.2f}"
+  )
   assert float(outlier_penalty(encode(dotted)).mean()) > 0
   assert ratio(with_opl) < 0.6 * start
   assert ratio(with_opl) < 0.9 * ratio(without_opl)

@@ -22,12 +22,16 @@ BYTE_VOCAB = 384  # ByT5's tokenizer: 3 specials + 256 bytes + 125 extra ids
 
 
 def tiny_section(trainable: bool = False) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      encoders=t2v_config.tiny_text_encoders(width=16, trainable=trainable)))
+  return ml_collections.ConfigDict(
+    dict(encoders=t2v_config.tiny_text_encoders(width=16, trainable=trainable))
+  )
 
 
 def test_visual_text_is_the_quoted_spans():
-  assert visual_text('a sign that reads "OPEN" next to \u201cCAF\u00c9 24h\u201d') == "OPEN CAF\u00c9 24h"
+  assert (
+    visual_text('a sign that reads "OPEN" next to \u201cCAF\u00c9 24h\u201d')
+    == "OPEN CAF\u00c9 24h"
+  )
   assert visual_text("no quotes here") == ""
   assert visual_text('an empty "" quote') == ""
 
@@ -57,7 +61,7 @@ def test_long_real_world_prompts_are_truncated_counted_and_reported():
   for row, n in enumerate(lengths):
     if n > 96:
       assert tokens["metaclip_mask"][row].all() and tokens["metaclip_ids"][row, -1] == 1
-  assert "ul2: %d (max 96 tokens)" % expected in conditioner.truncation_report()
+  assert f"ul2: {expected} (max 96 tokens)" in conditioner.truncation_report()
   trainable, frozen = conditioner.init(jax.random.key(0))
   out = conditioner.embed(trainable, frozen, tokens)
   for name, (emb, mask) in out.items():
@@ -107,12 +111,22 @@ def test_words_tokenizer_gives_one_id_per_word_and_pools_at_the_end():
 def test_no_two_words_of_the_shapes_captions_share_an_id_in_the_demo():
   """The demo's prompt encoders hash words into 2,048 ids (experiments/t2v_shapes.py)."""
   import re
+
   from mgjax.data import shapes
   from mgjax.text.tokenizers import HashedWordTokenizer
-  texts = (shapes.CLIP_TEMPLATES + shapes.IMAGE_TEMPLATES + ("FPS-16",)
-           + tuple(shapes.COLORS) + shapes.SHAPES + shapes.BACKGROUNDS
-           + sum(shapes.MOTION_PHRASES.values(), ()))
-  words = {w for text in texts for w in re.findall(r"\w+|[^\w\s]", re.sub(r"{\w+}", "", text.lower()))}
+
+  texts = (
+    shapes.CLIP_TEMPLATES
+    + shapes.IMAGE_TEMPLATES
+    + ("FPS-16",)
+    + tuple(shapes.COLORS)
+    + shapes.SHAPES
+    + shapes.BACKGROUNDS
+    + sum(shapes.MOTION_PHRASES.values(), ())
+  )
+  words = {
+    w for text in texts for w in re.findall(r"\w+|[^\w\s]", re.sub(r"{\w+}", "", text.lower()))
+  }
   assert {"left", "right", "up", "down", "red", "cyan", "fps"} <= words
   tokenizer = HashedWordTokenizer(2048)
   assert len({tokenizer.word_id(w) for w in words}) == len(words)
@@ -121,13 +135,30 @@ def test_no_two_words_of_the_shapes_captions_share_an_id_in_the_demo():
 def save_tiny_hf_encoders(directory) -> dict[str, str]:
   """Tiny random transformers T5 and CLIP text encoders on the byte vocabulary."""
   torch.manual_seed(0)
-  t5 = transformers.T5EncoderModel(transformers.T5Config(
-      vocab_size=BYTE_VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
-      feed_forward_proj="gated-gelu", dropout_rate=0.0)).eval()
-  clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-      vocab_size=BYTE_VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-      num_attention_heads=4, max_position_embeddings=77, bos_token_id=None,
-      eos_token_id=1)).eval()
+  t5 = transformers.T5EncoderModel(
+    transformers.T5Config(
+      vocab_size=BYTE_VOCAB,
+      d_model=16,
+      d_kv=4,
+      d_ff=32,
+      num_layers=2,
+      num_heads=4,
+      feed_forward_proj="gated-gelu",
+      dropout_rate=0.0,
+    )
+  ).eval()
+  clip = transformers.CLIPTextModel(
+    transformers.CLIPTextConfig(
+      vocab_size=BYTE_VOCAB,
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      max_position_embeddings=77,
+      bos_token_id=None,
+      eos_token_id=1,
+    )
+  ).eval()
   paths = {}
   for name, model in (("t5", t5), ("clip", clip)):
     paths[name] = os.path.join(directory, name)
@@ -152,8 +183,10 @@ def test_pretrained_encoders_embed_like_transformers(tmp_path):
     for name, model in (("ul2", models["t5"]), ("metaclip", models["clip"])):
       n = tokens[f"{name}_mask"].sum(1).max()  # pads after it change no valid output
       ids, mask = tokens[f"{name}_ids"][:, :n], tokens[f"{name}_mask"][:, :n]
-      reference = model(input_ids=torch.tensor(ids, dtype=torch.long),
-                        attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state
+      reference = model(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        attention_mask=torch.tensor(mask, dtype=torch.long),
+      ).last_hidden_state
       diff = np.abs(np.asarray(out[name][0])[:, :n] - reference.numpy())[mask]
       assert diff.max() < 1e-4, (name, diff.max())
 
@@ -161,22 +194,25 @@ def test_pretrained_encoders_embed_like_transformers(tmp_path):
 def save_word_tokenizer(directory):
   """A tiny word-level fast tokenizer that appends </s>, as T5's do, saved to `directory`."""
   from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
   words = ["<pad>", "</s>", "<unk>", "a", "red", "circle", "moves", "left"]
   tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-  tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>",
-                                                           special_tokens=[("</s>", 1)])
+  tokenizer.post_processor = processors.TemplateProcessing(
+    single="$A </s>", special_tokens=[("</s>", 1)]
+  )
   transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
-      unk_token="<unk>").save_pretrained(directory)
+    tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+  ).save_pretrained(directory)
 
 
 def test_tokenizer_is_read_from_the_encoder_directory(tmp_path):
   paths, _ = save_tiny_hf_encoders(str(tmp_path))
   save_word_tokenizer(paths["t5"])
   section = tiny_section()
-  section.encoders.ul2.update(path=paths["t5"], model=ml_collections.ConfigDict(),
-                              tokenizer="", max_length=4)
+  section.encoders.ul2.update(
+    path=paths["t5"], model=ml_collections.ConfigDict(), tokenizer="", max_length=4
+  )
   conditioner = TextConditioner(section)
   tokens = conditioner.tokenize(["a red circle", "a red circle moves left"])
   np.testing.assert_array_equal(tokens["ul2_ids"], [[3, 4, 5, 1], [3, 4, 5, 1]])
@@ -199,13 +235,24 @@ def test_precompute_matches_embed_and_runs_as_a_command(tmp_path):
   captions_file = tmp_path / "captions.txt"
   captions_file.write_text("a red circle\n\n  \na blue square\n")
   out_file = tmp_path / "emb.npz"
-  command = [sys.executable, "-m", "mgjax.text.precompute",
-             "--config=experiments/t2v.py:tiny", f"--captions={captions_file}",
-             f"--out={out_file}", "--config.text.encoders.ul2.trainable=False",
-             "--config.text.encoders.metaclip.trainable=False",
-             "--config.text.encoders.byt5.trainable=False"]
-  result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  command = [
+    sys.executable,
+    "-m",
+    "mgjax.text.precompute",
+    "--config=experiments/t2v.py:tiny",
+    f"--captions={captions_file}",
+    f"--out={out_file}",
+    "--config.text.encoders.ul2.trainable=False",
+    "--config.text.encoders.metaclip.trainable=False",
+    "--config.text.encoders.byt5.trainable=False",
+  ]
+  result = subprocess.run(
+    command,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   saved = precompute_lib.load_embeddings(str(out_file))
   assert list(saved["captions"]) == ["a red circle", "a blue square"]

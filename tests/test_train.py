@@ -17,11 +17,11 @@ import pytest
 from experiments import tae as tae_config
 from mgjax import checkpoint as checkpoint_lib
 from mgjax import train as train_lib
+from mgjax.data.pipeline import DataQualityError
+from mgjax.data.video import probe
 from mgjax.preemption import PreemptionWatch, StopRequested
 from mgjax.tasks.t2v import train_tae
 from mgjax.tasks.tae import TAETask
-from mgjax.data.pipeline import DataQualityError
-from mgjax.data.video import probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,13 +30,12 @@ def tiny_config(num_steps, images=False, **mesh):
   """The tiny TAE run; `images` adds single-frame batches (a second compiled step)."""
   config = tae_config.get_config("tiny")
   config.model.update(base_channels=8, channel_multipliers=(1, 2, 2, 2), num_groups=4)
-  config.data.shapes.update(num_videos=24, num_frames=16, height=32, width=32,
-                            num_images=0)
-  config.data.update(num_frames=8, height=16, width=16,
-                     image_fraction=config.data.image_fraction if images else 0.0)
+  config.data.shapes.update(num_videos=24, num_frames=16, height=32, width=32, num_images=0)
+  config.data.update(
+    num_frames=8, height=16, width=16, image_fraction=config.data.image_fraction if images else 0.0
+  )
   config.eval.update(num_clips=2, num_frames=16, batch_size=2, num_videos_to_write=1)
-  config.train.update(num_steps=num_steps, batch_size=8, log_every=1,
-                      checkpoint_every=3)
+  config.train.update(num_steps=num_steps, batch_size=8, log_every=1, checkpoint_every=3)
   config.optimizer.warmup_steps = 2
   if mesh:
     config.mesh.update(mesh)
@@ -82,9 +81,19 @@ def test_two_processes_train_like_one(straight_run, tmp_path):
   mesh: every loss and the final evaluation equal the 1 x 8 run's."""
   straight, eval_metrics = straight_run
   workdir = str(tmp_path / "2x4")
-  command = [sys.executable, "-m", "mgjax.launch.local", "--num_processes=2",
-             "--devices_per_process=4", "--", sys.executable, "-m", "mgjax.train",
-             "--config=tests/configs/tae_tiny.py:6", f"--workdir={workdir}"]
+  command = [
+    sys.executable,
+    "-m",
+    "mgjax.launch.local",
+    "--num_processes=2",
+    "--devices_per_process=4",
+    "--",
+    sys.executable,
+    "-m",
+    "mgjax.train",
+    "--config=tests/configs/tae_tiny.py:6",
+    f"--workdir={workdir}",
+  ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-4000:]
   assert "Process 1 of 2; 4 local and 8 global devices" in result.stdout
@@ -106,12 +115,14 @@ def test_non_finite_update_stops_the_run_or_is_skipped(tmp_path, monkeypatch):
   def nan_at_second_update(self, params, frozen, batch, rng, step):
     value, metrics = loss(self, params, frozen, batch, rng, step)
     return value * jnp.where(step == 1, jnp.nan, 1.0), metrics  # NaN gradients too
+
   monkeypatch.setattr(TAETask, "loss", nan_at_second_update)
 
   config = tiny_config(4)
   config.train.update(checkpoint_every=1, keep_checkpoints=4, ema_decay=0.5)
-  with pytest.raises(FloatingPointError, match="at step 2. Last complete checkpoint: 1.*"
-                                               "skip_non_finite=N"):
+  with pytest.raises(
+    FloatingPointError, match="at step 2. Last complete checkpoint: 1.*skip_non_finite=N"
+  ):
     train_lib.train(config, str(tmp_path / "stop"))
   assert os.listdir(tmp_path / "stop" / "checkpoints") == ["1"]  # nothing non-finite saved
 
@@ -121,11 +132,12 @@ def test_non_finite_update_stops_the_run_or_is_skipped(tmp_path, monkeypatch):
     rows = {row["step"]: row for row in map(json.loads, f) if "loss" in row}
   assert np.isnan(rows[2]["loss"]) and np.isfinite(rows[3]["loss"])
   assert rows[4]["skipped_updates"] == 1 and rows[4]["non_finite_in_a_row"] == 0
-  states = {step: train_lib.restore_train_state(str(tmp_path / "skip"), step)[2]
-            for step in (1, 2, 3)}
+  states = {
+    step: train_lib.restore_train_state(str(tmp_path / "skip"), step)[2] for step in (1, 2, 3)
+  }
   for name in ("params", "ema_params"):
     after = [jax.tree.leaves(getattr(states[step], name)) for step in (1, 2, 3)]
-    for one, two, three in zip(*after):
+    for one, two, _ in zip(*after):
       np.testing.assert_array_equal(two, one)  # the skipped update changed nothing
     assert any(not np.array_equal(two, three) for two, three in zip(after[1], after[2]))
 
@@ -150,8 +162,9 @@ train.train(tiny_config(6), sys.argv[1])
 
 def _run_until(command, marker: str, timeout: float = 600):
   """Starts `command` and returns (process, output so far) once a line has `marker`."""
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+  process = subprocess.Popen(
+    command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   output, start = [], time.time()
   for line in process.stdout:
     output.append(line)
@@ -164,8 +177,9 @@ def _run_until(command, marker: str, timeout: float = 600):
 def test_kill_during_async_save_resumes_from_last_complete_step(straight_run, tmp_path):
   straight, _ = straight_run
   workdir = str(tmp_path / "run")
-  process, _ = _run_until([sys.executable, "-c", _STALL_SAVE_OF_STEP_6, workdir],
-                          "COMMITTING STEP 6")
+  process, _ = _run_until(
+    [sys.executable, "-c", _STALL_SAVE_OF_STEP_6, workdir], "COMMITTING STEP 6"
+  )
   process.kill()  # SIGKILL, with step 6's checkpoint written but not committed
   process.wait(timeout=60)
   entries = os.listdir(os.path.join(workdir, "checkpoints"))
@@ -189,8 +203,7 @@ def test_sigterm_is_caught_and_the_handler_restored():
   assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_preempted_run_checkpoints_stops_and_resumes_exactly(straight_run, tmp_path,
-                                                             monkeypatch):
+def test_preempted_run_checkpoints_stops_and_resumes_exactly(straight_run, tmp_path, monkeypatch):
   """Stopped (as on SIGTERM) after step 2, which is no checkpoint step: the trainer
   saves step 2 and returns; the restart continues bitwise as the straight run."""
   straight, _ = straight_run
@@ -209,9 +222,9 @@ def test_preempted_first_stage_stops_the_whole_run(tmp_path, monkeypatch):
   the command reports and exits 0 on) instead of going on to train the DiT on the
   unfinished TAE's latents."""
   monkeypatch.setattr(train_lib.PreemptionWatch, "reached", lambda self, step: step == 2)
-  tae_section = ml_collections.ConfigDict(dict(
-      train_config=os.path.join(ROOT, "tests", "configs", "tae_tiny.py") + ":6",
-      train_steps=0))
+  tae_section = ml_collections.ConfigDict(
+    dict(train_config=os.path.join(ROOT, "tests", "configs", "tae_tiny.py") + ":6", train_steps=0)
+  )
   tae_workdir = str(tmp_path / "tae")
   with pytest.raises(StopRequested, match="stopped at step 2 of 6"):
     train_tae(tae_section, tae_workdir, tiny_config(6).data, str(tmp_path / "shapes"))
@@ -226,20 +239,18 @@ def salted_manifest(straight_workdir, out_dir):
   for record in lines:
     record["video"] = os.path.join(shapes_dir, record["video"])
   good = open(lines[0]["video"], "rb").read()
-  bad_bytes = {"empty": b"", "undecodable": os.urandom(3000), "truncated": good[:len(good) // 3]}
+  bad_bytes = {"empty": b"", "undecodable": os.urandom(3000), "truncated": good[: len(good) // 3]}
   for kind, data in bad_bytes.items():
     with open(os.path.join(out_dir, f"{kind}.mp4"), "wb") as f:
       f.write(data)
   lines += [{"video": f"{kind}.mp4", "caption": kind} for kind in (*bad_bytes, "missing")]
   rows = [json.dumps(line) for line in lines]
-  rows += ['{"video": 3, "caption": "wrong type"}', '{"video": "x.mp4", "caption": ""}',
-           "not json"]
+  rows += ['{"video": 3, "caption": "wrong type"}', '{"video": "x.mp4", "caption": ""}', "not json"]
   with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:
     f.write("\n".join(rows) + "\n")
 
 
-def test_bad_input_is_counted_in_the_metrics_and_too_much_stops_the_run(straight_run,
-                                                                          tmp_path):
+def test_bad_input_is_counted_in_the_metrics_and_too_much_stops_the_run(straight_run, tmp_path):
   straight, _ = straight_run
   salted_manifest(straight, str(tmp_path))
   config = tiny_config(4, images=True)  # frames of the manifest's videos as images too

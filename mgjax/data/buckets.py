@@ -25,8 +25,8 @@ from mgjax.data.video import MediaDecodeError
 @dataclasses.dataclass(frozen=True)
 class Bucket:
   name: str
-  num_frames: int    # 1: an image bucket
-  height: int        # pixels
+  num_frames: int  # 1: an image bucket
+  height: int  # pixels
   width: int
   batch_size: int
 
@@ -44,8 +44,9 @@ def buckets_from_config(entries: Sequence[Sequence]) -> list[Bucket]:
   buckets = []
   for entry in entries:
     if len(entry) != 5:
-      raise ValueError(f"Bucket {tuple(entry)} needs 5 fields: (name, num_frames, height, "
-                       "width, batch_size).")
+      raise ValueError(
+        f"Bucket {tuple(entry)} needs 5 fields: (name, num_frames, height, width, batch_size)."
+      )
     bucket = Bucket(str(entry[0]), *(int(v) for v in entry[1:]))
     if min(bucket.num_frames, bucket.height, bucket.width, bucket.batch_size) < 1:
       raise ValueError(f"Bucket {bucket} needs positive frames, size and batch size.")
@@ -79,15 +80,20 @@ def assign_bucket(record: dict, buckets: Sequence[Bucket], fps: float | None) ->
   return max(fitting, key=lambda b: b.num_frames) if fitting else None
 
 
-def group_by_bucket(records: Sequence[dict], buckets: Sequence[Bucket], fps: float | None,
-                    min_fps: float = 0.0, num_threads: int = 16
-                    ) -> tuple[dict[str, list[dict]], collections.Counter]:
+def group_by_bucket(
+  records: Sequence[dict],
+  buckets: Sequence[Bucket],
+  fps: float | None,
+  min_fps: float = 0.0,
+  num_threads: int = 16,
+) -> tuple[dict[str, list[dict]], collections.Counter]:
   """({bucket name: records}, skipped by kind) of a record list.
 
   Records without size/length metadata are probed (in threads); files that cannot be
   probed are skipped under their kind, and records that fit no bucket (too short,
   or no bucket of their kind) under "no_bucket".
   """
+
   def complete(record):
     try:
       return with_metadata(record)
@@ -110,6 +116,7 @@ def group_by_bucket(records: Sequence[dict], buckets: Sequence[Bucket], fps: flo
     else:
       groups[bucket.name].append(record)
   if skipped["no_bucket"]:
-    logging.warning("%d records fit no bucket (too short, or no bucket of their kind).",
-                    skipped["no_bucket"])
+    logging.warning(
+      "%d records fit no bucket (too short, or no bucket of their kind).", skipped["no_bucket"]
+    )
   return groups, skipped

@@ -40,13 +40,21 @@ from mgjax.data.video import MediaDecodeError
 FINGERPRINT_FILE = "fingerprint.json"
 
 
-def bucket_spec(bucket: Bucket, fps: float | None, min_fps: float,
-                random_clip: bool) -> ExampleSpec:
+def bucket_spec(
+  bucket: Bucket, fps: float | None, min_fps: float, random_clip: bool
+) -> ExampleSpec:
   """Pixels of a bucket's example: scaled to cover its size, centre-cropped; the clip
   starts at a random time (random_clip) or at the start."""
-  return ExampleSpec(bucket.num_frames, bucket.height, bucket.width, fps=fps,
-                     min_fps=min_fps, scale_to=(bucket.height, bucket.width),
-                     random_crop=False, random_start=random_clip)
+  return ExampleSpec(
+    bucket.num_frames,
+    bucket.height,
+    bucket.width,
+    fps=fps,
+    min_fps=min_fps,
+    scale_to=(bucket.height, bucket.width),
+    random_crop=False,
+    random_start=random_clip,
+  )
 
 
 def shard_dir(root: str, split: str, bucket: str) -> str:
@@ -60,8 +68,11 @@ def check_fingerprint(root: str, fingerprint: dict) -> bool:
     with open(path) as f:
       if json.load(f) == fingerprint:
         return True
-    logging.warning("Latents in %s were made by something else (TAE, data or buckets "
-                    "changed); encoding them again.", root)
+    logging.warning(
+      "Latents in %s were made by something else (TAE, data or buckets "
+      "changed); encoding them again.",
+      root,
+    )
     for old in glob.glob(os.path.join(root, "*", "*", "shard-*")):
       os.remove(old)
   os.makedirs(root, exist_ok=True)
@@ -71,19 +82,36 @@ def check_fingerprint(root: str, fingerprint: dict) -> bool:
   return False
 
 
-def write_bucket(root: str, split: str, bucket: Bucket, records: Sequence[dict],
-                 spec: ExampleSpec, encode: Callable[[np.ndarray], np.ndarray], *,
-                 embed_text: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
-                 shard_size: int = 256, batch_size: int = 8, num_threads: int = 8,
-                 process_index: int = 0, process_count: int = 1) -> None:
+def write_bucket(
+  root: str,
+  split: str,
+  bucket: Bucket,
+  records: Sequence[dict],
+  spec: ExampleSpec,
+  encode: Callable[[np.ndarray], np.ndarray],
+  *,
+  embed_text: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
+  shard_size: int = 256,
+  batch_size: int = 8,
+  num_threads: int = 8,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> None:
   """Encodes this process's unfinished shards of one bucket."""
   out_dir = shard_dir(root, split, bucket.name)
   os.makedirs(out_dir, exist_ok=True)
-  shards = [k for k in range(-(-len(records) // shard_size)) if k % process_count == process_index
-            and not os.path.exists(os.path.join(out_dir, f"shard-{k:05d}.json"))]
+  shards = [
+    k
+    for k in range(-(-len(records) // shard_size))
+    if k % process_count == process_index
+    and not os.path.exists(os.path.join(out_dir, f"shard-{k:05d}.json"))
+  ]
   rng = np.random.default_rng(0)  # unused by a spec without random choices
-  progress = tqdm.tqdm(total=sum(len(records[k * shard_size:(k + 1) * shard_size])
-                                 for k in shards), unit="clip", desc=f"{split}/{bucket.name}")
+  progress = tqdm.tqdm(
+    total=sum(len(records[k * shard_size : (k + 1) * shard_size]) for k in shards),
+    unit="clip",
+    desc=f"{split}/{bucket.name}",
+  )
 
   def read(record):
     try:
@@ -95,14 +123,13 @@ def write_bucket(root: str, split: str, bucket: Bucket, records: Sequence[dict],
 
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     for k in shards:
-      examples = list(pool.map(read, records[k * shard_size:(k + 1) * shard_size]))
+      examples = list(pool.map(read, records[k * shard_size : (k + 1) * shard_size]))
       _write_shard(out_dir, k, examples, encode, embed_text, batch_size)
       progress.update(len(examples))
   progress.close()
 
 
-def _write_shard(out_dir: str, k: int, examples: list, encode, embed_text,
-                 batch_size: int) -> None:
+def _write_shard(out_dir: str, k: int, examples: list, encode, embed_text, batch_size: int) -> None:
   good = [e for e in examples if not isinstance(e, str)]
   skipped = collections.Counter(e for e in examples if isinstance(e, str))
   path = os.path.join(out_dir, f"shard-{k:05d}.array_record")
@@ -117,20 +144,19 @@ def _write_shard(out_dir: str, k: int, examples: list, encode, embed_text,
   writer.close()
   os.replace(path + ".tmp", path)
   marker = {"examples": len(good), "skipped": dict(skipped), **sums.to_json()}
-  with open(path[:-len(".array_record")] + ".json.tmp", "w") as f:
+  with open(path[: -len(".array_record")] + ".json.tmp", "w") as f:
     json.dump(marker, f)
-  os.replace(path[:-len(".array_record")] + ".json.tmp",
-             path[:-len(".array_record")] + ".json")
+  os.replace(path[: -len(".array_record")] + ".json.tmp", path[: -len(".array_record")] + ".json")
 
 
 def encode_in_batches(examples: Sequence[tuple[np.ndarray, str]], encode, batch_size: int):
   """Yields (float32 latents [b, T', h, w, C], captions) of (pixels, caption) examples,
   encoding full batches only (the last one padded) so `encode` compiles once."""
   for start in range(0, len(examples), batch_size):
-    chunk = examples[start:start + batch_size]
+    chunk = examples[start : start + batch_size]
     pixels = np.stack([p for p, _ in chunk])
     padded = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - len(chunk), 0)])
-    yield np.asarray(encode(padded), np.float32)[:len(chunk)], [c for _, c in chunk]
+    yield np.asarray(encode(padded), np.float32)[: len(chunk)], [c for _, c in chunk]
 
 
 class ChannelSums:
@@ -143,24 +169,30 @@ class ChannelSums:
     flat = latents.reshape(-1, latents.shape[-1]).astype(np.float64)  # [N, C]
     self.values += len(flat)
     self.total = flat.sum(0) + (0 if self.total is None else self.total)
-    self.total_sq = (flat ** 2).sum(0) + (0 if self.total_sq is None else self.total_sq)
+    self.total_sq = (flat**2).sum(0) + (0 if self.total_sq is None else self.total_sq)
 
   def to_json(self) -> dict:
-    return {"values": self.values, "sum": [] if self.total is None else self.total.tolist(),
-            "sum_sq": [] if self.total is None else self.total_sq.tolist()}
+    return {
+      "values": self.values,
+      "sum": [] if self.total is None else self.total.tolist(),
+      "sum_sq": [] if self.total is None else self.total_sq.tolist(),
+    }
 
   @classmethod
   def from_json(cls, markers: Sequence[dict]) -> ChannelSums:
     markers = [m for m in markers if m["values"]]
-    return cls(sum(m["values"] for m in markers), np.sum([m["sum"] for m in markers], 0),
-               np.sum([m["sum_sq"] for m in markers], 0))
+    return cls(
+      sum(m["values"] for m in markers),
+      np.sum([m["sum"] for m in markers], 0),
+      np.sum([m["sum_sq"] for m in markers], 0),
+    )
 
   def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std: each float32 [C]."""
     if not self.values:
       raise ValueError("No latents to compute statistics from; every example was skipped.")
     mean = self.total / self.values
-    std = np.sqrt(np.maximum(self.total_sq / self.values - mean ** 2, 0.0)) + 1e-6
+    std = np.sqrt(np.maximum(self.total_sq / self.values - mean**2, 0.0)) + 1e-6
     return mean.astype(np.float32), std.astype(np.float32)
 
 
@@ -174,7 +206,7 @@ class LatentShards:
     for marker in markers:
       with open(marker) as f:
         self.markers.append(json.load(f))
-    paths = [m[:-len(".json")] + ".array_record" for m in markers]
+    paths = [m[: -len(".json")] + ".array_record" for m in markers]
     paths = [p for p, m in zip(paths, self.markers) if m["examples"]]
     self.source = grain.sources.ArrayRecordDataSource(paths) if paths else []
 

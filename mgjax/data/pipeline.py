@@ -51,19 +51,20 @@ class DataQualityError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Stream:
   """One bucket's examples: load(i, rng) -> example dict, for i in [0, size)."""
+
   name: str
   size: int
   load: Callable[[int, np.random.Generator], dict]
-  batch_size: int       # global
-  weight: float = 1.0   # share of batches drawn from this stream
+  batch_size: int  # global
+  weight: float = 1.0  # share of batches drawn from this stream
 
 
 @dataclasses.dataclass(frozen=True)
 class LoaderOptions:
   seed: int = 0
-  num_threads: int = 4            # Grain read threads per process
-  num_workers: int = 0            # worker processes (0: decode in this process's threads)
-  prefetch: int = 4               # batches read ahead per thread pool
+  num_threads: int = 4  # Grain read threads per process
+  num_workers: int = 0  # worker processes (0: decode in this process's threads)
+  prefetch: int = 4  # batches read ahead per thread pool
   max_skip_fraction: float = 0.1  # stop the run above this share of skipped examples
 
 
@@ -95,17 +96,23 @@ def stream_batches(stream: Stream, seed: int, rows: slice) -> grain.MapDataset:
   """This process's rows of the stream's global batches, in order: a MapDataset."""
   if stream.size < 1:
     raise ValueError(f"Bucket {stream.name!r} has no examples.")
-  examples = (grain.MapDataset.range(stream.size).shuffle(seed=seed).repeat()
-              .random_map(stream.load, seed=seed))
+  examples = (
+    grain.MapDataset.range(stream.size)
+    .shuffle(seed=seed)
+    .repeat()
+    .random_map(stream.load, seed=seed)
+  )
   local = ProcessRows(examples, stream.batch_size, rows)
   return local.batch(rows.stop - rows.start, drop_remainder=True, batch_fn=collate)
 
 
-def mixed_batches(streams: Sequence[Stream], seed: int,
-                  rows_of: Callable[[int], slice]) -> grain.MapDataset:
+def mixed_batches(
+  streams: Sequence[Stream], seed: int, rows_of: Callable[[int], slice]
+) -> grain.MapDataset:
   """Batch s of the run (this process's rows), each from one stream."""
-  per_stream = [stream_batches(s, seed + 7919 * i, rows_of(s.batch_size))
-                for i, s in enumerate(streams)]
+  per_stream = [
+    stream_batches(s, seed + 7919 * i, rows_of(s.batch_size)) for i, s in enumerate(streams)
+  ]
   if len(per_stream) == 1:
     return per_stream[0]
   return grain.MapDataset.mix(per_stream, [s.weight for s in streams])
@@ -122,10 +129,17 @@ class DataIterator:
   captions or encoding pixels) and returns what the train step gets.
   """
 
-  def __init__(self, streams: Sequence[Stream], options: LoaderOptions,
-               finish: Callable[[dict], dict], *, rows_of: Callable[[int], slice] = all_rows,
-               skipped_records: collections.Counter | None = None, num_records: int = 0,
-               start: int = 0):
+  def __init__(
+    self,
+    streams: Sequence[Stream],
+    options: LoaderOptions,
+    finish: Callable[[dict], dict],
+    *,
+    rows_of: Callable[[int], slice] = all_rows,
+    skipped_records: collections.Counter | None = None,
+    num_records: int = 0,
+    start: int = 0,
+  ):
     self._batches = mixed_batches(streams, options.seed, rows_of)
     self._options = options
     self._finish = finish
@@ -141,9 +155,12 @@ class DataIterator:
   # ------------------------------------------------------------------ state
   def get_state(self) -> dict:
     """JSON-able: everything needed to continue exactly where this iterator is."""
-    return {"next_batch": self._next, "examples": self._examples,
-            "skipped_draws": self._skipped_draws,
-            "bad_files": {k: sorted(v) for k, v in self._bad_files.items()}}
+    return {
+      "next_batch": self._next,
+      "examples": self._examples,
+      "skipped_draws": self._skipped_draws,
+      "bad_files": {k: sorted(v) for k, v in self._bad_files.items()},
+    }
 
   def set_state(self, state: dict) -> None:
     self.close()
@@ -151,16 +168,20 @@ class DataIterator:
     self._examples = int(state["examples"])
     self._skipped_draws = int(state["skipped_draws"])
     self._bad_files = collections.defaultdict(
-        set, {k: set(v) for k, v in state["bad_files"].items()})
+      set, {k: set(v) for k, v in state["bad_files"].items()}
+    )
 
   # --------------------------------------------------------------- iterating
   def _start(self):
     dataset = self._batches.slice(slice(self._next, None)).to_iter_dataset(
-        grain.ReadOptions(num_threads=self._options.num_threads,
-                          prefetch_buffer_size=self._options.prefetch))
+      grain.ReadOptions(
+        num_threads=self._options.num_threads, prefetch_buffer_size=self._options.prefetch
+      )
+    )
     if self._options.num_workers > 0:
       dataset = dataset.mp_prefetch(
-          grain.MultiprocessingOptions(num_workers=self._options.num_workers))
+        grain.MultiprocessingOptions(num_workers=self._options.num_workers)
+      )
     self._iterator = iter(dataset)
 
   def __iter__(self):
@@ -210,12 +231,14 @@ class DataIterator:
   def _check_draws(self):
     tried = self._skipped_draws + self._examples
     if tried >= MIN_TRIED_FOR_THRESHOLD and (
-        self._skipped_draws / tried > self._options.max_skip_fraction):
+      self._skipped_draws / tried > self._options.max_skip_fraction
+    ):
       self._fail(f"{self._skipped_draws} of {tried} examples read were unusable files")
 
   def _fail(self, what: str):
     self.close()
     raise DataQualityError(
-        f"{what} (skipped by kind: {self.skipped_by_kind()}), more than "
-        f"data.max_skip_fraction={self._options.max_skip_fraction}. Fix or remove the bad "
-        "files (each was logged with its path), or raise data.max_skip_fraction.")
+      f"{what} (skipped by kind: {self.skipped_by_kind()}), more than "
+      f"data.max_skip_fraction={self._options.max_skip_fraction}. Fix or remove the bad "
+      "files (each was logged with its path), or raise data.max_skip_fraction."
+    )

@@ -26,10 +26,11 @@ from mgjax.data.latent_shards import FINGERPRINT_FILE
 from mgjax.tasks.t2v import T2VTask
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A text-to-video config (experiments/t2v.py).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "A text-to-video config (experiments/t2v.py).", lock_config=True
+)
 flags.DEFINE_string("out", None, "Directory of the shards (the trainer's data.latents_dir).")
-flags.DEFINE_list("splits", ["train"], "Splits to encode (the trainer reads \"train\").")
+flags.DEFINE_list("splits", ["train"], 'Splits to encode (the trainer reads "train").')
 flags.DEFINE_integer("process_index", 0, "This process's index among --process_count.")
 flags.DEFINE_integer("process_count", 1, "Processes sharing the work.")
 
@@ -50,8 +51,9 @@ def main(argv):
   if config.task != "t2v":
     raise app.UsageError(f"--config is a {config.task!r} config; precompute needs a t2v one.")
   if not 0 <= FLAGS.process_index < FLAGS.process_count:
-    raise app.UsageError(f"--process_index={FLAGS.process_index} is not in "
-                         f"[0, --process_count={FLAGS.process_count}).")
+    raise app.UsageError(
+      f"--process_index={FLAGS.process_index} is not in [0, --process_count={FLAGS.process_count})."
+    )
   out = os.path.abspath(FLAGS.out)
   with config.unlocked():
     config.data.latents_dir = out
@@ -62,8 +64,10 @@ def main(argv):
     wait_for_fingerprint(out)
   for split in FLAGS.splits:
     task.precompute_latents(split, FLAGS.process_index, FLAGS.process_count)
-  counts = {split: {name: len(shards) for name, shards in _shards(task, split).items()}
-            for split in FLAGS.splits}
+  counts = {
+    split: {name: len(shards) for name, shards in _shards(task, split).items()}
+    for split in FLAGS.splits
+  }
   logging.info("Latents in %s: %s", out, counts)
   print(f"Encoded into {out}: " + json.dumps(counts))
 

@@ -27,8 +27,16 @@ from collections.abc import Iterator
 from absl import logging
 
 # field -> accepted types (bool is excluded from the numeric fields below)
-FIELD_TYPES = {"video": str, "image": str, "caption": str, "split": str,
-               "width": int, "height": int, "num_frames": int, "fps": (int, float)}
+FIELD_TYPES = {
+  "video": str,
+  "image": str,
+  "caption": str,
+  "split": str,
+  "width": int,
+  "height": int,
+  "num_frames": int,
+  "fps": (int, float),
+}
 RECORD_KINDS = ("bad_json", "bad_field", "no_media", "empty_caption")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -36,6 +44,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 @dataclasses.dataclass
 class Records:
   """Usable records and the count of skipped lines by kind (RECORD_KINDS)."""
+
   records: list[dict]
   skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
@@ -70,9 +79,11 @@ def _type_name(types) -> str:
 def read_manifest(path: str, split: str | None = None) -> Records:
   """Usable records of a JSONL manifest (optionally of one split), paths made absolute."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Manifest {path} does not exist; make one (one JSON object per "
-                            "line with a 'video' or 'image' path and a 'caption'), or use "
-                            "data.name='shapes' for the synthetic data set.")
+    raise FileNotFoundError(
+      f"Manifest {path} does not exist; make one (one JSON object per "
+      "line with a 'video' or 'image' path and a 'caption'), or use "
+      "data.name='shapes' for the synthetic data set."
+    )
   base = os.path.dirname(os.path.abspath(path))
   out = Records([])
   for line_number, record, json_error in manifest_lines(path):
@@ -109,8 +120,10 @@ def read_image_folder(folder: str) -> Records:
   An image without a caption file, or with an empty one, is skipped as empty_caption.
   """
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f"Image folder {folder} does not exist; point data.dir at a folder "
-                            "of images with a caption .txt beside each.")
+    raise FileNotFoundError(
+      f"Image folder {folder} does not exist; point data.dir at a folder "
+      "of images with a caption .txt beside each."
+    )
   out = Records([])
   for root, _, files in sorted(os.walk(folder)):
     for name in sorted(files):

@@ -24,10 +24,20 @@ def prepare_manifest(data_config, workdir: str) -> str:
   """Path of the manifest to train on; makes the shapes data set if it is absent."""
   if data_config.name == "shapes":
     s = data_config.shapes
-    return distributed.first_process_first("shapes", lambda: shapes.ensure_dataset(
-        data_dir(data_config, workdir), num_videos=s.num_videos, seed=s.seed, fps=s.fps,
-        num_frames=s.num_frames, height=s.height, width=s.width, num_images=s.num_images,
-        paths=s.paths))
+    return distributed.first_process_first(
+      "shapes",
+      lambda: shapes.ensure_dataset(
+        data_dir(data_config, workdir),
+        num_videos=s.num_videos,
+        seed=s.seed,
+        fps=s.fps,
+        num_frames=s.num_frames,
+        height=s.height,
+        width=s.width,
+        num_images=s.num_images,
+        paths=s.paths,
+      ),
+    )
   if data_config.name == "manifest":
     return os.path.join(data_dir(data_config, workdir), "manifest.jsonl")
   raise ValueError(f"data.name={data_config.name!r} has no manifest; use one of {SOURCES}.")
@@ -45,11 +55,19 @@ def read_records(data_config, workdir: str, split: str) -> Records:
     return read_image_folder(data_dir(data_config, workdir)) if split == "train" else Records([])
   if name == "tfds":
     from mgjax.data.tfds_source import TfdsRecords  # tensorflow_datasets imports slowly
+
     t = data_config.tfds
     if split != "train":
       return Records([])
-    return Records(TfdsRecords(t.name, split=t.split, data_dir=t.data_dir or None,
-                               media_key=t.media_key, caption_key=t.caption_key))
+    return Records(
+      TfdsRecords(
+        t.name,
+        split=t.split,
+        data_dir=t.data_dir or None,
+        media_key=t.media_key,
+        caption_key=t.caption_key,
+      )
+    )
   manifest = prepare_manifest(data_config, workdir)
   records = read_manifest(manifest, split=split)
   images = os.path.join(os.path.dirname(manifest), shapes.IMAGES_MANIFEST)
@@ -59,6 +77,10 @@ def read_records(data_config, workdir: str, split: str) -> Records:
 
 
 def loader_options(data_config, seed: int) -> LoaderOptions:
-  return LoaderOptions(seed=seed, num_threads=data_config.num_threads,
-                       num_workers=data_config.num_workers, prefetch=data_config.prefetch,
-                       max_skip_fraction=data_config.max_skip_fraction)
+  return LoaderOptions(
+    seed=seed,
+    num_threads=data_config.num_threads,
+    num_workers=data_config.num_workers,
+    prefetch=data_config.prefetch,
+    max_skip_fraction=data_config.max_skip_fraction,
+  )

@@ -28,9 +28,11 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-PREPARE_HINT = ("prepare it in array_record format first: `tfds build {name} --data_dir={dir} "
-                "--file_format=array_record`, or in Python tfds.builder({name!r}, data_dir="
-                "{dir!r}).download_and_prepare(file_format=\"array_record\")")
+PREPARE_HINT = (
+  "prepare it in array_record format first: `tfds build {name} --data_dir={dir} "
+  "--file_format=array_record`, or in Python tfds.builder({name!r}, data_dir="
+  '{dir!r}).download_and_prepare(file_format="array_record")'
+)
 
 
 class TfdsRecords(Sequence):
@@ -45,8 +47,14 @@ class TfdsRecords(Sequence):
   itself on first use, so no file reader is shared between processes.
   """
 
-  def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
-               media_key: str = "image", caption_key: str = "caption"):
+  def __init__(
+    self,
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    media_key: str = "image",
+    caption_key: str = "caption",
+  ):
     self.name = name
     self.split = split
     self.data_dir = data_dir
@@ -62,42 +70,57 @@ class TfdsRecords(Sequence):
     try:
       builder = tfds.builder(self.name, data_dir=self.data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise FileNotFoundError(f"TFDS data set {self.name!r} is neither prepared in data_dir "
-                              f"{shown_dir} nor a registered TFDS builder; {hint}.") from e
+      raise FileNotFoundError(
+        f"TFDS data set {self.name!r} is neither prepared in data_dir "
+        f"{shown_dir} nor a registered TFDS builder; {hint}."
+      ) from e
     except ModuleNotFoundError as e:
       if e.name != "tensorflow":
         raise
       raise ImportError(
-          f"TFDS data set {self.name!r} has a feature TFDS cannot load without TensorFlow "
-          "(tfds.features.Video does this); install tensorflow-cpu to read it, or prepare "
-          "the frames as tfds.features.Sequence(tfds.features.Image(...)).") from e
+        f"TFDS data set {self.name!r} has a feature TFDS cannot load without TensorFlow "
+        "(tfds.features.Video does this); install tensorflow-cpu to read it, or prepare "
+        "the frames as tfds.features.Sequence(tfds.features.Image(...))."
+      ) from e
     if not builder.is_prepared():
-      raise FileNotFoundError(f"TFDS data set {self.name!r} is not prepared in data_dir "
-                              f"{shown_dir} (no {builder.data_dir}); {hint}.")
+      raise FileNotFoundError(
+        f"TFDS data set {self.name!r} is not prepared in data_dir "
+        f"{shown_dir} (no {builder.data_dir}); {hint}."
+      )
     file_format = builder.info.file_format
     if file_format not in tfds.core.FileFormat.with_random_access():
-      raise FileNotFoundError(f"TFDS data set {self.name!r} in {builder.data_dir} is stored "
-                              f"as {file_format}, which has no random access; {hint}.")
+      raise FileNotFoundError(
+        f"TFDS data set {self.name!r} in {builder.data_dir} is stored "
+        f"as {file_format}, which has no random access; {hint}."
+      )
     features = builder.info.features
     self._check_features(features)
     # Other images are left encoded: decoding them would only cost time. (Not sequences:
     # TFDS's numpy decoding cannot skip those.)
-    skip = {k: tfds.decode.SkipDecoding() for k, f in features.items()
-            if k not in (self.media_key, self.caption_key) and isinstance(f, tfds.features.Image)}
+    skip = {
+      k: tfds.decode.SkipDecoding()
+      for k, f in features.items()
+      if k not in (self.media_key, self.caption_key) and isinstance(f, tfds.features.Image)
+    }
     return builder.as_data_source(split=self.split, decoders=skip or None)
 
   def _check_features(self, features) -> None:
     listing = "; ".join(f"{k}: {type(f).__name__}{tuple(f.shape)}" for k, f in features.items())
     frame = _frame_feature(features[self.media_key]) if self.media_key in features else None
     if frame is None or np.dtype(frame.np_dtype) != np.uint8 or frame.shape[-1] not in (1, 3):
-      raise ValueError(f"media_key={self.media_key!r} is not a uint8 image ([H, W, 1|3]) or "
-                       f"video ([T, H, W, 1|3]) feature of TFDS data set {self.name!r}; its "
-                       f"features are {listing}.")
+      raise ValueError(
+        f"media_key={self.media_key!r} is not a uint8 image ([H, W, 1|3]) or "
+        f"video ([T, H, W, 1|3]) feature of TFDS data set {self.name!r}; its "
+        f"features are {listing}."
+      )
     caption = features[self.caption_key] if self.caption_key in features else None
-    if (caption is None or tuple(caption.shape) != ()
-        or np.dtype(caption.np_dtype).kind not in "OSU"):
-      raise ValueError(f"caption_key={self.caption_key!r} is not a text feature of TFDS data "
-                       f"set {self.name!r}; its features are {listing}.")
+    if (
+      caption is None or tuple(caption.shape) != () or np.dtype(caption.np_dtype).kind not in "OSU"
+    ):
+      raise ValueError(
+        f"caption_key={self.caption_key!r} is not a text feature of TFDS data "
+        f"set {self.name!r}; its features are {listing}."
+      )
 
   def __len__(self) -> int:
     return self._len
@@ -118,8 +141,7 @@ class TfdsRecords(Sequence):
     caption = caption.item() if isinstance(caption, np.ndarray) else caption
     if isinstance(caption, bytes):
       caption = caption.decode("utf-8", errors="replace")
-    return {"pixels": pixels, "caption": str(caption),
-            "id": f"tfds:{self.name}/{self.split}[{i}]"}
+    return {"pixels": pixels, "caption": str(caption), "id": f"tfds:{self.name}/{self.split}[{i}]"}
 
   def __getstate__(self) -> dict:
     return {**self.__dict__, "_source": None}
@@ -129,7 +151,8 @@ def _frame_feature(feature):
   """The per-frame Image feature of an image or video feature, else None."""
   if isinstance(feature, tfds.features.Image):
     return feature
-  if isinstance(feature, tfds.features.Sequence) and isinstance(feature.feature,
-                                                                tfds.features.Image):
+  if isinstance(feature, tfds.features.Sequence) and isinstance(
+    feature.feature, tfds.features.Image
+  ):
     return feature.feature
   return None

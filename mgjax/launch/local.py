@@ -25,10 +25,12 @@ from absl import app, flags
 from mgjax.parallel import distributed
 
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "Processes to start.")
-DEVICES_PER_PROCESS = flags.DEFINE_integer("devices_per_process", 4,
-                                           "CPU devices each process sees.")
-DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print each process's environment and "
-                            "command; start nothing.")
+DEVICES_PER_PROCESS = flags.DEFINE_integer(
+  "devices_per_process", 4, "CPU devices each process sees."
+)
+DRY_RUN = flags.DEFINE_bool(
+  "dry_run", False, "Print each process's environment and command; start nothing."
+)
 
 
 def free_port() -> int:
@@ -40,15 +42,20 @@ def free_port() -> int:
 def process_env(index: int, num_processes: int, devices: int, port: int) -> dict[str, str]:
   """The environment of process `index`: coordinator, identity and its CPU devices."""
   env = dict(os.environ)
-  xla_flags = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()
-                       if not flag.startswith("--xla_force_host_platform_device_count"))
-  env.update({
+  xla_flags = " ".join(
+    flag
+    for flag in env.get("XLA_FLAGS", "").split()
+    if not flag.startswith("--xla_force_host_platform_device_count")
+  )
+  env.update(
+    {
       distributed.ENV_COORDINATOR: f"127.0.0.1:{port}",
       distributed.ENV_NUM_PROCESSES: str(num_processes),
       distributed.ENV_PROCESS_ID: str(index),
       "JAX_PLATFORMS": "cpu",
       "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count={devices}".strip(),
-  })
+    }
+  )
   return env
 
 
@@ -67,9 +74,13 @@ def launch(command: list[str], num_processes: int, devices_per_process: int) -> 
   port = free_port()
   processes, relays = [], []
   for index in range(num_processes):
-    proc = subprocess.Popen(command, env=process_env(index, num_processes,
-                                                     devices_per_process, port),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+      command,
+      env=process_env(index, num_processes, devices_per_process, port),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
     relay = threading.Thread(target=_relay, args=(index, proc.stdout, sys.stdout), daemon=True)
     relay.start()
     processes.append(proc)
@@ -97,10 +108,19 @@ def dry_run(command: list[str], num_processes: int, devices_per_process: int) ->
   lines = []
   for index in range(num_processes):
     env = process_env(index, num_processes, devices_per_process, port)
-    names = (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
-             distributed.ENV_PROCESS_ID, "JAX_PLATFORMS", "XLA_FLAGS")
-    lines.append(" ".join(f"{name}={shlex.quote(env[name])}" for name in names) + " "
-                 + shlex.join(command) + " &")
+    names = (
+      distributed.ENV_COORDINATOR,
+      distributed.ENV_NUM_PROCESSES,
+      distributed.ENV_PROCESS_ID,
+      "JAX_PLATFORMS",
+      "XLA_FLAGS",
+    )
+    lines.append(
+      " ".join(f"{name}={shlex.quote(env[name])}" for name in names)
+      + " "
+      + shlex.join(command)
+      + " &"
+    )
   return "\n".join(lines + ["wait"])
 
 

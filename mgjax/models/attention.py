@@ -10,9 +10,15 @@ import jax
 import jax.numpy as jnp
 
 
-def attention(query: jax.Array, key: jax.Array, value: jax.Array,
-              mask: jax.Array | None = None, *, bias: jax.Array | None = None,
-              scale: float | None = None) -> jax.Array:
+def attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  bias: jax.Array | None = None,
+  scale: float | None = None,
+) -> jax.Array:
   """Softmax attention, bidirectional unless the mask says otherwise, in float32.
 
   Args:
@@ -30,8 +36,9 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array,
   """
   if scale is None:
     scale = query.shape[-1] ** -0.5
-  logits = jnp.einsum("bqnd,bknd->bnqk", query.astype(jnp.float32),
-                      key.astype(jnp.float32)) * scale  # [B, N, Q, K]
+  logits = (
+    jnp.einsum("bqnd,bknd->bnqk", query.astype(jnp.float32), key.astype(jnp.float32)) * scale
+  )  # [B, N, Q, K]
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if mask is not None:

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,8 +52,15 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mgjax import flow
 from mgjax.models.dit import TextInput, VideoDiT, text_inputs
-from mgjax.models.dit_blocks import (ACTIVATION_AXES, MLP_AXES, Attention, TextProjection,
-                                     TimestepEmbedder, modulate, remat_policy)
+from mgjax.models.dit_blocks import (
+  ACTIVATION_AXES,
+  MLP_AXES,
+  Attention,
+  TextProjection,
+  TimestepEmbedder,
+  modulate,
+  remat_policy,
+)
 from mgjax.models.layers import dense, logical_init
 from mgjax.parallel.sharding import constrain
 
@@ -64,8 +71,9 @@ POSITION_AXES = ("pos_t", "embed")
 ALIGN_TOLERANCE = 1e-9  # snaps j * fps / rate onto integers it misses by rounding
 
 
-def video_positions(num_frames: int, video_fps: float, latent_rate: float,
-                    num_video_frames: int) -> np.ndarray:
+def video_positions(
+  num_frames: int, video_fps: float, latent_rate: float, num_video_frames: int
+) -> np.ndarray:
   """Fractional video-frame index each of `num_frames` latent frames reads: float64 [T].
 
   u_j = j * video_fps / latent_rate, clamped to the last video frame (a clip's audio
@@ -74,9 +82,11 @@ def video_positions(num_frames: int, video_fps: float, latent_rate: float,
   """
   for name, rate in (("video_fps", video_fps), ("latent_rate", latent_rate)):
     if not isinstance(rate, numbers.Real):
-      raise ValueError(f"{name} must be a Python number (it fixes the resampling indices "
-                       f"at trace time); got {type(rate).__name__}. Bind it with "
-                       f"functools.partial rather than passing it through jit.")
+      raise ValueError(
+        f"{name} must be a Python number (it fixes the resampling indices "
+        f"at trace time); got {type(rate).__name__}. Bind it with "
+        f"functools.partial rather than passing it through jit."
+      )
   if not (video_fps > 0 and latent_rate > 0):
     raise ValueError(f"video_fps and latent_rate must be > 0; got {video_fps}, {latent_rate}.")
   if num_video_frames < 1:
@@ -85,17 +95,19 @@ def video_positions(num_frames: int, video_fps: float, latent_rate: float,
   video_s = num_video_frames / video_fps
   if audio_s > video_s + 1.0 / video_fps + ALIGN_TOLERANCE:
     raise ValueError(
-        f"{num_frames} audio latent frames at {latent_rate} Hz ({audio_s:.3f} s) outlast "
-        f"{num_video_frames} video frames at {video_fps} fps ({video_s:.3f} s). Pass the "
-        f"video features of the whole clip, or check model.video_fps / latent_rate.")
+      f"{num_frames} audio latent frames at {latent_rate} Hz ({audio_s:.3f} s) outlast "
+      f"{num_video_frames} video frames at {video_fps} fps ({video_s:.3f} s). Pass the "
+      f"video features of the whole clip, or check model.video_fps / latent_rate."
+    )
   u = np.arange(num_frames, dtype=np.float64) * (float(video_fps) / float(latent_rate))
   snapped = np.round(u)
   u = np.where(np.abs(u - snapped) < ALIGN_TOLERANCE, snapped, u)
   return np.clip(u, 0.0, num_video_frames - 1)
 
 
-def align_video_features(features: jax.Array, video_fps: float, latent_rate: float,
-                         num_frames: int) -> jax.Array:
+def align_video_features(
+  features: jax.Array, video_fps: float, latent_rate: float, num_frames: int
+) -> jax.Array:
   """Per-frame video features [B, Tv, F] at video_fps -> [B, T, F] at latent_rate.
 
   Linear interpolation in time between the two video frames around each latent
@@ -116,23 +128,27 @@ def align_video_features(features: jax.Array, video_fps: float, latent_rate: flo
 
 def _layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
   """LayerNorm without its own scale/bias: adaLN supplies both (DiT)."""
-  return nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False, dtype=dtype,
-                      param_dtype=param_dtype, name=name)
+  return nn.LayerNorm(
+    epsilon=1e-6, use_scale=False, use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name
+  )
 
 
 class GeluMLP(nn.Module):
   """DiT feed-forward: Dense(D -> F) -> GELU (tanh) -> Dense(F -> D), with biases."""
+
   mlp_dim: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
-    hidden = dense(self.mlp_dim, ("embed", "mlp"), "up", self.dtype, self.param_dtype,
-                   use_bias=True)(x)
+    hidden = dense(
+      self.mlp_dim, ("embed", "mlp"), "up", self.dtype, self.param_dtype, use_bias=True
+    )(x)
     hidden = checkpoint_name(constrain(nn.gelu(hidden), MLP_AXES), "mlp_hidden")  # [B, T, F]
-    return dense(x.shape[-1], ("mlp", "embed"), "down", self.dtype, self.param_dtype,
-                 use_bias=True)(hidden)  # [B, T, D]
+    return dense(
+      x.shape[-1], ("mlp", "embed"), "down", self.dtype, self.param_dtype, use_bias=True
+    )(hidden)  # [B, T, D]
 
 
 class AudioDiTBlock(nn.Module):
@@ -143,6 +159,7 @@ class AudioDiTBlock(nn.Module):
   modulation. The gates start at zero (zero shared Dense, zero table), so a fresh
   block is the identity.
   """
+
   num_heads: int
   mlp_dim: int
   modulate_cross_attention: bool = True
@@ -157,29 +174,39 @@ class AudioDiTBlock(nn.Module):
     d = x.shape[-1]
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     num_vectors = NUM_MODULATION_VECTORS[self.modulate_cross_attention]
-    table = self.param("adaln_table", logical_init(nn.initializers.zeros,
-                                                   ("modulation", "embed")),
-                       (num_vectors, d), self.param_dtype)
+    table = self.param(
+      "adaln_table",
+      logical_init(nn.initializers.zeros, ("modulation", "embed")),
+      (num_vectors, d),
+      self.param_dtype,
+    )
     mod = (modulation + table.astype(modulation.dtype)).astype(self.dtype)  # [B, M, D]
     vectors = [mod[:, i] for i in range(num_vectors)]  # each [B, D]
-    attention_kwargs = dict(qk_norm=self.qk_norm,
-                            attention_implementation=self.attention_implementation, **common)
+    attention_kwargs = dict(
+      qk_norm=self.qk_norm, attention_implementation=self.attention_implementation, **common
+    )
 
     shift, scale, gate = vectors[0:3]
     h = modulate(_layer_norm("attention_norm", **common)(x), shift, scale)
-    h = Attention(self.num_heads, context_attention=self.context_attention,
-                  name="self_attention", **attention_kwargs)(h)
+    h = Attention(
+      self.num_heads,
+      context_attention=self.context_attention,
+      name="self_attention",
+      **attention_kwargs,
+    )(h)
     x = constrain(x + gate[:, None] * h, ACTIVATION_AXES)
 
     h = _layer_norm("cross_attention_norm", **common)(x)
     if self.modulate_cross_attention:
       shift, scale, gate = vectors[3:6]
       h = Attention(self.num_heads, name="cross_attention", **attention_kwargs)(
-          modulate(h, shift, scale), text, text_valid)
+        modulate(h, shift, scale), text, text_valid
+      )
       x = x + gate[:, None] * h
     else:  # unmodulated, zero-init output (as in the video DiT)
-      x = x + Attention(self.num_heads, zero_init_output=True, name="cross_attention",
-                        **attention_kwargs)(h, text, text_valid)
+      x = x + Attention(
+        self.num_heads, zero_init_output=True, name="cross_attention", **attention_kwargs
+      )(h, text, text_valid)
     x = constrain(x, ACTIVATION_AXES)
 
     shift, scale, gate = vectors[-3:]
@@ -206,6 +233,7 @@ class AudioDiT(nn.Module):
     remat_policy: a name in `mgjax.models.dit_blocks.REMAT_POLICIES`.
     dtype, param_dtype: compute and storage dtypes.
   """
+
   num_layers: int = 4
   embed_dim: int = 128
   mlp_dim: int = 512
@@ -229,11 +257,20 @@ class AudioDiT(nn.Module):
   from_config = classmethod(VideoDiT.from_config.__func__)
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array | None,
-               context_mask: jax.Array | None, video_features: jax.Array | None,
-               text: TextInput, text_mask: jax.Array | None = None, *,
-               keep_video: jax.Array | None = None, keep_text: jax.Array | None = None,
-               video_fps: float | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    t: jax.Array,
+    context: jax.Array | None,
+    context_mask: jax.Array | None,
+    video_features: jax.Array | None,
+    text: TextInput,
+    text_mask: jax.Array | None = None,
+    *,
+    keep_video: jax.Array | None = None,
+    keep_text: jax.Array | None = None,
+    video_fps: float | None = None,
+  ) -> jax.Array:
     """Velocity [B, T, C] (float32) of noisy latent x [B, T, C] at flow time t [B].
 
     Args:
@@ -257,9 +294,14 @@ class AudioDiT(nn.Module):
     # [B, T, 2C + 1]: the mask zeroes context frames that are not given.
     audio_in = jnp.concatenate([x, context * context_mask, context_mask], axis=-1)
     tokens = dense(d, ("channels", "embed"), "input_projection", use_bias=True, **common)(
-        audio_in.astype(self.dtype))  # [B, T, D]
-    pos = self.param("pos_embed", logical_init(nn.initializers.normal(0.02), POSITION_AXES),
-                     (self.max_frames, d), self.param_dtype)
+      audio_in.astype(self.dtype)
+    )  # [B, T, D]
+    pos = self.param(
+      "pos_embed",
+      logical_init(nn.initializers.normal(0.02), POSITION_AXES),
+      (self.max_frames, d),
+      self.param_dtype,
+    )
     tokens = tokens + pos[:num_frames].astype(self.dtype)[None]
     if self.use_video:
       tokens = tokens + self._embed_video(video_features, num_frames, keep_video, video_fps)
@@ -269,15 +311,26 @@ class AudioDiT(nn.Module):
 
     cond = nn.silu(TimestepEmbedder(d, self.frequency_dim, name="time_embed", **common)(t))
     num_vectors = NUM_MODULATION_VECTORS[self.modulate_cross_attention]
-    modulation = dense((num_vectors, d), ("embed", "modulation", "mlp"), "adaln_shared",
-                       zero=True, use_bias=True, **common)(cond)  # [B, M, D]
+    modulation = dense(
+      (num_vectors, d),
+      ("embed", "modulation", "mlp"),
+      "adaln_shared",
+      zero=True,
+      use_bias=True,
+      **common,
+    )(cond)  # [B, M, D]
 
     text_tokens, text_valid = self._embed_text(text, text_mask, keep_text)
     h = self._blocks(tokens, modulation, text_tokens, text_valid)  # [B, T, D]
 
     h = _layer_norm("final_norm", **common)(h)
-    shift, scale = jnp.split(dense((2, d), ("embed", "modulation", "mlp"), "final_adaln",
-                                   zero=True, use_bias=True, **common)(cond), 2, axis=1)
+    shift, scale = jnp.split(
+      dense(
+        (2, d), ("embed", "modulation", "mlp"), "final_adaln", zero=True, use_bias=True, **common
+      )(cond),
+      2,
+      axis=1,
+    )
     h = modulate(h, shift[:, 0], scale[:, 0])
     out = dense(c, ("embed", "channels"), "final", zero=True, use_bias=True, **common)(h)
     return out.astype(jnp.float32)  # [B, T, C]
@@ -288,28 +341,41 @@ class AudioDiT(nn.Module):
     if t.shape != x.shape[:1]:
       raise ValueError(f"t must be [B] = [{x.shape[0]}]; got shape {t.shape}.")
     if self.embed_dim % self.num_heads:
-      raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads "
-                       f"{self.num_heads}.")
+      raise ValueError(
+        f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}."
+      )
     if x.shape[1] > self.max_frames:
       raise ValueError(
-          f"{x.shape[1]} latent frames exceed the positional table (max_frames "
-          f"{self.max_frames}, {self.max_frames / self.latent_rate:.2f} s at "
-          f"{self.latent_rate} Hz). Generate long audio in windows with "
-          f"mgjax.audio_longform, or raise model.max_frames and train at that length.")
+        f"{x.shape[1]} latent frames exceed the positional table (max_frames "
+        f"{self.max_frames}, {self.max_frames / self.latent_rate:.2f} s at "
+        f"{self.latent_rate} Hz). Generate long audio in windows with "
+        f"mgjax.audio_longform, or raise model.max_frames and train at that length."
+      )
 
   def _embed_video(self, features, num_frames, keep, video_fps):
     """[B, Tv, Fv] at the video rate -> [B, T, D] to add to the audio tokens."""
     if features is None:
-      raise ValueError("This AudioDiT reads video (use_video=True) but got "
-                       "video_features=None; pass [B, Tv, Fv] features, or drop them per "
-                       "example with keep_video=False.")
+      raise ValueError(
+        "This AudioDiT reads video (use_video=True) but got "
+        "video_features=None; pass [B, Tv, Fv] features, or drop them per "
+        "example with keep_video=False."
+      )
     rate = self.video_fps if video_fps is None else video_fps
     aligned = align_video_features(features, rate, self.latent_rate, num_frames)  # [B, T, Fv]
-    emb = dense(self.embed_dim, ("video_feature", "embed"), "video_projection",
-                use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)(
-                    aligned.astype(self.dtype))  # [B, T, D]
-    null = self.param("video_null", logical_init(nn.initializers.normal(0.02), ("embed",)),
-                      (self.embed_dim,), self.param_dtype).astype(self.dtype)
+    emb = dense(
+      self.embed_dim,
+      ("video_feature", "embed"),
+      "video_projection",
+      use_bias=True,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )(aligned.astype(self.dtype))  # [B, T, D]
+    null = self.param(
+      "video_null",
+      logical_init(nn.initializers.normal(0.02), ("embed",)),
+      (self.embed_dim,),
+      self.param_dtype,
+    ).astype(self.dtype)
     if keep is None:
       return emb
     keep = _keep_flags(keep, features.shape[0], "keep_video")
@@ -319,9 +385,14 @@ class AudioDiT(nn.Module):
     """Each encoder projected to the model width and concatenated: [B, L, D], [B, L]."""
     embs, masks = [], []
     for name, emb, mask in text_inputs(text, text_mask):
-      embs.append(TextProjection(self.embed_dim, dtype=self.dtype,
-                                 param_dtype=self.param_dtype,
-                                 name=f"text_projection_{name}")(emb))  # [B, L_e, D]
+      embs.append(
+        TextProjection(
+          self.embed_dim,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"text_projection_{name}",
+        )(emb)
+      )  # [B, L_e, D]
       masks.append(mask)
     tokens, valid = jnp.concatenate(embs, axis=1), jnp.concatenate(masks, axis=1)
     if keep is not None:
@@ -330,19 +401,29 @@ class AudioDiT(nn.Module):
 
   def _blocks(self, x, modulation, text, text_valid):
     """The N blocks, scanned or looped, with remat per block."""
-    block_kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-                        modulate_cross_attention=self.modulate_cross_attention,
-                        qk_norm=self.qk_norm, context_attention=self.context_attention,
-                        attention_implementation=self.attention_implementation,
-                        dtype=self.dtype, param_dtype=self.param_dtype)
+    block_kwargs = dict(
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      modulate_cross_attention=self.modulate_cross_attention,
+      qk_norm=self.qk_norm,
+      context_attention=self.context_attention,
+      attention_implementation=self.attention_implementation,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     block_cls = AudioDiTBlock
     policy = remat_policy(self.remat_policy)  # validates the name
     if self.remat_policy != "none":
       block_cls = nn.remat(AudioDiTBlock, policy=policy, prevent_cse=not self.scan_layers)
     if self.scan_layers:
-      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast,) * 3, length=self.num_layers,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
+      stack = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,) * 3,
+        length=self.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       x, _ = stack(name="layers", **block_kwargs)(x, modulation, text, text_valid)
       return x
     for i in range(self.num_layers):
@@ -365,15 +446,17 @@ def _context_inputs(x, context, context_mask):
     zeros = jnp.zeros(x.shape[:2] + (1,), x.dtype)
     return jnp.zeros_like(x), zeros
   if context.shape != x.shape:
-    raise ValueError(f"Audio context must have the latent's shape {x.shape} ([B, T, C]); "
-                     f"got {context.shape}.")
+    raise ValueError(
+      f"Audio context must have the latent's shape {x.shape} ([B, T, C]); got {context.shape}."
+    )
   if context_mask is None:
     raise ValueError("Audio context needs context_mask [B, T, 1] (1 = given frame).")
   if context_mask.shape == x.shape[:2]:
     context_mask = context_mask[..., None]
   if context_mask.shape != x.shape[:2] + (1,):
-    raise ValueError(f"context_mask must be [B, T, 1] = {x.shape[:2] + (1,)}; got "
-                     f"{context_mask.shape}.")
+    raise ValueError(
+      f"context_mask must be [B, T, 1] = {x.shape[:2] + (1,)}; got {context_mask.shape}."
+    )
   return context.astype(x.dtype), context_mask.astype(x.dtype)
 
 
@@ -393,25 +476,43 @@ def guided_velocity_fn(model: AudioDiT, cfg_scale: float) -> Callable:
   being extended, not a prompt to guide towards). cfg_scale 1 runs only the
   conditional half.
   """
+
   def model_fn(x, t, use_condition, context, context_mask, aligned, per_example, variables):
     video = None if aligned is None else aligned["video"]
-    return model.apply(variables, x, t, context, context_mask, video, per_example["text"],
-                       keep_video=use_condition if video is not None else None,
-                       keep_text=use_condition, video_fps=model.latent_rate)
+    return model.apply(
+      variables,
+      x,
+      t,
+      context,
+      context_mask,
+      video,
+      per_example["text"],
+      keep_video=use_condition if video is not None else None,
+      keep_text=use_condition,
+      video_fps=model.latent_rate,
+    )
 
   if cfg_scale == 1.0:
+
     def conditional(x, t, context, context_mask, aligned, per_example, variables):
-      return model_fn(x, t, jnp.ones(x.shape[:1], bool), context, context_mask, aligned,
-                      per_example, variables)
+      return model_fn(
+        x, t, jnp.ones(x.shape[:1], bool), context, context_mask, aligned, per_example, variables
+      )
+
     return conditional
 
   def guided(x, t, context, context_mask, aligned, per_example, variables):
     batch = x.shape[0]
     double = lambda tree: jax.tree.map(lambda a: jnp.concatenate([a, a]), tree)
     use_condition = jnp.arange(2 * batch) < batch  # [2B]: conditional first
-    v = model_fn(*double((x, t)), use_condition, *double((context, context_mask, aligned,
-                                                           per_example)), variables)
+    v = model_fn(
+      *double((x, t)),
+      use_condition,
+      *double((context, context_mask, aligned, per_example)),
+      variables,
+    )
     return flow.guided_velocity(v[:batch], v[batch:], cfg_scale)  # [B, T, C]
+
   return guided
 
 

@@ -59,15 +59,16 @@ def stft_magnitude(waveform: jax.Array, window: int) -> jax.Array:
   x = jnp.pad(x, ((0, 0), (0, 0), (window // 2, window // 2)))
   count = 1 + (x.shape[-1] - window) // hop
   index = np.arange(window)[None, :] + hop * np.arange(count)[:, None]  # [N, W]
-  taper = jnp.asarray(np.hanning(window + 1)[:-1], jnp.float32)        # periodic Hann
-  frames = x[..., index] * taper                                       # [B, C, N, W]
-  spectrum = jnp.fft.rfft(frames, axis=-1) * (2.0 / taper.sum())       # [B, C, N, F]
+  taper = jnp.asarray(np.hanning(window + 1)[:-1], jnp.float32)  # periodic Hann
+  frames = x[..., index] * taper  # [B, C, N, W]
+  spectrum = jnp.fft.rfft(frames, axis=-1) * (2.0 / taper.sum())  # [B, C, N, F]
   # |X| with a tiny floor inside the root: finite gradients at |X| = 0 too.
-  return jnp.sqrt(jnp.square(spectrum.real) + jnp.square(spectrum.imag) + MAGNITUDE_EPS ** 2)
+  return jnp.sqrt(jnp.square(spectrum.real) + jnp.square(spectrum.imag) + MAGNITUDE_EPS**2)
 
 
-def multiscale_stft_loss(recon: jax.Array, target: jax.Array, windows: Sequence[int]
-                         ) -> tuple[jax.Array, jax.Array]:
+def multiscale_stft_loss(
+  recon: jax.Array, target: jax.Array, windows: Sequence[int]
+) -> tuple[jax.Array, jax.Array]:
   """(L1 of log10 magnitudes, L1 of magnitudes), each [B] and averaged over windows.
 
   Zero for identical inputs; the log term weighs quiet bins (decays, clicks over a
@@ -124,14 +125,15 @@ def snr_db(recon, target) -> np.ndarray:
   """
   target = np.asarray(target, np.float64).reshape(len(target), -1)
   error = target - np.asarray(recon, np.float64).reshape(len(target), -1)
-  signal = np.maximum(np.sum(target ** 2, axis=1), 1e-20)
-  noise = np.sum(error ** 2, axis=1)
+  signal = np.maximum(np.sum(target**2, axis=1), 1e-20)
+  noise = np.sum(error**2, axis=1)
   with np.errstate(divide="ignore"):
     return 10 * np.log10(signal / noise)
 
 
-def spectral_distance_db(recon, target, windows: Sequence[int],
-                         floor_db: float = DISTANCE_FLOOR_DB) -> np.ndarray:
+def spectral_distance_db(
+  recon, target, windows: Sequence[int], floor_db: float = DISTANCE_FLOOR_DB
+) -> np.ndarray:
   """Mean |dB(recon) - dB(target)| over the active STFT bins, averaged over windows,
   per example: [B] (dB).
 

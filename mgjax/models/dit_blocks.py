@@ -51,12 +51,12 @@ NUM_MODULATION_VECTORS = 6
 # whenever the self-attention projections are.
 QKV_NAMES = ("query_proj", "key_proj", "value_proj", "cross_key_proj", "cross_value_proj")
 REMAT_POLICIES = {
-    "none": None,          # no remat: keep every activation
-    "full": "nothing",     # save only the block input; recompute the rest
-    "save_dots": "dots",   # save weight matmul outputs (not attention scores)
-    "save_qkv_proj": QKV_NAMES,
-    "save_qkv_attention": QKV_NAMES + ("attention_out",),
-    "save_attention_mlp": QKV_NAMES + ("attention_out", "mlp_hidden"),
+  "none": None,  # no remat: keep every activation
+  "full": "nothing",  # save only the block input; recompute the rest
+  "save_dots": "dots",  # save weight matmul outputs (not attention scores)
+  "save_qkv_proj": QKV_NAMES,
+  "save_qkv_attention": QKV_NAMES + ("attention_out",),
+  "save_attention_mlp": QKV_NAMES + ("attention_out", "mlp_hidden"),
 }
 
 
@@ -75,8 +75,14 @@ def remat_policy(name: str):
 
 
 def rms_norm(name: str, dtype, param_dtype, *, use_scale: bool = True) -> nn.RMSNorm:
-  return nn.RMSNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, use_scale=use_scale,
-                    scale_init=logical_init(nn.initializers.ones, ("norm",)), name=name)
+  return nn.RMSNorm(
+    epsilon=1e-6,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    use_scale=use_scale,
+    scale_init=logical_init(nn.initializers.ones, ("norm",)),
+    name=name,
+  )
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -102,6 +108,7 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
 
 class TimestepEmbedder(nn.Module):
   """t [B] -> sinusoid -> Dense -> SiLU -> Dense -> [B, D]."""
+
   features: int
   frequency_dim: int = 256
   dtype: jnp.dtype = jnp.float32
@@ -110,10 +117,12 @@ class TimestepEmbedder(nn.Module):
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
     emb = timestep_embedding(t, self.frequency_dim).astype(self.dtype)  # [B, F]
-    emb = dense(self.features, ("freq", "embed"), "hidden", self.dtype, self.param_dtype,
-                use_bias=True)(emb)
-    return dense(self.features, ("mlp", "embed"), "out", self.dtype, self.param_dtype,
-                 use_bias=True)(nn.silu(emb))  # [B, D]
+    emb = dense(
+      self.features, ("freq", "embed"), "hidden", self.dtype, self.param_dtype, use_bias=True
+    )(emb)
+    return dense(
+      self.features, ("mlp", "embed"), "out", self.dtype, self.param_dtype, use_bias=True
+    )(nn.silu(emb))  # [B, D]
 
 
 class TextProjection(nn.Module):
@@ -122,18 +131,24 @@ class TextProjection(nn.Module):
   Dense then LayerNorm, so encoders of different scale (UL2, CLIP, ByT5) arrive at
   the cross-attention on a common footing.
   """
+
   features: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, text: jax.Array) -> jax.Array:
-    x = dense(self.features, ("vocab", "embed"), "dense", self.dtype, self.param_dtype,
-              use_bias=True)(text.astype(self.dtype))
-    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
-                        scale_init=logical_init(nn.initializers.ones, ("norm",)),
-                        bias_init=logical_init(nn.initializers.zeros, ("norm",)),
-                        name="norm")(x)  # [B, L, D]
+    x = dense(
+      self.features, ("vocab", "embed"), "dense", self.dtype, self.param_dtype, use_bias=True
+    )(text.astype(self.dtype))
+    return nn.LayerNorm(
+      epsilon=1e-6,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      scale_init=logical_init(nn.initializers.ones, ("norm",)),
+      bias_init=logical_init(nn.initializers.zeros, ("norm",)),
+      name="norm",
+    )(x)  # [B, L, D]
 
 
 class Attention(nn.Module):
@@ -147,6 +162,7 @@ class Attention(nn.Module):
   context-parallel when the mesh splits the tokens (`context_attention`: "all_gather"
   or "ring", mgjax/parallel/attention.py).
   """
+
   num_heads: int
   qk_norm: bool = True
   zero_init_output: bool = False
@@ -156,8 +172,9 @@ class Attention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               context_valid: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, context: jax.Array | None = None, context_valid: jax.Array | None = None
+  ) -> jax.Array:
     # x: [B, S, D]; context: [B, L, D] or None; context_valid: bool [B, L] or None.
     d = x.shape[-1]
     if d % self.num_heads:
@@ -166,8 +183,7 @@ class Attention(nn.Module):
     cross = context is not None
     source = context if cross else x
     kv_axes = TEXT_KV_AXES if cross else QKV_AXES
-    proj = lambda name: dense(heads, ("embed", "heads", "kv"), name, self.dtype,
-                              self.param_dtype)
+    proj = lambda name: dense(heads, ("embed", "heads", "kv"), name, self.dtype, self.param_dtype)
     q = proj("query")(x)  # [B, S, N, Dh]
     k = proj("key")(source)  # [B, L, N, Dh]
     v = proj("value")(source)  # [B, L, N, Dh]
@@ -180,18 +196,27 @@ class Attention(nn.Module):
     v = checkpoint_name(constrain(v, kv_axes), prefix + "value_proj")
     if cross:
       out = mesh_attention.cross_attention(
-          q, k, v, context_valid, implementation=self.attention_implementation)
+        q, k, v, context_valid, implementation=self.attention_implementation
+      )
     else:
       out = mesh_attention.self_attention(
-          q, k, v, mode=self.context_attention,
-          implementation=self.attention_implementation)  # [B, S, N, Dh]
+        q, k, v, mode=self.context_attention, implementation=self.attention_implementation
+      )  # [B, S, N, Dh]
     out = checkpoint_name(constrain(out, QKV_AXES), prefix + "attention_out")
-    return dense(d, ("heads", "kv", "embed"), "out", self.dtype, self.param_dtype,
-                 zero=self.zero_init_output, num_inputs=2)(out)  # [B, S, D]
+    return dense(
+      d,
+      ("heads", "kv", "embed"),
+      "out",
+      self.dtype,
+      self.param_dtype,
+      zero=self.zero_init_output,
+      num_inputs=2,
+    )(out)  # [B, S, D]
 
 
 class SwiGLU(nn.Module):
   """LLaMa feed-forward: W_out(silu(W_gate x) * W_up x), hidden width `mlp_dim`."""
+
   mlp_dim: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -212,6 +237,7 @@ class DiTBlock(nn.Module):
   "per_block", shared [B, 6, D] for "shared"), text [B, L, D], text_valid
   bool [B, L].
   """
+
   num_heads: int
   mlp_dim: int
   modulation: str = "shared"
@@ -228,28 +254,48 @@ class DiTBlock(nn.Module):
     x = constrain(x + pos.astype(x.dtype), ACTIVATION_AXES)  # [B, S, D]
 
     if self.modulation == "per_block":
-      mod = dense((NUM_MODULATION_VECTORS, d), ("embed", "modulation", "mlp"), "adaln",
-                  zero=True, use_bias=True, **common)(modulation)  # [B, 6, D]
+      mod = dense(
+        (NUM_MODULATION_VECTORS, d),
+        ("embed", "modulation", "mlp"),
+        "adaln",
+        zero=True,
+        use_bias=True,
+        **common,
+      )(modulation)  # [B, 6, D]
     elif self.modulation == "shared":
-      table = self.param("adaln_table",
-                         logical_init(nn.initializers.zeros, ("modulation", "embed")),
-                         (NUM_MODULATION_VECTORS, d), self.param_dtype)
+      table = self.param(
+        "adaln_table",
+        logical_init(nn.initializers.zeros, ("modulation", "embed")),
+        (NUM_MODULATION_VECTORS, d),
+        self.param_dtype,
+      )
       mod = modulation + table.astype(modulation.dtype)  # [B, 6, D]
     else:
       raise ValueError(f"Unknown modulation {self.modulation!r}; use one of {MODULATIONS}.")
     mod = mod.astype(self.dtype)
     shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (
-        mod[:, i] for i in range(NUM_MODULATION_VECTORS))  # each [B, D]
+      mod[:, i] for i in range(NUM_MODULATION_VECTORS)
+    )  # each [B, D]
 
     h = modulate(rms_norm("attention_norm", **common)(x), shift_a, scale_a)
     attention_kwargs = dict(attention_implementation=self.attention_implementation, **common)
-    h = Attention(self.num_heads, self.qk_norm, context_attention=self.context_attention,
-                  name="self_attention", **attention_kwargs)(h)
+    h = Attention(
+      self.num_heads,
+      self.qk_norm,
+      context_attention=self.context_attention,
+      name="self_attention",
+      **attention_kwargs,
+    )(h)
     x = x + gate_a[:, None] * h
 
     h = rms_norm("cross_attention_norm", **common)(x)
-    x = x + Attention(self.num_heads, self.qk_norm, zero_init_output=True,
-                      name="cross_attention", **attention_kwargs)(h, text, text_valid)
+    x = x + Attention(
+      self.num_heads,
+      self.qk_norm,
+      zero_init_output=True,
+      name="cross_attention",
+      **attention_kwargs,
+    )(h, text, text_valid)
 
     h = modulate(rms_norm("mlp_norm", **common)(x), shift_f, scale_f)
     x = x + gate_f[:, None] * SwiGLU(self.mlp_dim, name="mlp", **common)(h)

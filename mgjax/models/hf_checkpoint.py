@@ -25,8 +25,10 @@ def read_config(directory: str) -> dict:
   """The model's config.json as a dict."""
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"No {CONFIG_FILE} in {directory!r}; point the config at a "
-                            f"directory written by transformers' save_pretrained.")
+    raise FileNotFoundError(
+      f"No {CONFIG_FILE} in {directory!r}; point the config at a "
+      f"directory written by transformers' save_pretrained."
+    )
   with open(path) as f:
     return json.load(f)
 
@@ -45,8 +47,9 @@ def _weight_files(directory: str) -> tuple[str, list[str]]:
   if others:
     return "safetensors", others
   raise FileNotFoundError(
-      f"No weights in {directory!r}: expected {SAFETENSORS_FILES[0]}, {TORCH_FILES[0]} or "
-      f"a sharded *.index.json beside config.json.")
+    f"No weights in {directory!r}: expected {SAFETENSORS_FILES[0]}, {TORCH_FILES[0]} or "
+    f"a sharded *.index.json beside config.json."
+  )
 
 
 def read_tensors(directory: str) -> dict[str, np.ndarray]:
@@ -55,6 +58,7 @@ def read_tensors(directory: str) -> dict[str, np.ndarray]:
   tensors: dict[str, np.ndarray] = {}
   if kind == "safetensors":
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
     for path in files:
       try:
         with safe_open(path, framework="numpy") as f:
@@ -72,15 +76,19 @@ def _torch_load(path: str, safetensors: bool) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError(f"Reading {path!r} needs PyTorch (pip install torch), or convert the "
-                      f"checkpoint to safetensors.") from e
+    raise ImportError(
+      f"Reading {path!r} needs PyTorch (pip install torch), or convert the "
+      f"checkpoint to safetensors."
+    ) from e
   if safetensors:
     from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
+
     state = load_file(path)
   else:
     state = torch.load(path, map_location="cpu", weights_only=True)
-  return {name: t.float().numpy() if t.is_floating_point() else t.numpy()
-          for name, t in state.items()}
+  return {
+    name: t.float().numpy() if t.is_floating_point() else t.numpy() for name, t in state.items()
+  }
 
 
 class TensorReader:
@@ -99,8 +107,7 @@ class TensorReader:
     # Checkpoints of a bare encoder and of a full model name tensors differently
     # ("encoder.block..." vs "t5.encoder.block..."); the first prefix that has
     # tensors wins.
-    self.prefix = next((p for p in prefixes if any(n.startswith(p) for n in tensors)),
-                       prefixes[0])
+    self.prefix = next((p for p in prefixes if any(n.startswith(p) for n in tensors)), prefixes[0])
 
   def has(self, name: str) -> bool:
     return self.prefix + name in self.tensors
@@ -112,12 +119,15 @@ class TensorReader:
     expected = tuple(shape)
     stored = tuple(reversed(expected)) if transpose else expected
     if full not in self.tensors:
-      raise ValueError(f"Checkpoint {self.source!r} is missing tensor {full!r} "
-                       f"(expected shape {stored}).")
+      raise ValueError(
+        f"Checkpoint {self.source!r} is missing tensor {full!r} (expected shape {stored})."
+      )
     value = np.asarray(self.tensors[full])
     if value.shape != stored:
-      raise ValueError(f"Tensor {full!r} in {self.source!r} has shape {value.shape}; "
-                       f"expected {stored} from the model config.")
+      raise ValueError(
+        f"Tensor {full!r} in {self.source!r} has shape {value.shape}; "
+        f"expected {stored} from the model config."
+      )
     self.used.add(full)
     return np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
 

@@ -35,6 +35,7 @@ class FrameGroupNorm(nn.Module):
   clip is. This keeps images (1-frame videos) and tiled decoding consistent with
   full-clip processing.
   """
+
   num_groups: int = 32
   epsilon: float = 1e-6
   dtype: jnp.dtype = jnp.float32
@@ -45,10 +46,13 @@ class FrameGroupNorm(nn.Module):
     groups = min(self.num_groups, c)
     if c % groups:
       raise ValueError(f"FrameGroupNorm: {c} channels are not divisible by {groups} groups.")
-    y = nn.GroupNorm(num_groups=groups, epsilon=self.epsilon, dtype=self.dtype,
-                     scale_init=logical_init(nn.initializers.ones, ("norm",)),
-                     bias_init=logical_init(nn.initializers.zeros, ("norm",)))(
-                         x.reshape(b * t, h, w, c))
+    y = nn.GroupNorm(
+      num_groups=groups,
+      epsilon=self.epsilon,
+      dtype=self.dtype,
+      scale_init=logical_init(nn.initializers.ones, ("norm",)),
+      bias_init=logical_init(nn.initializers.zeros, ("norm",)),
+    )(x.reshape(b * t, h, w, c))
     return y.reshape(b, t, h, w, c)
 
 
@@ -62,6 +66,7 @@ class Projection(nn.Module):
   Attributes:
     axes: logical name of every kernel dimension: the contracted inputs, then outputs.
   """
+
   features: int | tuple[int, ...]
   axes: tuple[str, ...]
   num_inputs: int = 1
@@ -73,26 +78,52 @@ class Projection(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     out_shape = self.features if isinstance(self.features, tuple) else (self.features,)
-    in_shape = x.shape[x.ndim - self.num_inputs:]
+    in_shape = x.shape[x.ndim - self.num_inputs :]
     n_in, n_out = len(in_shape), len(out_shape)
     if len(self.axes) != n_in + n_out:
-      raise ValueError(f"Projection {self.name}: {len(self.axes)} axis names {self.axes} for "
-                       f"a kernel of rank {n_in + n_out}.")
-    init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal(
-        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
-    kernel = self.param("kernel", logical_init(init, self.axes), in_shape + out_shape,
-                        self.param_dtype)
+      raise ValueError(
+        f"Projection {self.name}: {len(self.axes)} axis names {self.axes} for "
+        f"a kernel of rank {n_in + n_out}."
+      )
+    init = (
+      nn.initializers.zeros
+      if self.zero_init
+      else nn.initializers.lecun_normal(
+        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out))
+      )
+    )
+    kernel = self.param(
+      "kernel", logical_init(init, self.axes), in_shape + out_shape, self.param_dtype
+    )
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
     if self.use_bias:
-      bias = self.param("bias", logical_init(nn.initializers.zeros, self.axes[n_in:]),
-                        out_shape, self.param_dtype)
+      bias = self.param(
+        "bias", logical_init(nn.initializers.zeros, self.axes[n_in:]), out_shape, self.param_dtype
+      )
       y = y + bias.astype(self.dtype)
     return y
 
 
-def dense(features, axes, name: str, dtype, param_dtype, *, zero: bool = False,
-          use_bias: bool = False, num_inputs: int = 1) -> Projection:
+def dense(
+  features,
+  axes,
+  name: str,
+  dtype,
+  param_dtype,
+  *,
+  zero: bool = False,
+  use_bias: bool = False,
+  num_inputs: int = 1,
+) -> Projection:
   """A `Projection` whose kernel dims are named `axes` (inputs, then outputs)."""
-  return Projection(features, tuple(axes), num_inputs=num_inputs, use_bias=use_bias,
-                    zero_init=zero, dtype=dtype, param_dtype=param_dtype, name=name)
+  return Projection(
+    features,
+    tuple(axes),
+    num_inputs=num_inputs,
+    use_bias=use_bias,
+    zero_init=zero,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+  )

@@ -26,8 +26,11 @@ from mgjax.models.layers import logical_init
 # Submodule name of the embedding inside a model, and its table names by axis.
 MODULE_NAME = "pos_embed"
 TABLE_NAMES = ("frames", "height", "width")
-TABLE_AXES = {"frames": ("pos_t", "embed"), "height": ("pos_h", "embed"),
-              "width": ("pos_w", "embed")}
+TABLE_AXES = {
+  "frames": ("pos_t", "embed"),
+  "height": ("pos_h", "embed"),
+  "width": ("pos_w", "embed"),
+}
 
 
 class FactorizedPositionalEmbedding(nn.Module):
@@ -37,6 +40,7 @@ class FactorizedPositionalEmbedding(nn.Module):
     features: model width D.
     max_frames / max_height / max_width: table sizes, in latent patches.
   """
+
   features: int
   max_frames: int
   max_height: int
@@ -47,19 +51,21 @@ class FactorizedPositionalEmbedding(nn.Module):
   def __call__(self, grid: Sequence[int]) -> jax.Array:
     """Embeddings of a (frames, height, width) grid of patches -> [T * h * w, D]."""
     sizes = dict(zip(TABLE_NAMES, (self.max_frames, self.max_height, self.max_width)))
-    too_big = {name: (n, sizes[name]) for name, n in zip(TABLE_NAMES, grid)
-               if n > sizes[name]}
+    too_big = {name: (n, sizes[name]) for name, n in zip(TABLE_NAMES, grid) if n > sizes[name]}
     if too_big:
-      detail = ", ".join(f"{name} {n} > max_{name} {limit}"
-                         for name, (n, limit) in too_big.items())
+      detail = ", ".join(f"{name} {n} > max_{name} {limit}" for name, (n, limit) in too_big.items())
       raise ValueError(
-          f"Video of {tuple(grid)} patches (frames, height, width) exceeds the "
-          f"positional tables: {detail}. Raise the model's max sizes and grow trained "
-          f"tables with mgjax.models.positional.resize_positional_tables.")
+        f"Video of {tuple(grid)} patches (frames, height, width) exceeds the "
+        f"positional tables: {detail}. Raise the model's max sizes and grow trained "
+        f"tables with mgjax.models.positional.resize_positional_tables."
+      )
     init = nn.initializers.normal(stddev=0.02)
-    tables = [self.param(name, logical_init(init, TABLE_AXES[name]), (sizes[name], self.features),
-                         self.param_dtype)
-              for name in TABLE_NAMES]
+    tables = [
+      self.param(
+        name, logical_init(init, TABLE_AXES[name]), (sizes[name], self.features), self.param_dtype
+      )
+      for name in TABLE_NAMES
+    ]
     t, h, w = grid
     frames, rows, cols = (table[:n] for table, n in zip(tables, grid))
     emb = frames[:, None, None] + rows[None, :, None] + cols[None, None, :]  # [T, h, w, D]
@@ -77,8 +83,10 @@ def interpolate_rows(table: jax.Array, size: int) -> jax.Array:
   """
   n = table.shape[0]
   if size < n:
-    raise ValueError(f"resize_positional_tables only grows tables; {n} rows -> {size}. "
-                     f"A smaller video already uses just the first rows.")
+    raise ValueError(
+      f"resize_positional_tables only grows tables; {n} rows -> {size}. "
+      f"A smaller video already uses just the first rows."
+    )
   if size == n:
     return table
   centres = (np.arange(size) + 0.5) * n / size - 0.5  # old-row coordinates

@@ -27,10 +27,10 @@ def outlier_penalty(latent: jax.Array, r: float = 3.0) -> jax.Array:
     r: how many standard-deviation norms a position may sit from the mean for free.
   """
   b, c = latent.shape[0], latent.shape[-1]
-  x = latent.reshape(b, -1, c).astype(jnp.float32)          # [B, P, C]
-  mean = x.mean(axis=1, keepdims=True)                      # [B, 1, C]
-  std_norm = jnp.linalg.norm(x.std(axis=1), axis=-1)        # [B]
-  distance = jnp.linalg.norm(x - mean, axis=-1)             # [B, P]
+  x = latent.reshape(b, -1, c).astype(jnp.float32)  # [B, P, C]
+  mean = x.mean(axis=1, keepdims=True)  # [B, 1, C]
+  std_norm = jnp.linalg.norm(x.std(axis=1), axis=-1)  # [B]
+  distance = jnp.linalg.norm(x - mean, axis=-1)  # [B, P]
   return jnp.maximum(distance - r * std_norm[:, None], 0.0).mean(axis=1)
 
 

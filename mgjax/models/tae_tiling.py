@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-EncodeFn = Callable[[jax.Array], jax.Array]      # [B, t, H, W, 3] -> [B, t', h, w, C]
-DecodeFn = Callable[[jax.Array], jax.Array]      # [B, t', h, w, C] -> [B, t'*f, H, W, 3]
+EncodeFn = Callable[[jax.Array], jax.Array]  # [B, t, H, W, 3] -> [B, t', h, w, C]
+DecodeFn = Callable[[jax.Array], jax.Array]  # [B, t', h, w, C] -> [B, t'*f, H, W, 3]
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -48,29 +48,40 @@ def blend_weights(tile: int, overlap: int, first: bool, last: bool) -> np.ndarra
   return weights
 
 
-def tiled_encode(encode_fn: EncodeFn, video: jax.Array, tile_frames: int = 32,
-                 temporal_factor: int = 8) -> jax.Array:
+def tiled_encode(
+  encode_fn: EncodeFn, video: jax.Array, tile_frames: int = 32, temporal_factor: int = 8
+) -> jax.Array:
   """Encodes [B, T, H, W, 3] in consecutive tiles; returns [B, ceil(T/f), h, w, C]."""
   if tile_frames % temporal_factor:
-    raise ValueError(f"tile_frames={tile_frames} must be a multiple of the temporal "
-                     f"factor {temporal_factor} so tiles align with latent frames.")
+    raise ValueError(
+      f"tile_frames={tile_frames} must be a multiple of the temporal "
+      f"factor {temporal_factor} so tiles align with latent frames."
+    )
   num_frames = video.shape[1]
-  latents = [encode_fn(video[:, start:start + tile_frames])
-             for start in range(0, num_frames, tile_frames)]
+  latents = [
+    encode_fn(video[:, start : start + tile_frames]) for start in range(0, num_frames, tile_frames)
+  ]
   return jnp.concatenate(latents, axis=1)
 
 
-def tiled_decode(decode_fn: DecodeFn, latent: jax.Array, num_frames: int,
-                 tile_frames: int = 32, overlap_frames: int = 16,
-                 temporal_factor: int = 8) -> jax.Array:
+def tiled_decode(
+  decode_fn: DecodeFn,
+  latent: jax.Array,
+  num_frames: int,
+  tile_frames: int = 32,
+  overlap_frames: int = 16,
+  temporal_factor: int = 8,
+) -> jax.Array:
   """Decodes [B, T', h, w, C] in overlapping tiles; returns [B, num_frames, H, W, 3].
 
   Output frames covered by several tiles are a weighted mean with linear ramps over
   the overlaps.
   """
   if tile_frames % temporal_factor or overlap_frames % temporal_factor:
-    raise ValueError(f"tile_frames={tile_frames} and overlap_frames={overlap_frames} must "
-                     f"be multiples of the temporal factor {temporal_factor}.")
+    raise ValueError(
+      f"tile_frames={tile_frames} and overlap_frames={overlap_frames} must "
+      f"be multiples of the temporal factor {temporal_factor}."
+    )
   if not 0 <= overlap_frames < tile_frames:
     raise ValueError(f"overlap_frames={overlap_frames} must be in [0, tile_frames).")
   tile = tile_frames // temporal_factor
@@ -80,7 +91,7 @@ def tiled_decode(decode_fn: DecodeFn, latent: jax.Array, num_frames: int,
   total = latent_frames * temporal_factor
   out, norm = None, np.zeros(total, np.float32)
   for i, start in enumerate(starts):
-    frames = decode_fn(latent[:, start:start + tile])  # [B, t, H, W, 3]
+    frames = decode_fn(latent[:, start : start + tile])  # [B, t, H, W, 3]
     t = frames.shape[1]
     # The overlap in output frames between this tile and its neighbours.
     first, last = i == 0, i == len(starts) - 1
@@ -94,7 +105,7 @@ def tiled_decode(decode_fn: DecodeFn, latent: jax.Array, num_frames: int,
     offset = start * temporal_factor
     if out is None:
       out = jnp.zeros((frames.shape[0], total) + frames.shape[2:], frames.dtype)
-    out = out.at[:, offset:offset + t].add(frames * weights[None, :, None, None, None])
-    norm[offset:offset + t] += weights
+    out = out.at[:, offset : offset + t].add(frames * weights[None, :, None, None, None])
+    norm[offset : offset + t] += weights
   out = out / jnp.asarray(norm)[None, :, None, None, None]
   return out[:, :num_frames]

@@ -40,8 +40,14 @@ QKV_AXES = ("batch", "attn_seq", "heads", "kv")
 TEXT_KV_AXES = ("batch", "text_seq", "heads", "kv")  # text is never context-sharded
 
 
-def self_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
-                   mode: str = "all_gather", implementation: str = "auto") -> jax.Array:
+def self_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  *,
+  mode: str = "all_gather",
+  implementation: str = "auto",
+) -> jax.Array:
   """Bidirectional self-attention [B, S, N, D] x3 -> [B, S, N, D]; context-parallel
   (`mode`) when the current mesh splits the sequence."""
   if mode not in MODES:
@@ -59,13 +65,19 @@ def self_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     else:
       size = math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in axes)
       local = functools.partial(_ring, axes=axes, size=size, implementation=implementation)
-  return jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec,
-                       check_vma=False)(query, key, value)
+  return jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
+    query, key, value
+  )
 
 
-def cross_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                    kv_valid: jax.Array | None = None, *,
-                    implementation: str = "auto") -> jax.Array:
+def cross_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  kv_valid: jax.Array | None = None,
+  *,
+  implementation: str = "auto",
+) -> jax.Array:
   """Video queries [B, S, N, D] to text keys/values [B, L, N, D]; `kv_valid` bool
   [B, L] marks real text tokens (a row without any, e.g. a dropped caption, gets 0)."""
   if kv_valid is None:
@@ -74,16 +86,18 @@ def cross_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   kv_ids = kv_valid.astype(jnp.int32)  # [B, L]: padding (0) matches no query
 
   def local(query, key, value, q_ids, kv_ids):
-    return kernels.attention(query, key, value, q_segment_ids=q_ids, kv_segment_ids=kv_ids,
-                             implementation=implementation)
+    return kernels.attention(
+      query, key, value, q_segment_ids=q_ids, kv_segment_ids=kv_ids, implementation=implementation
+    )
 
   q_spec = sharding.activation_spec(QKV_AXES, query.shape)
   if q_spec is None:
     return local(query, key, value, q_ids, kv_ids)
   kv_spec = sharding.activation_spec(TEXT_KV_AXES, key.shape)
   ids_specs = (PartitionSpec(*q_spec[:2]), PartitionSpec(*kv_spec[:2]))
-  return jax.shard_map(local, in_specs=(q_spec, kv_spec, kv_spec) + ids_specs,
-                       out_specs=q_spec, check_vma=False)(query, key, value, q_ids, kv_ids)
+  return jax.shard_map(
+    local, in_specs=(q_spec, kv_spec, kv_spec) + ids_specs, out_specs=q_spec, check_vma=False
+  )(query, key, value, q_ids, kv_ids)
 
 
 def _gathered(query, key, value, *, axes, implementation):
@@ -97,16 +111,17 @@ def _ring(query, key, value, *, axes, size, implementation):
   """Local queries against every K/V block as the blocks pass around the ring."""
   perm = [(i, (i + 1) % size) for i in range(size)]
   to_bqn1 = lambda x: jnp.transpose(x, (0, 2, 1))[..., None]  # [B, N, Q] -> [B, Q, N, 1]
-  out, lse = kernels.attention(query, key, value, return_lse=True,
-                               implementation=implementation)
+  out, lse = kernels.attention(query, key, value, return_lse=True, implementation=implementation)
   out = out.astype(jnp.float32)
   for _ in range(size - 1):
     key = jax.lax.ppermute(key, axes, perm)
     value = jax.lax.ppermute(value, axes, perm)
-    block_out, block_lse = kernels.attention(query, key, value, return_lse=True,
-                                             implementation=implementation)
+    block_out, block_lse = kernels.attention(
+      query, key, value, return_lse=True, implementation=implementation
+    )
     merged = jnp.logaddexp(lse, block_lse)  # [B, N, Q]
-    out = (out * to_bqn1(jnp.exp(lse - merged))
-           + block_out.astype(jnp.float32) * to_bqn1(jnp.exp(block_lse - merged)))
+    out = out * to_bqn1(jnp.exp(lse - merged)) + block_out.astype(jnp.float32) * to_bqn1(
+      jnp.exp(block_lse - merged)
+    )
     lse = merged
   return out.astype(query.dtype)

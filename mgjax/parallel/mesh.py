@@ -49,13 +49,15 @@ def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> dict[str, 
   if fill:
     if num_devices % known:
       raise ValueError(
-          f"Cannot fill mesh axis {fill[0]!r}: {num_devices} devices are not divisible "
-          f"by the product {known} of the other axes {resolved}.")
+        f"Cannot fill mesh axis {fill[0]!r}: {num_devices} devices are not divisible "
+        f"by the product {known} of the other axes {resolved}."
+      )
     resolved[fill[0]] = num_devices // known
   if math.prod(resolved.values()) != num_devices:
     raise ValueError(
-        f"Mesh {resolved} has {math.prod(resolved.values())} devices but "
-        f"{num_devices} are available; set one axis to -1 to fill.")
+      f"Mesh {resolved} has {math.prod(resolved.values())} devices but "
+      f"{num_devices} are available; set one axis to -1 to fill."
+    )
   return resolved
 
 
@@ -72,8 +74,11 @@ def resolve_dcn_sizes(dcn_sizes: Mapping[str, int] | None) -> dict[str, int]:
   return resolved
 
 
-def device_grid(sizes: Mapping[str, int], devices: Sequence[jax.Device],
-                dcn_sizes: Mapping[str, int] | None = None) -> np.ndarray:
+def device_grid(
+  sizes: Mapping[str, int],
+  devices: Sequence[jax.Device],
+  dcn_sizes: Mapping[str, int] | None = None,
+) -> np.ndarray:
   """The devices arranged as the (data, fsdp, context, tensor) mesh array.
 
   `sizes` lay out the devices of one slice (TPU) or node (GPU), whose links are
@@ -87,22 +92,30 @@ def device_grid(sizes: Mapping[str, int], devices: Sequence[jax.Device],
   dcn = resolve_dcn_sizes(dcn_sizes)
   num_slices = math.prod(dcn.values())
   if len(devices) % num_slices:
-    raise ValueError(f"dcn_mesh {dcn} asks for {num_slices} slices, which do not divide the "
-                     f"{len(devices)} devices.")
+    raise ValueError(
+      f"dcn_mesh {dcn} asks for {num_slices} slices, which do not divide the "
+      f"{len(devices)} devices."
+    )
   resolved = resolve_axis_sizes(sizes, len(devices) // num_slices)
   shape = tuple(resolved[axis] for axis in MESH_AXES)
   if num_slices > 1:
     # A slice is a TPU slice where devices know theirs, else one process (a GPU node).
     return mesh_utils.create_hybrid_device_mesh(
-        shape, tuple(dcn[axis] for axis in MESH_AXES), devices,
-        process_is_granule=not hasattr(devices[0], "slice_index"))
+      shape,
+      tuple(dcn[axis] for axis in MESH_AXES),
+      devices,
+      process_is_granule=not hasattr(devices[0], "slice_index"),
+    )
   if devices == list(jax.devices()):  # lets jax pick a topology-aware order
     return jax.make_mesh(shape, MESH_AXES, axis_types=AXIS_TYPES).devices
   return np.asarray(devices).reshape(shape)
 
 
-def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None,
-              dcn_sizes: Mapping[str, int] | None = None) -> Mesh:
+def make_mesh(
+  sizes: Mapping[str, int],
+  devices: Sequence[jax.Device] | None = None,
+  dcn_sizes: Mapping[str, int] | None = None,
+) -> Mesh:
   """The (data, fsdp, context, tensor) mesh over `devices` (default: all), Auto axes."""
   devices = list(devices if devices is not None else jax.devices())
   return Mesh(device_grid(sizes, devices, dcn_sizes), MESH_AXES, axis_types=AXIS_TYPES)

@@ -33,8 +33,9 @@ BATCH_AXES = ("data", "fsdp")
 SEQUENCE_AXIS = "seq"
 
 
-def rules_from_config(rules: Sequence[Sequence[Any]],
-                      sequence_parallel: bool = False) -> tuple[tuple[str, Any], ...]:
+def rules_from_config(
+  rules: Sequence[Sequence[Any]], sequence_parallel: bool = False
+) -> tuple[tuple[str, Any], ...]:
   """Normalises config rules (lists from ConfigDict) into tuples.
 
   With `sequence_parallel`, the `seq` rule gains the `tensor` axis: activations
@@ -59,8 +60,9 @@ def rules_from_config(rules: Sequence[Sequence[Any]],
 
 def rules_for(config) -> tuple[tuple[str, Any], ...]:
   """The logical axis rules of a run's config, sequence parallelism applied."""
-  return rules_from_config(config.logical_axis_rules,
-                           parallel_settings(config)["sequence_parallel"])
+  return rules_from_config(
+    config.logical_axis_rules, parallel_settings(config)["sequence_parallel"]
+  )
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh) -> PartitionSpec:
@@ -78,8 +80,13 @@ def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh) -> PartitionSpec:
         size *= mesh.shape[axis]
       else:
         logging.log_first_n(
-            logging.INFO, "Mesh axis %r (size %d) does not divide dim %d; replicating.",
-            8, axis, mesh.shape[axis], dim)
+          logging.INFO,
+          "Mesh axis %r (size %d) does not divide dim %d; replicating.",
+          8,
+          axis,
+          mesh.shape[axis],
+          dim,
+        )
     fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
   return PartitionSpec(*fitted)
 
@@ -98,8 +105,9 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Constrains activation x to the sharding its logical axis names give; a no-op
   outside a mesh. `names` has one entry (a logical name or None) per dimension."""
   if len(names) != x.ndim:
-    raise ValueError(f"constrain: {len(names)} logical names {tuple(names)} for an array "
-                     f"of shape {x.shape}.")
+    raise ValueError(
+      f"constrain: {len(names)} logical names {tuple(names)} for an array of shape {x.shape}."
+    )
   spec = activation_spec(names, x.shape)
   return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
@@ -113,10 +121,13 @@ def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   logical_specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
   shapes = jax.tree.map(lambda x: x.shape, strip_boxes(abstract_tree))
+
   def to_sharding(spec, shape):
     return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
-  return jax.tree.map(to_sharding, mesh_specs, shapes,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+  return jax.tree.map(
+    to_sharding, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec)
+  )
 
 
 def strip_boxes(tree: Any) -> Any:
@@ -125,8 +136,11 @@ def strip_boxes(tree: Any) -> Any:
   (`nn.meta.unbox` constrains each value to its sharding, which only works on
   concrete or traced arrays, not on the ShapeDtypeStructs of `jax.eval_shape`.)
   """
-  return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
-                      tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  return jax.tree.map(
+    lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
+    tree,
+    is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+  )
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -148,8 +162,7 @@ def process_rows(sharding: jax.sharding.Sharding, shape: Sequence[int]) -> slice
   return slice(min(starts), max(stops))
 
 
-def host_batch_to_global(host_batch: dict, shardings: dict, global_rows: int | None = None
-                         ) -> dict:
+def host_batch_to_global(host_batch: dict, shardings: dict, global_rows: int | None = None) -> dict:
   """Global arrays from host batches.
 
   With `global_rows`, `host_batch` holds only this process's rows of a batch of

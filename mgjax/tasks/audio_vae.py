@@ -52,14 +52,19 @@ import numpy as np
 from absl import logging
 
 from mgjax.data import audio as audio_lib
-from mgjax.data import shapes_audio
-from mgjax.data import sources
+from mgjax.data import shapes_audio, sources
 from mgjax.data.pipeline import DataIterator, Stream
 from mgjax.data.records import manifest_lines
 from mgjax.data.video import MediaDecodeError
 from mgjax.models.audio_vae import AudioVAE
-from mgjax.models.audio_vae_losses import (multiscale_stft_loss, onset_loss, snr_db,
-                                           spectral_distance_db, waveform_l1, window_samples)
+from mgjax.models.audio_vae_losses import (
+  multiscale_stft_loss,
+  onset_loss,
+  snr_db,
+  spectral_distance_db,
+  waveform_l1,
+  window_samples,
+)
 from mgjax.models.tae_losses import kl_divergence
 from mgjax.parallel import distributed
 from mgjax.tasks.base import Task
@@ -80,13 +85,16 @@ def crop_samples(seconds: float, sample_rate: int, hop: int, name: str) -> int:
   """`seconds` in samples; refused unless a whole number of latent frames."""
   samples = int(round(seconds * sample_rate))
   if samples < hop or samples % hop:
-    raise ValueError(f"{name}={seconds} s is {samples} samples at {sample_rate} Hz, not a "
-                     f"positive whole number of latent frames (hop {hop} samples = "
-                     f"{hop / sample_rate:g} s); use a multiple of {hop / sample_rate:g} s.")
+    raise ValueError(
+      f"{name}={seconds} s is {samples} samples at {sample_rate} Hz, not a "
+      f"positive whole number of latent frames (hop {hop} samples = "
+      f"{hop / sample_rate:g} s); use a multiple of {hop / sample_rate:g} s."
+    )
   return samples
 
 
 # ----------------------------------------------------------------------------- records
+
 
 def data_dir(data_config, workdir: str) -> str:
   return data_config.dir or os.path.join(workdir, "shapes_audio")
@@ -97,15 +105,27 @@ def manifest_path(data_config, workdir: str, sample_rate: int) -> str:
   name = data_config.name
   if name == "shapes_audio":
     s = data_config.shapes_audio
-    return distributed.first_process_first("shapes_audio", lambda: shapes_audio.ensure_dataset(
-        data_dir(data_config, workdir), num_videos=s.num_videos, seed=s.seed,
-        sample_rate=sample_rate, fps=s.fps, num_frames=s.num_frames, height=s.height,
-        width=s.width, eval_fraction=s.eval_fraction,
-        **shapes_audio.bouncing_args(s.get("bouncing_share", 0.0))))
+    return distributed.first_process_first(
+      "shapes_audio",
+      lambda: shapes_audio.ensure_dataset(
+        data_dir(data_config, workdir),
+        num_videos=s.num_videos,
+        seed=s.seed,
+        sample_rate=sample_rate,
+        fps=s.fps,
+        num_frames=s.num_frames,
+        height=s.height,
+        width=s.width,
+        eval_fraction=s.eval_fraction,
+        **shapes_audio.bouncing_args(s.get("bouncing_share", 0.0)),
+      ),
+    )
   if name == "manifest":
     if not data_config.dir:
-      raise ValueError("data.name='manifest' needs data.dir, the folder holding "
-                       "manifest.jsonl (one {\"audio\": path} or {\"video\": path} per line).")
+      raise ValueError(
+        "data.name='manifest' needs data.dir, the folder holding "
+        'manifest.jsonl (one {"audio": path} or {"video": path} per line).'
+      )
     return os.path.join(data_config.dir, "manifest.jsonl")
   raise ValueError(f"The audio_vae task reads data.name in {AUDIO_SOURCES}; got {name!r}.")
 
@@ -117,9 +137,11 @@ def read_audio_records(path: str, split: str) -> tuple[list[dict], collections.C
   wins when both are there.
   """
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Manifest {path} does not exist; write one JSON object per line "
-                            "with an \"audio\" or \"video\" path, or use "
-                            "data.name='shapes_audio' for the synthetic set.")
+    raise FileNotFoundError(
+      f"Manifest {path} does not exist; write one JSON object per line "
+      'with an "audio" or "video" path, or use '
+      "data.name='shapes_audio' for the synthetic set."
+    )
   base = os.path.dirname(os.path.abspath(path))
   records, skipped = [], collections.Counter()
   for line_number, record, json_error in manifest_lines(path):
@@ -130,7 +152,7 @@ def read_audio_records(path: str, split: str) -> tuple[list[dict], collections.C
     media = (record.get("audio") or record.get("video")) if isinstance(record, dict) else None
     if not isinstance(media, str):
       skipped["no_media"] += 1
-      logging.warning("Skipping %s:%d: no \"audio\" or \"video\" path.", path, line_number)
+      logging.warning('Skipping %s:%d: no "audio" or "video" path.', path, line_number)
       continue
     if record.get("split", "train") == split:
       records.append({**record, "path": os.path.join(base, media)})
@@ -141,8 +163,12 @@ def read_waveform(path: str, sample_rate: int, channels: int, skip_silent: bool)
   """float32 [T, C] at the model's rate and channels; raises MediaDecodeError."""
   waveform = audio_lib.read_audio(path, sample_rate=sample_rate, channels=channels)
   if skip_silent and audio_lib.is_silent(waveform):
-    raise MediaDecodeError(path, "silent", f"RMS {audio_lib.rms_db(waveform):.1f} dBFS is below "
-                           f"{audio_lib.SILENCE_DB} dBFS; nothing to reconstruct")
+    raise MediaDecodeError(
+      path,
+      "silent",
+      f"RMS {audio_lib.rms_db(waveform):.1f} dBFS is below "
+      f"{audio_lib.SILENCE_DB} dBFS; nothing to reconstruct",
+    )
   return waveform
 
 
@@ -160,9 +186,18 @@ class LoadAudioCrop:
   `end_fraction` the crop ends at the file's end (the tone's fade-out).
   """
 
-  def __init__(self, records, num_samples: int, sample_rate: int, channels: int,
-               skip_silent: bool, max_attempts: int = 16, bounce_fraction: float = 0.0,
-               end_fraction: float = 0.0, bounce_margin: float = 0.75):
+  def __init__(
+    self,
+    records,
+    num_samples: int,
+    sample_rate: int,
+    channels: int,
+    skip_silent: bool,
+    max_attempts: int = 16,
+    bounce_fraction: float = 0.0,
+    end_fraction: float = 0.0,
+    bounce_margin: float = 0.75,
+  ):
     self.records = records
     self.num_samples = num_samples
     self.sample_rate = sample_rate
@@ -185,8 +220,7 @@ class LoadAudioCrop:
     for _ in range(self.max_attempts):
       record = self.records[int(index)]
       try:
-        waveform = read_waveform(record["path"], self.sample_rate, self.channels,
-                                 self.skip_silent)
+        waveform = read_waveform(record["path"], self.sample_rate, self.channels, self.skip_silent)
       except MediaDecodeError as e:
         skipped.append((e.kind, e.path, e.detail))
         index = rng.integers(len(self.records))
@@ -200,26 +234,30 @@ class LoadAudioCrop:
         bounce = int(round(times[int(rng.integers(len(times)))] * self.sample_rate))
         offset = int(rng.integers(int(self.bounce_margin * self.num_samples) + 1))
         start = int(np.clip(bounce - offset, 0, max(slack, 0)))
-      crop = waveform[start:start + self.num_samples]
+      crop = waveform[start : start + self.num_samples]
       crop = np.pad(crop, ((0, self.num_samples - crop.shape[0]), (0, 0)))  # [S, C]
       return {"audio": crop.astype(np.float32), "skipped": skipped}
-    raise RuntimeError(f"{self.max_attempts} audio files in a row could not be used "
-                       f"({[s[:2] for s in skipped]}); the data set looks broken.")
+    raise RuntimeError(
+      f"{self.max_attempts} audio files in a row could not be used "
+      f"({[s[:2] for s in skipped]}); the data set looks broken."
+    )
 
 
 # -------------------------------------------------------------------------------- task
 
-class AudioVAETask(Task):
 
+class AudioVAETask(Task):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     self.model = make_audio_vae(config.model)
     self.sample_rate = int(config.model.sample_rate)
-    self.crop = crop_samples(config.data.crop_seconds, self.sample_rate, self.model.hop,
-                             "data.crop_seconds")
+    self.crop = crop_samples(
+      config.data.crop_seconds, self.sample_rate, self.model.hop, "data.crop_seconds"
+    )
     self.windows = window_samples(config.loss.stft_windows_s, self.sample_rate)
-    self.onset_windows = window_samples(config.loss.get("onset_windows_s", (0.02,)),
-                                        self.sample_rate)
+    self.onset_windows = window_samples(
+      config.loss.get("onset_windows_s", (0.02,)), self.sample_rate
+    )
     self._eval = None
     self._bouncing = None
 
@@ -244,32 +282,53 @@ class AudioVAETask(Task):
     wave = waveform_l1(recon, x).mean()
     kl = kl_divergence(mean, logvar).mean()
     log_l1, mag_l1 = log_l1.mean(), mag_l1.mean()
-    total = (cfg.log_magnitude_weight * log_l1 + cfg.magnitude_weight * mag_l1
-             + cfg.waveform_weight * wave + cfg.kl_weight * kl)
+    total = (
+      cfg.log_magnitude_weight * log_l1
+      + cfg.magnitude_weight * mag_l1
+      + cfg.waveform_weight * wave
+      + cfg.kl_weight * kl
+    )
     onset_weight = cfg.get("onset_weight", 0.0)
     onset = onset_loss(recon, x, self.onset_windows).mean() if onset_weight else jnp.zeros(())
     total = total + onset_weight * onset
     signal = jnp.sum(jnp.square(x), axis=(1, 2))
     noise = jnp.maximum(jnp.sum(jnp.square(recon - x), axis=(1, 2)), 1e-20)
     snr = 10 * jnp.log10(jnp.maximum(signal, 1e-20) / noise).mean()
-    return total, {"log_stft_l1": log_l1, "stft_l1": mag_l1, "waveform_l1": wave, "kl": kl,
-                   "onset_rms_db": onset,
-                   "snr_db": snr, "latent_std": mean.std()}
+    return total, {
+      "log_stft_l1": log_l1,
+      "stft_l1": mag_l1,
+      "waveform_l1": wave,
+      "kl": kl,
+      "onset_rms_db": onset,
+      "snr_db": snr,
+      "latent_std": mean.std(),
+    }
 
   # ------------------------------------------------------------------------ data
   def train_batches(self, start_step, rows_of):
     data = self.config.data
     records, skipped = read_audio_records(self.manifest(), "train")
     if not records:
-      raise ValueError(f"No training records in {self.manifest()} (split \"train\").")
-    load = LoadAudioCrop(records, self.crop, self.sample_rate, self.model.audio_channels,
-                         data.skip_silent, bounce_fraction=data.get("bounce_crop_fraction", 0.0),
-                         end_fraction=data.get("end_crop_fraction", 0.0))
+      raise ValueError(f'No training records in {self.manifest()} (split "train").')
+    load = LoadAudioCrop(
+      records,
+      self.crop,
+      self.sample_rate,
+      self.model.audio_channels,
+      data.skip_silent,
+      bounce_fraction=data.get("bounce_crop_fraction", 0.0),
+      end_fraction=data.get("end_crop_fraction", 0.0),
+    )
     stream = Stream("audio", len(records), load, self.config.train.batch_size)
-    return DataIterator([stream], sources.loader_options(data, self.config.seed),
-                        lambda batch: {"audio": batch["audio"]}, rows_of=rows_of,
-                        skipped_records=skipped, num_records=len(records) + sum(skipped.values()),
-                        start=start_step)
+    return DataIterator(
+      [stream],
+      sources.loader_options(data, self.config.seed),
+      lambda batch: {"audio": batch["audio"]},
+      rows_of=rows_of,
+      skipped_records=skipped,
+      num_records=len(records) + sum(skipped.values()),
+      start=start_step,
+    )
 
   # ------------------------------------------------------------------------ eval
   def eval_clips(self) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -286,8 +345,12 @@ class AudioVAETask(Task):
         if len(kept) == e.num_clips:
           break
         try:
-          waveform = read_waveform(record["path"], self.sample_rate,
-                                   self.model.audio_channels, self.config.data.skip_silent)
+          waveform = read_waveform(
+            record["path"],
+            self.sample_rate,
+            self.model.audio_channels,
+            self.config.data.skip_silent,
+          )
         except MediaDecodeError as err:
           logging.warning("Skipping eval file %s", err)
           continue
@@ -296,8 +359,10 @@ class AudioVAETask(Task):
         clips.append(np.pad(waveform, ((0, length - waveform.shape[0]), (0, 0))))
         kept.append(record)
       if not kept:
-        raise ValueError(f"{self.manifest()} has no usable \"split\": \"eval\" audio to "
-                         "evaluate on; mark some lines \"split\": \"eval\".")
+        raise ValueError(
+          f'{self.manifest()} has no usable "split": "eval" audio to '
+          'evaluate on; mark some lines "split": "eval".'
+        )
       self._eval = (np.stack(clips), np.array(lengths), kept)
     return self._eval
 
@@ -305,35 +370,49 @@ class AudioVAETask(Task):
   def _reconstruct(self):
     def reconstruct(params, waveform):  # [B, S, C] -> posterior-mean reconstruction
       mean, _ = self.model.apply({"params": params}, waveform, method=AudioVAE.encode)
-      return self.model.apply({"params": params}, mean, waveform.shape[1],
-                              method=AudioVAE.decode)
+      return self.model.apply({"params": params}, mean, waveform.shape[1], method=AudioVAE.decode)
+
     return jax.jit(reconstruct)
 
   def reconstruct(self, vae_params, clips: np.ndarray) -> np.ndarray:
     """Posterior-mean reconstructions of float32 [N, S, C] clips, in eval batches."""
     batch_size = self.config.eval.batch_size
-    return np.concatenate([np.asarray(self._reconstruct(vae_params, clips[i:i + batch_size]))
-                           for i in range(0, len(clips), batch_size)])
+    return np.concatenate(
+      [
+        np.asarray(self._reconstruct(vae_params, clips[i : i + batch_size]))
+        for i in range(0, len(clips), batch_size)
+      ]
+    )
 
   def evaluate(self, params, frozen, step):
     del frozen
     clips, lengths, records = self.eval_clips()
     recons = self.reconstruct(params["vae"], clips)
-    scores = reconstruction_scores(clips, recons, lengths, records, self.sample_rate,
-                                   self.windows)
+    scores = reconstruction_scores(clips, recons, lengths, records, self.sample_rate, self.windows)
     self.write_wavs(clips, recons, lengths, step)
     count = self.config.eval.get("num_bouncing_clips", 0)
     if count and self.config.data.name == "shapes_audio":
       # The held-out split holds few bounces: the clicks are scored on fresh clips.
       if self._bouncing is None:
-        self._bouncing = bouncing_clips(self.config.data.shapes_audio, self.sample_rate,
-                                        count, self.model.hop)
+        self._bouncing = bouncing_clips(
+          self.config.data.shapes_audio, self.sample_rate, count, self.model.hop
+        )
       fresh, fresh_records = self._bouncing
-      got = reconstruction_scores(fresh, self.reconstruct(params["vae"], fresh),
-                                  np.full(len(fresh), fresh.shape[1]), fresh_records,
-                                  self.sample_rate, self.windows)
-      scores.update({f"bouncing_{k}": v for k, v in got.items()
-                     if k in ("snr_db", "onset_hit_rate", "false_onsets_per_clip")})
+      got = reconstruction_scores(
+        fresh,
+        self.reconstruct(params["vae"], fresh),
+        np.full(len(fresh), fresh.shape[1]),
+        fresh_records,
+        self.sample_rate,
+        self.windows,
+      )
+      scores.update(
+        {
+          f"bouncing_{k}": v
+          for k, v in got.items()
+          if k in ("snr_db", "onset_hit_rate", "false_onsets_per_clip")
+        }
+      )
     return scores
 
   def write_wavs(self, clips, recons, lengths, step):
@@ -343,17 +422,22 @@ class AudioVAETask(Task):
     out_dir = os.path.join(self.workdir, "eval", f"step_{step}")
     os.makedirs(out_dir, exist_ok=True)
     for i in range(min(self.config.eval.num_wavs_to_write, len(clips))):
-      audio_lib.write_wav(os.path.join(out_dir, f"input_{i:02d}.wav"), clips[i, :lengths[i]],
-                          self.sample_rate)
-      clipped = audio_lib.write_wav(os.path.join(out_dir, f"reconstruction_{i:02d}.wav"),
-                                    recons[i, :lengths[i]], self.sample_rate)
+      audio_lib.write_wav(
+        os.path.join(out_dir, f"input_{i:02d}.wav"), clips[i, : lengths[i]], self.sample_rate
+      )
+      clipped = audio_lib.write_wav(
+        os.path.join(out_dir, f"reconstruction_{i:02d}.wav"),
+        recons[i, : lengths[i]],
+        self.sample_rate,
+      )
       if clipped:
         logging.warning("reconstruction_%02d.wav: %d samples clipped to 16 bits", i, clipped)
     logging.info("Wrote reconstructions to %s", out_dir)
 
 
-def reconstruction_scores(clips, recons, lengths, records, sample_rate: int, windows
-                          ) -> dict[str, float]:
+def reconstruction_scores(
+  clips, recons, lengths, records, sample_rate: int, windows
+) -> dict[str, float]:
   """Mean SNR (dB) and spectral distance (dB) over clips, each on its real length; on
   shapes audio also tone_accuracy (pitch names the colour) and onset_hit_rate /
   false_onsets_per_clip of clicks detected in the reconstructions vs the bounces."""
@@ -364,8 +448,10 @@ def reconstruction_scores(clips, recons, lengths, records, sample_rate: int, win
     snr.append(float(snr_db(y, x)[0]))
     distance.append(float(spectral_distance_db(y, x, windows)[0]))
     if "bounce_times" in record:
-      score = shapes_audio.sync_score(shapes_audio.detect_onsets(y[0], sample_rate),
-                                      [t for t in record["bounce_times"] if t < n / sample_rate])
+      score = shapes_audio.sync_score(
+        shapes_audio.detect_onsets(y[0], sample_rate),
+        [t for t in record["bounce_times"] if t < n / sample_rate],
+      )
       hits, bounces = hits + score.num_hits, bounces + score.num_bounces
       false_onsets += score.num_false_onsets
     color = record.get("attributes", {}).get("color")
@@ -381,31 +467,39 @@ def reconstruction_scores(clips, recons, lengths, records, sample_rate: int, win
   return scores
 
 
-def bouncing_clips(shapes_config, sample_rate: int, count: int, hop: int,
-                   seed: int = shapes_audio.BOUNCING_SEED) -> tuple[np.ndarray, list[dict]]:
+def bouncing_clips(
+  shapes_config, sample_rate: int, count: int, hop: int, seed: int = shapes_audio.BOUNCING_SEED
+) -> tuple[np.ndarray, list[dict]]:
   """`count` fresh "bouncing" shapes clips, never trained on (their own seed; the audio
   DiT's sync clips): (float32 [N, S, 1] waveforms cut to whole latent frames, records
   with the colour and the bounce times). shapes_config: data.shapes_audio."""
   clips, records = [], []
   for index in range(count):
     spec = shapes_audio.clip_spec(seed, index, "bouncing")
-    clips.append(shapes_audio.render_audio(spec, shapes_config.num_frames, shapes_config.fps,
-                                           sample_rate))
-    records.append({"attributes": {"color": spec.color},
-                    "bounce_times": shapes_audio.bounce_times(
-                        spec, shapes_config.num_frames, shapes_config.fps).tolist()})
+    clips.append(
+      shapes_audio.render_audio(spec, shapes_config.num_frames, shapes_config.fps, sample_rate)
+    )
+    records.append(
+      {
+        "attributes": {"color": spec.color},
+        "bounce_times": shapes_audio.bounce_times(
+          spec, shapes_config.num_frames, shapes_config.fps
+        ).tolist(),
+      }
+    )
   clips = np.stack(clips)
-  return clips[:, :clips.shape[1] - clips.shape[1] % hop], records
+  return clips[:, : clips.shape[1] - clips.shape[1] % hop], records
 
 
 # ---------------------------------------------------------------- trained VAE for others
 
+
 class AudioVAECodec:
   """A trained audio VAE for other tasks (the audio DiT): waveforms <-> latent means.
 
-      codec = AudioVAECodec.from_workdir("/tmp/avae")
-      latent = codec.encode(waveform)          # [B, T, C] -> [B, ceil(T / hop), L]
-      waveform = codec.decode(latent, T)       # -> [B, T, C]
+  codec = AudioVAECodec.from_workdir("/tmp/avae")
+  latent = codec.encode(waveform)          # [B, T, C] -> [B, ceil(T / hop), L]
+  waveform = codec.decode(latent, T)       # -> [B, T, C]
   """
 
   def __init__(self, config: ml_collections.ConfigDict, params):
@@ -420,13 +514,15 @@ class AudioVAECodec:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
       raise FileNotFoundError(
-          f"No trained audio VAE in {workdir}: {path} is missing. Train one with `python -m "
-          f"mgjax.train --config=experiments/audio_vae.py:tiny --workdir={workdir}`.")
+        f"No trained audio VAE in {workdir}: {path} is missing. Train one with `python -m "
+        f"mgjax.train --config=experiments/audio_vae.py:tiny --workdir={workdir}`."
+      )
     with open(path) as f:
       config = ml_collections.ConfigDict(json.load(f))
     if config.task != "audio_vae":
       raise ValueError(f"{workdir} holds a {config.task!r} run, not an audio_vae one.")
     from mgjax.train import restore_params  # the trainer imports tasks lazily
+
     return cls(config, restore_params(workdir, step)["vae"])
 
   @property
@@ -451,9 +547,10 @@ class AudioVAECodec:
 
   @functools.cached_property
   def _decode(self):
-    return jax.jit(lambda p, z, n: self.model.apply({"params": p}, z, n,
-                                                    method=AudioVAE.decode),
-                   static_argnums=2)
+    return jax.jit(
+      lambda p, z, n: self.model.apply({"params": p}, z, n, method=AudioVAE.decode),
+      static_argnums=2,
+    )
 
   def encode(self, waveform) -> jax.Array:
     """Latent means [B, ceil(T / hop), L] of float waveforms [B, T, C] at sample_rate."""

@@ -22,12 +22,11 @@ PyTree = Any
 
 
 class Task(abc.ABC):
-
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
 
-  def prepare(self) -> None:
+  def prepare(self) -> None:  # noqa: B027 (optional hook)
     """Work that must finish before the model is built, run by the trainer only (e.g.
     an earlier stage the task depends on). Restoring for inference skips it."""
 
@@ -56,13 +55,13 @@ class Task(abc.ABC):
     del mesh
 
   @abc.abstractmethod
-  def loss(self, params: PyTree, frozen: PyTree, batch: Batch, rng: jax.Array,
-           step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(
+    self, params: PyTree, frozen: PyTree, batch: Batch, rng: jax.Array, step: jax.Array
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar loss to minimise over `params`, and scalar metrics to log."""
 
   @abc.abstractmethod
-  def train_batches(self, start_step: int,
-                    rows_of: Callable[[int], slice]) -> DataIterator:
+  def train_batches(self, start_step: int, rows_of: Callable[[int], slice]) -> DataIterator:
     """Host batches for steps start_step, start_step + 1, ...: an iterator whose state
     the trainer checkpoints (mgjax/data/pipeline.py), deterministic by step, so a
     resumed run sees the batches it would have seen. Each batch holds only this

@@ -45,13 +45,13 @@ from mgjax.text.tokenizers import BYTE, WORDS, PromptTokenizer, load_hf_tokenize
 
 KINDS = ("t5", "clip")
 TOKENIZERS = ("", BYTE, WORDS)
-ENCODER_KEYS = {"kind", "path", "model", "tokenizer", "max_length", "source", "trainable",
-                "dtype"}
+ENCODER_KEYS = {"kind", "path", "model", "tokenizer", "max_length", "source", "trainable", "dtype"}
 
 
 @dataclasses.dataclass
 class Encoder:
   """One text encoder: its module, its tokenizer and where its weights come from."""
+
   name: str
   kind: str
   module: nn.Module
@@ -78,25 +78,31 @@ def _model_config(name: str, spec) -> tuple[Any, str]:
     return model_config, spec.path
   model = dict(spec.get("model", None) or {})
   if not model:
-    raise ValueError(f"Text encoder {name!r} has neither a path nor a model: set "
-                     f"text.encoders.{name}.path to a Hugging Face directory (config.json, "
-                     f"weights, tokenizer), or text.encoders.{name}.model to HF-style config "
-                     f"keys for a randomly initialised encoder.")
+    raise ValueError(
+      f"Text encoder {name!r} has neither a path nor a model: set "
+      f"text.encoders.{name}.path to a Hugging Face directory (config.json, "
+      f"weights, tokenizer), or text.encoders.{name}.model to HF-style config "
+      f"keys for a randomly initialised encoder."
+    )
   return config_cls.from_hf(model, dtype=spec.dtype), "random init"
 
 
 def make_encoder(name: str, spec) -> Encoder:
   unknown = set(spec.keys()) - ENCODER_KEYS
   if unknown:
-    raise ValueError(f"Unknown keys {sorted(unknown)} in text.encoders.{name}; the keys are "
-                     f"{sorted(ENCODER_KEYS)}.")
+    raise ValueError(
+      f"Unknown keys {sorted(unknown)} in text.encoders.{name}; the keys are "
+      f"{sorted(ENCODER_KEYS)}."
+    )
   if spec.kind not in KINDS:
     raise ValueError(f"text.encoders.{name}.kind is {spec.kind!r}; use one of {KINDS}.")
   if spec.source not in SOURCES:
     raise ValueError(f"text.encoders.{name}.source is {spec.source!r}; use one of {SOURCES}.")
   if spec.tokenizer not in TOKENIZERS:
-    raise ValueError(f"text.encoders.{name}.tokenizer is {spec.tokenizer!r}; use one of "
-                     f"{TOKENIZERS} (\"\": the one in the encoder's path).")
+    raise ValueError(
+      f"text.encoders.{name}.tokenizer is {spec.tokenizer!r}; use one of "
+      f'{TOKENIZERS} ("": the one in the encoder\'s path).'
+    )
   tokenizer_kind = spec.tokenizer or ("" if spec.path else BYTE)
   model_config, origin = _model_config(name, spec)
   if spec.kind == "t5":
@@ -104,16 +110,27 @@ def make_encoder(name: str, spec) -> Encoder:
   else:
     module, width = clip_text.CLIPTextEncoder(model_config), model_config.hidden_size
   vocab = model_config.vocab_size
-  tokenizer = PromptTokenizer(load_hf_tokenizer(tokenizer_kind, spec.path, vocab),
-                              spec.max_length, name)
+  tokenizer = PromptTokenizer(
+    load_hf_tokenizer(tokenizer_kind, spec.path, vocab), spec.max_length, name
+  )
   if len(tokenizer.hf) > vocab:
-    raise ValueError(f"Text encoder {name!r}: its tokenizer has {len(tokenizer.hf)} tokens but "
-                     f"the model's vocab_size is {vocab}; they must come from the same model.")
-  logging.info("Text encoder %s: %s, %s, width %d, max_length %d, reads the %s, %s.", name,
-               spec.kind, origin, width, spec.max_length, spec.source,
-               "trainable" if spec.trainable else "frozen")
-  return Encoder(name, spec.kind, module, tokenizer, spec.source, bool(spec.trainable),
-                 spec.path, width)
+    raise ValueError(
+      f"Text encoder {name!r}: its tokenizer has {len(tokenizer.hf)} tokens but "
+      f"the model's vocab_size is {vocab}; they must come from the same model."
+    )
+  logging.info(
+    "Text encoder %s: %s, %s, width %d, max_length %d, reads the %s, %s.",
+    name,
+    spec.kind,
+    origin,
+    width,
+    spec.max_length,
+    spec.source,
+    "trainable" if spec.trainable else "frozen",
+  )
+  return Encoder(
+    name, spec.kind, module, tokenizer, spec.source, bool(spec.trainable), spec.path, width
+  )
 
 
 class TextConditioner:
@@ -125,8 +142,9 @@ class TextConditioner:
     self.encoders = [make_encoder(name, spec) for name, spec in sorted(section.encoders.items())]
 
   # ---------------------------------------------------------------- host side
-  def token_specs(self, batch_size: int,
-                  precomputed: Sequence[str] = ()) -> dict[str, jax.ShapeDtypeStruct]:
+  def token_specs(
+    self, batch_size: int, precomputed: Sequence[str] = ()
+  ) -> dict[str, jax.ShapeDtypeStruct]:
     """Batch entries of the text: ids and mask, or (`precomputed`) embeddings and mask."""
     specs = {}
     for e in self.encoders:
@@ -161,8 +179,11 @@ class TextConditioner:
 
   def truncation_report(self) -> str:
     """'' or a line naming each encoder that truncated prompts, with its limit."""
-    parts = [f"{e.name}: {e.tokenizer.num_truncated} (max {e.tokenizer.max_length} tokens)"
-             for e in self.encoders if e.tokenizer.num_truncated]
+    parts = [
+      f"{e.name}: {e.tokenizer.num_truncated} (max {e.tokenizer.max_length} tokens)"
+      for e in self.encoders
+      if e.tokenizer.num_truncated
+    ]
     return "Prompts truncated per text encoder: " + ", ".join(parts) if parts else ""
 
   # -------------------------------------------------------------- device side
@@ -188,9 +209,14 @@ class TextConditioner:
       (trainable if e.trainable else frozen)[e.name] = params
     return trainable, frozen
 
-  def embed(self, trainable: Mapping, frozen: Mapping, tokens: Mapping[str, jax.Array],
-            keep: jax.Array | None = None,
-            names: Sequence[str] | None = None) -> dict[str, tuple[jax.Array, jax.Array]]:
+  def embed(
+    self,
+    trainable: Mapping,
+    frozen: Mapping,
+    tokens: Mapping[str, jax.Array],
+    keep: jax.Array | None = None,
+    names: Sequence[str] | None = None,
+  ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """{name: (emb [B, L, width], mask [B, L])} of the encoders `names` (default all);
     rows with keep False get no tokens. Precomputed `<name>_emb` entries are used as
     they are."""
@@ -209,6 +235,10 @@ class TextConditioner:
 
   def example_inputs(self, batch_size: int = 1) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Zero embeddings of every encoder's shape, to initialise the model that reads them."""
-    return {e.name: (jnp.zeros((batch_size, e.tokenizer.max_length, e.width)),
-                     jnp.ones((batch_size, e.tokenizer.max_length), bool))
-            for e in self.encoders}
+    return {
+      e.name: (
+        jnp.zeros((batch_size, e.tokenizer.max_length, e.width)),
+        jnp.ones((batch_size, e.tokenizer.max_length), bool),
+      )
+      for e in self.encoders
+    }

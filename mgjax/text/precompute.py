@@ -39,7 +39,7 @@ def read_captions(path: str) -> list[str]:
         continue
       record = json.loads(line)
       if "caption" not in record:
-        raise ValueError(f"{path}:{number} has no \"caption\" field.")
+        raise ValueError(f'{path}:{number} has no "caption" field.')
       captions.append(record["caption"])
   else:
     captions = [line for line in lines if line]
@@ -48,25 +48,32 @@ def read_captions(path: str) -> list[str]:
   return captions
 
 
-def precompute(conditioner: TextConditioner, captions: list[str], batch_size: int = 64,
-               seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+def precompute(
+  conditioner: TextConditioner,
+  captions: list[str],
+  batch_size: int = 64,
+  seed: int = 0,
+  dtype=np.float32,
+) -> dict[str, np.ndarray]:
   """{captions, <name>_emb, <name>_mask} of every caption, with the frozen encoders."""
   trainable = [e.name for e in conditioner.encoders if e.trainable]
   if trainable:
-    raise ValueError(f"Text encoders {trainable} are trainable: their embeddings change during "
-                     f"training, so there is nothing to precompute. Set trainable=False.")
+    raise ValueError(
+      f"Text encoders {trainable} are trainable: their embeddings change during "
+      f"training, so there is nothing to precompute. Set trainable=False."
+    )
   _, frozen = conditioner.init(jax.random.key(seed))
   _, pretrained = conditioner.pretrained()
   frozen.update(pretrained)
   embed = jax.jit(lambda params, tokens: conditioner.embed({}, params, tokens))
   chunks: dict[str, list[np.ndarray]] = {}
   for start in range(0, len(captions), batch_size):
-    batch = captions[start:start + batch_size]
+    batch = captions[start : start + batch_size]
     padded = batch + [batch[-1]] * (batch_size - len(batch))  # one compiled shape
     out = embed(frozen, conditioner.tokenize(padded))
     for name, (emb, mask) in out.items():
-      chunks.setdefault(f"{name}_emb", []).append(np.asarray(emb, dtype)[:len(batch)])
-      chunks.setdefault(f"{name}_mask", []).append(np.asarray(mask)[:len(batch)])
+      chunks.setdefault(f"{name}_emb", []).append(np.asarray(emb, dtype)[: len(batch)])
+      chunks.setdefault(f"{name}_mask", []).append(np.asarray(mask)[: len(batch)])
   result = {key: np.concatenate(parts) for key, parts in chunks.items()}
   result["captions"] = np.asarray(captions, dtype=str)
   return result
@@ -85,8 +92,13 @@ def main(argv):
     raise app.UsageError("The config has no `text` section (text encoders).")
   captions = read_captions(FLAGS.captions)
   conditioner = TextConditioner(config.text)
-  result = precompute(conditioner, captions, FLAGS.batch_size, config.get("seed", 0),
-                      np.float16 if FLAGS.float16 else np.float32)
+  result = precompute(
+    conditioner,
+    captions,
+    FLAGS.batch_size,
+    config.get("seed", 0),
+    np.float16 if FLAGS.float16 else np.float32,
+  )
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   tmp = FLAGS.out + ".tmp.npz"
   np.savez(tmp, **result)
@@ -94,8 +106,10 @@ def main(argv):
   report = conditioner.truncation_report()
   if report:
     logging.warning(report)
-  print(f"Encoded {len(captions)} captions with {len(conditioner.encoders)} encoders -> "
-        f"{FLAGS.out}" + (f"; {report}" if report else ""))
+  print(
+    f"Encoded {len(captions)} captions with {len(conditioner.encoders)} encoders -> "
+    f"{FLAGS.out}" + (f"; {report}" if report else "")
+  )
 
 
 if __name__ == "__main__":

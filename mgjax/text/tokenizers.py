@@ -42,8 +42,9 @@ class HashedWordTokenizer:
 
   def __init__(self, vocab_size: int):
     if vocab_size <= len(self.all_special_ids):
-      raise ValueError(f"A words tokenizer needs a vocab_size above "
-                       f"{len(self.all_special_ids)}; got {vocab_size}.")
+      raise ValueError(
+        f"A words tokenizer needs a vocab_size above {len(self.all_special_ids)}; got {vocab_size}."
+      )
     self.vocab_size = vocab_size
 
   def __len__(self) -> int:
@@ -65,17 +66,21 @@ def load_hf_tokenizer(kind: str, path: str, vocab_size: int = 0):
   if kind == WORDS:
     return HashedWordTokenizer(vocab_size)
   import transformers  # pylint: disable=import-outside-toplevel
+
   if kind == BYTE:
     return transformers.ByT5Tokenizer()
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"Tokenizer directory {path!r} does not exist; give the encoder's "
-                            f"Hugging Face directory, or tokenizer='byte' or 'words'.")
+    raise FileNotFoundError(
+      f"Tokenizer directory {path!r} does not exist; give the encoder's "
+      f"Hugging Face directory, or tokenizer='byte' or 'words'."
+    )
   try:
     return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
   except (OSError, ValueError) as e:
     raise FileNotFoundError(
-        f"No tokenizer in {path!r} ({e}). Save it beside the weights with "
-        f"tokenizer.save_pretrained({path!r}), or set the encoder's tokenizer='byte'.") from e
+      f"No tokenizer in {path!r} ({e}). Save it beside the weights with "
+      f"tokenizer.save_pretrained({path!r}), or set the encoder's tokenizer='byte'."
+    ) from e
 
 
 class PromptTokenizer:
@@ -100,8 +105,8 @@ class PromptTokenizer:
       return ids
     self.num_truncated += 1
     if ids[-1] in self.hf.all_special_ids:
-      return ids[:self.max_length - 1] + ids[-1:]
-    return ids[:self.max_length]
+      return ids[: self.max_length - 1] + ids[-1:]
+    return ids[: self.max_length]
 
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(texts, str):
@@ -112,6 +117,6 @@ class PromptTokenizer:
       if not text:
         continue
       row = self._ids(text)
-      ids[i, :len(row)] = row
-      mask[i, :len(row)] = True
+      ids[i, : len(row)] = row
+      mask[i, : len(row)] = True
     return ids, mask

@@ -49,22 +49,24 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-_LANES = 128    # last dim of a TPU vreg
-_SUBLANES = 8   # second-to-last dim of a TPU vreg
+_LANES = 128  # last dim of a TPU vreg
+_SUBLANES = 8  # second-to-last dim of a TPU vreg
 _NEG_INF = float("-inf")
-_NT = (((1,), (1,)), ((), ()))   # a @ b.T
-_TN = (((0,), (0,)), ((), ()))   # a.T @ b
+_NT = (((1,), (1,)), ((), ()))  # a @ b.T
+_TN = (((0,), (0,)), ((), ()))  # a.T @ b
 _PARALLEL_LAST_SEQUENTIAL = pltpu.CompilerParams(
-    dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
+  dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+)
 
 
 class _Config(NamedTuple):
   """The static (hashable) part of a call: a nondiff argument of the custom VJP."""
+
   scale: float
   block_q: int
   block_k: int
-  kv_len: int | None   # unpadded key length when keys were padded, else None
-  interpret: Any       # False or a pltpu.InterpretParams
+  kv_len: int | None  # unpadded key length when keys were padded, else None
+  interpret: Any  # False or a pltpu.InterpretParams
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -112,8 +114,12 @@ def _vary_alike(*xs):
   transpose sums the cotangent of an input that was invariant)."""
   varying = lambda x: jax.typeof(x).mat.varying
   axes = frozenset().union(*(varying(x) for x in xs if x is not None))
-  return [x if x is None or not axes - varying(x)
-          else lax.pcast(x, tuple(axes - varying(x)), to="varying") for x in xs]
+  return [
+    x
+    if x is None or not axes - varying(x)
+    else lax.pcast(x, tuple(axes - varying(x)), to="varying")
+    for x in xs
+  ]
 
 
 def _mask(row_ids, col_ids, key_axis: int, key_start, shape, kv_len: int | None):
@@ -133,13 +139,14 @@ def _mask(row_ids, col_ids, key_axis: int, key_start, shape, kv_len: int | None)
 
 # ---------------------------------------------------------------------------- forward
 
+
 def _fwd_kernel(q_ref, k_ref, v_ref, *refs, cfg: _Config, masked: bool):
   """One (batch, head, Q block, K block) step. q [bq, D], k/v [bk, D]; out [bq, D],
   lse [1, bq]; scratch m/l [bq, 128] (lanes equal), acc [bq, D], all float32."""
   q_ids = kv_ids = None
   if masked:
-    q_ids_ref, kv_ids_ref, *refs = refs   # [bq, 128] lanes equal, [8, bk] sublanes equal
-    q_ids, kv_ids = q_ids_ref[:, :1], kv_ids_ref[:1, :]          # [bq, 1], [1, bk]
+    q_ids_ref, kv_ids_ref, *refs = refs  # [bq, 128] lanes equal, [8, bk] sublanes equal
+    q_ids, kv_ids = q_ids_ref[:, :1], kv_ids_ref[:1, :]  # [bq, 1], [1, bk]
   o_ref, lse_ref, m_ref, l_ref, acc_ref = refs
   kv_step = pl.program_id(3)
 
@@ -149,32 +156,33 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, cfg: _Config, masked: bool):
     l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
     acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
-  s = lax.dot_general(q_ref[...], k_ref[...], _NT,
-                      preferred_element_type=jnp.float32) * cfg.scale  # [bq, bk]
+  s = (
+    lax.dot_general(q_ref[...], k_ref[...], _NT, preferred_element_type=jnp.float32) * cfg.scale
+  )  # [bq, bk]
   mask = _mask(q_ids, kv_ids, 1, kv_step * cfg.block_k, s.shape, cfg.kv_len)
   if mask is not None:
     s = jnp.where(mask, s, _NEG_INF)
 
-  m_prev, l_prev = m_ref[...], l_ref[...]                        # [bq, 128]
+  m_prev, l_prev = m_ref[...], l_ref[...]  # [bq, 128]
   m_next = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
   # A row that has seen no key yet keeps m = -inf; shifting by 0 instead keeps
   # exp(-inf - -inf) = NaN out: its p and alpha are then exp(-inf) = 0.
   m_shift = jnp.where(m_next == _NEG_INF, 0.0, m_next)
-  alpha = jnp.exp(m_prev - m_shift)                              # [bq, 128]
-  p = jnp.exp(s - m_shift[:, :1])                                # [bq, bk]
+  alpha = jnp.exp(m_prev - m_shift)  # [bq, 128]
+  p = jnp.exp(s - m_shift[:, :1])  # [bq, bk]
   m_ref[...] = m_next
   l_ref[...] = alpha * l_prev + jnp.sum(p, axis=1, keepdims=True)
   pv = jnp.dot(p.astype(v_ref.dtype), v_ref[...], preferred_element_type=jnp.float32)
-  acc_ref[...] = alpha[:, :1] * acc_ref[...] + pv               # [bq, D]
+  acc_ref[...] = alpha[:, :1] * acc_ref[...] + pv  # [bq, D]
 
   @pl.when(kv_step == pl.num_programs(3) - 1)
   def _finish():
     l = l_ref[...]
-    empty = l == 0.0                                # rows with no key: zeros, lse = -inf
+    empty = l == 0.0  # rows with no key: zeros, lse = -inf
     l_safe = jnp.where(empty, 1.0, l)
     o_ref[...] = (acc_ref[...] / l_safe[:, :1]).astype(o_ref.dtype)
     lse = jnp.where(empty, _NEG_INF, m_ref[...] + jnp.log(l_safe))  # [bq, 128]
-    lse_ref[...] = lse.T[:1, :]                                     # [1, bq]
+    lse_ref[...] = lse.T[:1, :]  # [1, bq]
 
 
 def _forward(q, k, v, q_ids, kv_ids, cfg: _Config):
@@ -189,42 +197,48 @@ def _forward(q, k, v, q_ids, kv_ids, cfg: _Config):
   row_spec = pl.BlockSpec((None, None, 1, bq), lambda b, n, i, j: (b, n, 0, i))
   in_specs, args = [q_spec, kv_spec, kv_spec], [q, k, v]
   if masked:
-    in_specs += [pl.BlockSpec((None, bq, _LANES), lambda b, n, i, j: (b, i, 0)),
-                 pl.BlockSpec((None, _SUBLANES, bk), lambda b, n, i, j: (b, 0, j))]
+    in_specs += [
+      pl.BlockSpec((None, bq, _LANES), lambda b, n, i, j: (b, i, 0)),
+      pl.BlockSpec((None, _SUBLANES, bk), lambda b, n, i, j: (b, 0, j)),
+    ]
     args += [_as_column(q_ids), _as_row(kv_ids)]
   return pl.pallas_call(
-      functools.partial(_fwd_kernel, cfg=cfg, masked=masked),
-      grid=(batch, heads, q_len // bq, kv_len // bk),
-      in_specs=in_specs,
-      out_specs=[q_spec, row_spec],
-      out_shape=[_out(q.shape, q.dtype, q), _out((batch, heads, 1, q_len), jnp.float32, q)],
-      scratch_shapes=[pltpu.VMEM((bq, _LANES), jnp.float32),
-                      pltpu.VMEM((bq, _LANES), jnp.float32),
-                      pltpu.VMEM((bq, dim), jnp.float32)],
-      compiler_params=_PARALLEL_LAST_SEQUENTIAL,
-      interpret=cfg.interpret,
-      name="flash_attention_fwd",
+    functools.partial(_fwd_kernel, cfg=cfg, masked=masked),
+    grid=(batch, heads, q_len // bq, kv_len // bk),
+    in_specs=in_specs,
+    out_specs=[q_spec, row_spec],
+    out_shape=[_out(q.shape, q.dtype, q), _out((batch, heads, 1, q_len), jnp.float32, q)],
+    scratch_shapes=[
+      pltpu.VMEM((bq, _LANES), jnp.float32),
+      pltpu.VMEM((bq, _LANES), jnp.float32),
+      pltpu.VMEM((bq, dim), jnp.float32),
+    ],
+    compiler_params=_PARALLEL_LAST_SEQUENTIAL,
+    interpret=cfg.interpret,
+    name="flash_attention_fwd",
   )(*args)
 
 
 # --------------------------------------------------------------------------- backward
 
-def _transposed_p_ds(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_start,
-                     cfg: _Config):
+
+def _transposed_p_ds(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_start, cfg: _Config):
   """p^T and ds^T [bk, bq] (float32) for one tile, recomputed from the saved lse.
 
   Transposed (keys on sublanes, queries on lanes) so that the lse and delta rows [1, bq]
   broadcast over the tile directly. Masked logits are -inf, so p = exp(-inf) = 0 there;
   rows with no key come in with lse 0 (not -inf), which keeps that exp NaN-free."""
-  s_t = lax.dot_general(k_ref[...], q_ref[...], _NT,
-                        preferred_element_type=jnp.float32) * cfg.scale  # [bk, bq]
+  s_t = (
+    lax.dot_general(k_ref[...], q_ref[...], _NT, preferred_element_type=jnp.float32) * cfg.scale
+  )  # [bk, bq]
   kv_ids, q_ids = ids if ids is not None else (None, None)
   mask = _mask(kv_ids, q_ids, 0, kv_start, s_t.shape, cfg.kv_len)
   if mask is not None:
     s_t = jnp.where(mask, s_t, _NEG_INF)
   p_t = jnp.exp(s_t - lse_ref[...])
-  dp_t = lax.dot_general(v_ref[...], do_ref[...].astype(v_ref.dtype), _NT,
-                         preferred_element_type=jnp.float32)             # [bk, bq]
+  dp_t = lax.dot_general(
+    v_ref[...], do_ref[...].astype(v_ref.dtype), _NT, preferred_element_type=jnp.float32
+  )  # [bk, bq]
   return p_t, p_t * (dp_t - delta_ref[...])
 
 
@@ -233,24 +247,24 @@ def _bwd_specs(dim: int, masked: bool, q_axis: int, kv_axis: int, bq: int, bk: i
   (B, N, *) with the Q block index at grid axis `q_axis` and the K block at `kv_axis`."""
   pick = lambda idx, axis: idx[axis - 2]
   q_spec = pl.BlockSpec((None, None, bq, dim), lambda b, n, *ij: (b, n, pick(ij, q_axis), 0))
-  kv_spec = pl.BlockSpec((None, None, bk, dim),
-                         lambda b, n, *ij: (b, n, pick(ij, kv_axis), 0))
+  kv_spec = pl.BlockSpec((None, None, bk, dim), lambda b, n, *ij: (b, n, pick(ij, kv_axis), 0))
   row_spec = pl.BlockSpec((None, None, 1, bq), lambda b, n, *ij: (b, n, 0, pick(ij, q_axis)))
   specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
   if masked:
-    specs += [pl.BlockSpec((None, bk, _LANES), lambda b, n, *ij: (b, pick(ij, kv_axis), 0)),
-              pl.BlockSpec((None, _SUBLANES, bq), lambda b, n, *ij: (b, 0, pick(ij, q_axis)))]
+    specs += [
+      pl.BlockSpec((None, bk, _LANES), lambda b, n, *ij: (b, pick(ij, kv_axis), 0)),
+      pl.BlockSpec((None, _SUBLANES, bq), lambda b, n, *ij: (b, 0, pick(ij, q_axis))),
+    ]
   return specs, q_spec, kv_spec
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Config,
-                masked: bool):
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Config, masked: bool):
   """One (batch, head, K block, Q block) step: accumulates dK, dV [bk, D] in float32
   scratch over the Q blocks and writes them at the last."""
   ids = None
   if masked:
     kv_ids_ref, q_ids_ref, *refs = refs
-    ids = (kv_ids_ref[:, :1], q_ids_ref[:1, :])                 # [bk, 1], [1, bq]
+    ids = (kv_ids_ref[:, :1], q_ids_ref[:1, :])  # [bk, 1], [1, bq]
   dk_ref, dv_ref, dk_acc, dv_acc = refs
   kv_block, q_step = pl.program_id(2), pl.program_id(3)
 
@@ -259,12 +273,15 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Co
     dk_acc[...] = jnp.zeros(dk_acc.shape, jnp.float32)
     dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
 
-  p_t, ds_t = _transposed_p_ds(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids,
-                               kv_block * cfg.block_k, cfg)
-  dv_acc[...] += jnp.dot(p_t.astype(do_ref.dtype), do_ref[...],
-                         preferred_element_type=jnp.float32)     # p^T dO  [bk, D]
-  dk_acc[...] += jnp.dot(ds_t.astype(q_ref.dtype), q_ref[...],
-                         preferred_element_type=jnp.float32)     # ds^T Q  [bk, D]
+  p_t, ds_t = _transposed_p_ds(
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_block * cfg.block_k, cfg
+  )
+  dv_acc[...] += jnp.dot(
+    p_t.astype(do_ref.dtype), do_ref[...], preferred_element_type=jnp.float32
+  )  # p^T dO  [bk, D]
+  dk_acc[...] += jnp.dot(
+    ds_t.astype(q_ref.dtype), q_ref[...], preferred_element_type=jnp.float32
+  )  # ds^T Q  [bk, D]
 
   @pl.when(q_step == pl.num_programs(3) - 1)
   def _finish():
@@ -272,8 +289,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Co
     dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Config,
-               masked: bool):
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Config, masked: bool):
   """One (batch, head, Q block, K block) step: accumulates dQ [bq, D] in float32 scratch
   over the K blocks and writes it at the last."""
   ids = None
@@ -287,10 +303,12 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Con
   def _init():
     dq_acc[...] = jnp.zeros(dq_acc.shape, jnp.float32)
 
-  _, ds_t = _transposed_p_ds(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids,
-                             kv_step * cfg.block_k, cfg)
-  dq_acc[...] += lax.dot_general(ds_t.astype(k_ref.dtype), k_ref[...], _TN,
-                                 preferred_element_type=jnp.float32)  # ds K  [bq, D]
+  _, ds_t = _transposed_p_ds(
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_step * cfg.block_k, cfg
+  )
+  dq_acc[...] += lax.dot_general(
+    ds_t.astype(k_ref.dtype), k_ref[...], _TN, preferred_element_type=jnp.float32
+  )  # ds K  [bq, D]
 
   @pl.when(kv_step == pl.num_programs(3) - 1)
   def _finish():
@@ -303,9 +321,9 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, d_lse, cfg: _Config):
   batch, heads, q_len, dim = q.shape
   kv_len = k.shape[2]
   bq, bk = cfg.block_q, cfg.block_k
-  empty = lse == _NEG_INF                                       # [B, N, 1, Qp]
+  empty = lse == _NEG_INF  # [B, N, 1, Qp]
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
-  delta = jnp.where(empty, 0.0, delta[:, :, None, :] - d_lse)   # p = 0 there anyway
+  delta = jnp.where(empty, 0.0, delta[:, :, None, :] - d_lse)  # p = 0 there anyway
   lse = jnp.where(empty, 0.0, lse)
   masked = q_ids is not None
   args = [q, k, v, d_out, lse, delta]
@@ -314,29 +332,28 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, d_lse, cfg: _Config):
 
   specs, _, kv_spec = _bwd_specs(dim, masked, q_axis=3, kv_axis=2, bq=bq, bk=bk)
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, cfg=cfg, masked=masked),
-      grid=(batch, heads, kv_len // bk, q_len // bq),
-      in_specs=specs,
-      out_specs=[kv_spec, kv_spec],
-      out_shape=[_out(k.shape, k.dtype, q), _out(v.shape, v.dtype, q)],
-      scratch_shapes=[pltpu.VMEM((bk, dim), jnp.float32),
-                      pltpu.VMEM((bk, dim), jnp.float32)],
-      compiler_params=_PARALLEL_LAST_SEQUENTIAL,
-      interpret=cfg.interpret,
-      name="flash_attention_bwd_dkv",
+    functools.partial(_dkv_kernel, cfg=cfg, masked=masked),
+    grid=(batch, heads, kv_len // bk, q_len // bq),
+    in_specs=specs,
+    out_specs=[kv_spec, kv_spec],
+    out_shape=[_out(k.shape, k.dtype, q), _out(v.shape, v.dtype, q)],
+    scratch_shapes=[pltpu.VMEM((bk, dim), jnp.float32), pltpu.VMEM((bk, dim), jnp.float32)],
+    compiler_params=_PARALLEL_LAST_SEQUENTIAL,
+    interpret=cfg.interpret,
+    name="flash_attention_bwd_dkv",
   )(*args)
 
   specs, q_spec, _ = _bwd_specs(dim, masked, q_axis=2, kv_axis=3, bq=bq, bk=bk)
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, cfg=cfg, masked=masked),
-      grid=(batch, heads, q_len // bq, kv_len // bk),
-      in_specs=specs,
-      out_specs=q_spec,
-      out_shape=_out(q.shape, q.dtype, q),
-      scratch_shapes=[pltpu.VMEM((bq, dim), jnp.float32)],
-      compiler_params=_PARALLEL_LAST_SEQUENTIAL,
-      interpret=cfg.interpret,
-      name="flash_attention_bwd_dq",
+    functools.partial(_dq_kernel, cfg=cfg, masked=masked),
+    grid=(batch, heads, q_len // bq, kv_len // bk),
+    in_specs=specs,
+    out_specs=q_spec,
+    out_shape=_out(q.shape, q.dtype, q),
+    scratch_shapes=[pltpu.VMEM((bq, dim), jnp.float32)],
+    compiler_params=_PARALLEL_LAST_SEQUENTIAL,
+    interpret=cfg.interpret,
+    name="flash_attention_bwd_dq",
   )(*args)
   return dq, dk, dv
 
@@ -355,7 +372,7 @@ def _flash_bwd(cfg: _Config, residuals, cotangents):
   q, k, v, q_ids, kv_ids, out, lse = residuals
   d_out, d_lse = cotangents
   dq, dk, dv = _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, d_lse, cfg)
-  return dq, dk, dv, None, None   # segment ids are integers: no cotangent
+  return dq, dk, dv, None, None  # segment ids are integers: no cotangent
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -363,11 +380,20 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 # ---------------------------------------------------------------------------- wrapper
 
-def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
-                    q_segment_ids: jax.Array | None = None,
-                    kv_segment_ids: jax.Array | None = None,
-                    scale: float | None = None, return_lse: bool = False,
-                    block_q: int = 128, block_k: int = 128, interpret: Any = False):
+
+def flash_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  *,
+  q_segment_ids: jax.Array | None = None,
+  kv_segment_ids: jax.Array | None = None,
+  scale: float | None = None,
+  return_lse: bool = False,
+  block_q: int = 128,
+  block_k: int = 128,
+  interpret: Any = False,
+):
   """Bidirectional flash attention on TPU: query [B, Q, N, D], key/value [B, K, N, D] ->
   out [B, Q, N, D] (query's dtype) and, with `return_lse`, lse [B, N, Q] float32 (the
   log-sum-exp of each query row's scaled logits; -inf for rows with no key).
@@ -380,25 +406,36 @@ def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Give both q_segment_ids and kv_segment_ids, or neither.")
   if not query.dtype == key.dtype == value.dtype:
-    raise ValueError(f"query, key and value need one dtype, got {query.dtype}, "
-                     f"{key.dtype}, {value.dtype}.")
+    raise ValueError(
+      f"query, key and value need one dtype, got {query.dtype}, {key.dtype}, {value.dtype}."
+    )
   (_, q_len, _, dim), kv_len = query.shape, key.shape[1]
   if scale is None:
-    scale = dim ** -0.5
+    scale = dim**-0.5
   bq, q_padded = _tile(q_len, block_q)
   bk, kv_padded = _tile(kv_len, block_k)
   if interpret is True:
     interpret = pltpu.InterpretParams()
-  cfg = _Config(scale=float(scale), block_q=bq, block_k=bk,
-                kv_len=kv_len if kv_padded != kv_len else None, interpret=interpret)
+  cfg = _Config(
+    scale=float(scale),
+    block_q=bq,
+    block_k=bk,
+    kv_len=kv_len if kv_padded != kv_len else None,
+    interpret=interpret,
+  )
 
   to_kernel = lambda x, length: _pad(jnp.swapaxes(x, 1, 2), 2, length)  # [B, N, S, D]
   q_ids = kv_ids = None
   if q_segment_ids is not None:
-    q_ids = _pad(jnp.asarray(q_segment_ids, jnp.int32), 1, q_padded)     # [B, Qp]
+    q_ids = _pad(jnp.asarray(q_segment_ids, jnp.int32), 1, q_padded)  # [B, Qp]
     kv_ids = _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, kv_padded)  # [B, Kp]
-  args = _vary_alike(to_kernel(query, q_padded), to_kernel(key, kv_padded),
-                     to_kernel(value, kv_padded), q_ids, kv_ids)
+  args = _vary_alike(
+    to_kernel(query, q_padded),
+    to_kernel(key, kv_padded),
+    to_kernel(value, kv_padded),
+    q_ids,
+    kv_ids,
+  )
   out, lse = _flash(*args, cfg)
-  out = jnp.swapaxes(out[:, :, :q_len], 1, 2)                        # [B, Q, N, D]
+  out = jnp.swapaxes(out[:, :, :q_len], 1, 2)  # [B, Q, N, D]
   return (out, lse[:, :, 0, :q_len]) if return_lse else out
