@@ -35,7 +35,7 @@ from absl import app, flags
 from mgjax.kernels import attention as kernels
 
 _LENGTHS = flags.DEFINE_list(
-  "lengths", ["4096", "8192", "16384", "32768", "73728"], "Sequence lengths (tokens)."
+    "lengths", ["4096", "8192", "16384", "32768", "73728"], "Sequence lengths (tokens)."
 )
 _HEADS = flags.DEFINE_integer("heads", 8, "Attention heads.")
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 128, "Head dimension.")
@@ -44,39 +44,39 @@ _SWEEP = flags.DEFINE_bool("sweep", True, "Time candidate Pallas GPU tilings fir
 _SWEEP_LENGTH = flags.DEFINE_integer("sweep_length", 16384, "Tokens for the sweep.")
 _XLA_MAX_LENGTH = flags.DEFINE_integer("xla_max_length", 16384, "Longest sequence timed with xla.")
 _MASKED = flags.DEFINE_list(
-  "masked",
-  ["16384:256:200", "73728:256:200", "16384:16384:15000"],
-  "Masked shapes query:keys:valid_keys (keys past valid_keys padded out by segment ids):"
-  " the DiT's text cross-attention and key-padded self-attention.",
+    "masked",
+    ["16384:256:200", "73728:256:200", "16384:16384:15000"],
+    "Masked shapes query:keys:valid_keys (keys past valid_keys padded out by segment ids):"
+    " the DiT's text cross-attention and key-padded self-attention.",
 )
 _OUT = flags.DEFINE_string("out", None, "Write the figures here as JSON.")
 
 # Candidate tilings (block_q, block_k, num_warps, num_stages) of the Pallas GPU kernels.
 _CANDIDATES = {
-  "forward": [
-    (128, 128, 8, 3),
-    (128, 64, 8, 3),
-    (128, 64, 8, 4),
-    (64, 64, 4, 3),
-    (64, 128, 4, 3),
-    (256, 64, 8, 3),
-  ],
-  "dkv": [
-    (64, 64, 4, 2),
-    (64, 64, 4, 3),
-    (32, 128, 4, 3),
-    (32, 64, 4, 3),
-    (128, 64, 8, 2),
-    (64, 128, 4, 2),
-  ],
-  "dq": [(128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 4, 3), (128, 64, 4, 3), (128, 128, 8, 2)],
+    "forward": [
+        (128, 128, 8, 3),
+        (128, 64, 8, 3),
+        (128, 64, 8, 4),
+        (64, 64, 4, 3),
+        (64, 128, 4, 3),
+        (256, 64, 8, 3),
+    ],
+    "dkv": [
+        (64, 64, 4, 2),
+        (64, 64, 4, 3),
+        (32, 128, 4, 3),
+        (32, 64, 4, 3),
+        (128, 64, 8, 2),
+        (64, 128, 4, 2),
+    ],
+    "dq": [(128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 4, 3), (128, 64, 4, 3), (128, 128, 8, 2)],
 }
 
 
 def implementations() -> list[str]:
   platform = jax.default_backend()
   return {"gpu": ["xla", "cudnn", "pallas_gpu"], "tpu": ["xla", "pallas_tpu"]}.get(
-    platform, ["xla"]
+      platform, ["xla"]
   )
 
 
@@ -101,8 +101,8 @@ def _inputs(q_len: int, kv_len: int, heads: int, head_dim: int, dtype=jnp.bfloat
   """q, k, v, d_out: random [1, length, heads, head_dim] (fresh per shape)."""
   keys = jax.random.split(jax.random.key(q_len * 7 + kv_len), 4)
   return tuple(
-    jax.random.normal(key, (1, n, heads, head_dim), dtype)
-    for key, n in zip(keys, (q_len, kv_len, kv_len, q_len))
+      jax.random.normal(key, (1, n, heads, head_dim), dtype)
+      for key, n in zip(keys, (q_len, kv_len, kv_len, q_len))
   )
 
 
@@ -115,16 +115,16 @@ def _forward_backward(forward):
 
 
 def measure(
-  forward,
-  length: int,
-  heads: int,
-  head_dim: int,
-  repeats: int,
-  *,
-  kv_length: int | None = None,
-  valid_keys: int | None = None,
-  forward_only: bool = False,
-  backward_only: bool = False,
+    forward,
+    length: int,
+    heads: int,
+    head_dim: int,
+    repeats: int,
+    *,
+    kv_length: int | None = None,
+    valid_keys: int | None = None,
+    forward_only: bool = False,
+    backward_only: bool = False,
 ) -> tuple[float, float]:
   """(forward, forward+backward) TFLOP/s of forward(q, k, v), q [1, length, heads, D],
   k/v [1, kv_length (default length), heads, D]; with `valid_keys` the keys past it are
@@ -134,9 +134,9 @@ def measure(
   q, k, v, d_out = _inputs(length, kv_length, heads, head_dim)
   if valid_keys is not None:
     forward = functools.partial(
-      forward,
-      q_segment_ids=jnp.ones((1, length), jnp.int32),
-      kv_segment_ids=(jnp.arange(kv_length) < valid_keys).astype(jnp.int32)[None],
+        forward,
+        q_segment_ids=jnp.ones((1, length), jnp.int32),
+        kv_segment_ids=(jnp.arange(kv_length) < valid_keys).astype(jnp.int32)[None],
     )
   flops = 4.0 * heads * length * kv_length * head_dim
   fwd = both = float("nan")
@@ -178,7 +178,7 @@ def check(names: list[str], tolerance: float = 2e-2) -> dict:
       try:
         for impl in (name, "xla"):
           forward = functools.partial(
-            kernels.attention, q_segment_ids=q_ids, kv_segment_ids=kv_ids, implementation=impl
+              kernels.attention, q_segment_ids=q_ids, kv_segment_ids=kv_ids, implementation=impl
           )
           out, vjp = jax.vjp(forward, q, k, v)
           results[impl] = (out, *vjp(d_out))
@@ -206,9 +206,9 @@ def sweep(length: int, heads: int, head_dim: int, repeats: int):
   from mgjax.kernels.attention import pallas_gpu  # noqa: PLC0415 - GPU only
 
   best = dict(
-    tiling=pallas_gpu.FORWARD_TILING,
-    dkv_tiling=pallas_gpu.DKV_TILING,
-    dq_tiling=pallas_gpu.DQ_TILING,
+      tiling=pallas_gpu.FORWARD_TILING,
+      dkv_tiling=pallas_gpu.DKV_TILING,
+      dq_tiling=pallas_gpu.DQ_TILING,
   )
   rows = []
   for stage, candidates in _CANDIDATES.items():
@@ -219,22 +219,22 @@ def sweep(length: int, heads: int, head_dim: int, repeats: int):
         tiling = pallas_gpu.Tiling(*candidate)
         forward = functools.partial(pallas_gpu.flash_attention, **{**best, argument: tiling})
         fwd, both = measure(
-          forward,
-          length,
-          heads,
-          head_dim,
-          repeats,
-          forward_only=stage == "forward",
-          backward_only=stage != "forward",
+            forward,
+            length,
+            heads,
+            head_dim,
+            repeats,
+            forward_only=stage == "forward",
+            backward_only=stage != "forward",
         )
       except Exception as e:  # noqa: BLE001 - a tiling that does not compile is a result
         fwd = both = float("nan")
         print(f"sweep {stage} {candidate}: {type(e).__name__}: {str(e)[:200]}")
       rows.append(dict(stage=stage, tiling=candidate, forward=fwd, forward_backward=both))
       print(
-        f"sweep {stage:7s} q{candidate[0]:<4d} k{candidate[1]:<4d} warps "
-        f"{candidate[2]} stages {candidate[3]}: {fwd:7.1f} / {both:7.1f} TFLOP/s",
-        flush=True,
+          f"sweep {stage:7s} q{candidate[0]:<4d} k{candidate[1]:<4d} warps "
+          f"{candidate[2]} stages {candidate[3]}: {fwd:7.1f} / {both:7.1f} TFLOP/s",
+          flush=True,
       )
       score = fwd if stage == "forward" else both
       if score > best_score:
@@ -246,7 +246,7 @@ def main(argv):
   del argv
   device = jax.devices()[0]
   report = dict(
-    device=device.device_kind, jax=jax.__version__, heads=_HEADS.value, head_dim=_HEAD_DIM.value
+      device=device.device_kind, jax=jax.__version__, heads=_HEADS.value, head_dim=_HEAD_DIM.value
   )
 
   def save():
@@ -261,7 +261,7 @@ def main(argv):
   timed = {name: functools.partial(kernels.attention, implementation=name) for name in names}
   if "pallas_gpu" in names and _runs("pallas_gpu", report["check"]) and _SWEEP.value:
     best, report["sweep"] = sweep(
-      _SWEEP_LENGTH.value, _HEADS.value, _HEAD_DIM.value, _REPEATS.value
+        _SWEEP_LENGTH.value, _HEADS.value, _HEAD_DIM.value, _REPEATS.value
     )
     report["best_tilings"] = {name: str(tiling) for name, tiling in best.items()}
     print(f"best: {report['best_tilings']}")
@@ -271,9 +271,9 @@ def main(argv):
     timed["pallas_gpu"] = functools.partial(pallas_gpu.flash_attention, **best)
 
   print(
-    f"Attention, bf16, head dim {_HEAD_DIM.value}, {_HEADS.value} heads, batch 1, "
-    f"on {device.device_kind} ({jax.default_backend()}, jax {jax.__version__}); "
-    f"TFLOP/s forward / fwd+bwd"
+      f"Attention, bf16, head dim {_HEAD_DIM.value}, {_HEADS.value} heads, batch 1, "
+      f"on {device.device_kind} ({jax.default_backend()}, jax {jax.__version__}); "
+      f"TFLOP/s forward / fwd+bwd"
   )
   shapes = [(n, n, None) for n in map(int, _LENGTHS.value)]
   shapes += [tuple(int(x) for x in shape.split(":")) for shape in _MASKED.value]
@@ -287,34 +287,35 @@ def main(argv):
         continue
       try:
         fwd, both = measure(
-          forward,
-          q_len,
-          _HEADS.value,
-          _HEAD_DIM.value,
-          _REPEATS.value,
-          kv_length=kv_len,
-          valid_keys=valid_keys,
+            forward,
+            q_len,
+            _HEADS.value,
+            _HEAD_DIM.value,
+            _REPEATS.value,
+            kv_length=kv_len,
+            valid_keys=valid_keys,
         )
         cells.append(f"{fwd:9.1f} / {both:9.1f}")
         report["table"].append(
-          dict(
-            query=q_len,
-            keys=kv_len,
-            valid_keys=valid_keys,
-            implementation=name,
-            forward=fwd,
-            forward_backward=both,
-          )
+            dict(
+                query=q_len,
+                keys=kv_len,
+                valid_keys=valid_keys,
+                implementation=name,
+                forward=fwd,
+                forward_backward=both,
+            )
         )
       except Exception as e:  # noqa: BLE001 - an OOM or unsupported shape is a result too
         cells.append(
-          "OOM"
-          if "RESOURCE_EXHAUSTED" in str(e) or "memory" in str(e).lower()
-          else type(e).__name__
+            "OOM"
+            if "RESOURCE_EXHAUSTED" in str(e) or "memory" in str(e).lower()
+            else type(e).__name__
         )
     print(
-      f"{q_len:>7} {kv_len:>7} {valid_keys or '-':>7} " + " ".join(f"{cell:>21}" for cell in cells),
-      flush=True,
+        f"{q_len:>7} {kv_len:>7} {valid_keys or '-':>7} "
+        + " ".join(f"{cell:>21}" for cell in cells),
+        flush=True,
     )
     save()
 

@@ -37,10 +37,10 @@ flags.DEFINE_string("config", "experiments/audio.py:tiny", "Audio config (its vi
 flags.DEFINE_string("manifest", None, "shapes_audio manifest to train on.", required=True)
 flags.DEFINE_string("eval_manifest", None, "shapes_audio manifest to score on.", required=True)
 flags.DEFINE_list(
-  "eval_splits",
-  ["train", "eval"],
-  "Splits of --eval_manifest to score: 'eval' alone scores the held-out "
-  "combinations of a training manifest.",
+    "eval_splits",
+    ["train", "eval"],
+    "Splits of --eval_manifest to score: 'eval' alone scores the held-out "
+    "combinations of a training manifest.",
 )
 flags.DEFINE_integer("num_train", 0, "Train on the first N training clips; 0: all.")
 flags.DEFINE_integer("num_steps", 1500, "Probe training steps (batch 16).")
@@ -51,13 +51,13 @@ def bounce_clips(manifest: str, splits, config, limit: int | None):
   """frames uint8 [N, Tv, H, W, 3] and bounce labels float32 [N, Tv] of a manifest."""
   records = [r for split in splits for r in av_clips.read_records(manifest, split)]
   clips, kept, _ = av_clips.load_clips(
-    records,
-    limit,
-    clip_seconds=float(config.data.clip_seconds),
-    fps=float(config.model.video_fps),
-    size=tuple(config.data.frame_size),
-    sample_rate=int(config.data.audio.sample_rate),
-    channels=1,
+      records,
+      limit,
+      clip_seconds=float(config.data.clip_seconds),
+      fps=float(config.model.video_fps),
+      size=tuple(config.data.frame_size),
+      sample_rate=int(config.data.audio.sample_rate),
+      channels=1,
   )
   frames = np.stack([c[0] for c in clips])
   labels = np.zeros(frames.shape[:2], np.float32)
@@ -97,15 +97,15 @@ def main(argv):
   del argv
   config = configs.load_config(FLAGS.config)
   train_frames, train_labels = bounce_clips(
-    FLAGS.manifest, ["train"], config, FLAGS.num_train or None
+      FLAGS.manifest, ["train"], config, FLAGS.num_train or None
   )
   # Clips never trained on: all of e.g. <workdir>/shapes_audio_bouncing, or the held-out
   # combinations (--eval_splits=eval) of the training manifest.
   eval_frames, eval_labels = bounce_clips(FLAGS.eval_manifest, FLAGS.eval_splits, config, None)
   print(
-    f"probe: {len(train_frames)} training clips ({int(train_labels.sum())} bounces), "
-    f"{len(eval_frames)} eval clips ({int(eval_labels.sum())} bounces)",
-    flush=True,
+      f"probe: {len(train_frames)} training clips ({int(train_labels.sum())} bounces), "
+      f"{len(eval_frames)} eval clips ({int(eval_labels.sum())} bounces)",
+      flush=True,
   )
   encoder = VideoFeatureEncoder.from_config(config.video_encoder)
   model = BounceProbe(encoder)
@@ -124,7 +124,7 @@ def main(argv):
 
   def score(frames, labels):
     p = np.concatenate(
-      [np.asarray(probability(params, frames[i : i + 32])) for i in range(0, len(frames), 32)]
+        [np.asarray(probability(params, frames[i : i + 32])) for i in range(0, len(frames), 32)]
     )
     return found(p, labels)
 
@@ -136,11 +136,11 @@ def main(argv):
       held = score(eval_frames, eval_labels)
       fit = score(train_frames[:64], train_labels[:64])
       print(
-        f"step {i}: loss {float(loss):.4f}; eval clips: {100 * held[0]:.1f}% of bounces "
-        f"at their frame, {100 * held[1]:.1f}% within one, {held[2]:.2f} false per clip; "
-        f"training clips: {100 * fit[0]:.1f}% / {100 * fit[1]:.1f}% "
-        f"({time.time() - start:.0f} s)",
-        flush=True,
+          f"step {i}: loss {float(loss):.4f}; eval clips: {100 * held[0]:.1f}% of bounces "
+          f"at their frame, {100 * held[1]:.1f}% within one, {held[2]:.2f} false per clip; "
+          f"training clips: {100 * fit[0]:.1f}% / {100 * fit[1]:.1f}% "
+          f"({time.time() - start:.0f} s)",
+          flush=True,
       )
 
 

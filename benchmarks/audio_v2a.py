@@ -43,7 +43,9 @@ flags.DEFINE_string("workdir", None, "A trained experiments/audio.py run.", requ
 flags.DEFINE_integer("num_steps", 0, "ODE steps; 0: the run's eval.num_steps.")
 flags.DEFINE_integer("num_clips", 0, "Held-out clips for the VAE ceiling; 0: eval.num_prompts.")
 flags.DEFINE_integer(
-  "num_bouncing", 40, "Fresh bouncing clips (shapes_audio.BOUNCING_SEED) to score sync on; 0: none."
+    "num_bouncing",
+    40,
+    "Fresh bouncing clips (shapes_audio.BOUNCING_SEED) to " "score sync on; 0: none.",
 )
 FLAGS = flags.FLAGS
 
@@ -51,7 +53,7 @@ FLAGS = flags.FLAGS
 def edges(num_frames, window, overlap):
   starts = audio_longform.window_starts(num_frames, window, overlap)
   return sorted(
-    {s for s in starts if s > 0} | {s + window for s in starts if s + window < num_frames}
+      {s for s in starts if s > 0} | {s + window for s in starts if s + window < num_frames}
   )
 
 
@@ -70,44 +72,45 @@ def main(argv):
     waves = np.stack([c[1] for c in clips])
     recon = np.asarray(task.codec.decode(task.codec.encode(waves), waves.shape[1]))
     generated = np.concatenate(
-      [
-        task.generate(
-          params,
-          frozen,
-          np.stack([c[0] for c in clips[i : i + e.batch_size]]),
-          [r["caption"] for r in kept[i : i + e.batch_size]],
-          waves.shape[1],
-          **dict(kwargs, seed=e.seed + i),
-        )
-        for i in range(0, len(kept), e.batch_size)
-      ]
+        [
+            task.generate(
+                params,
+                frozen,
+                np.stack([c[0] for c in clips[i : i + e.batch_size]]),
+                [r["caption"] for r in kept[i : i + e.batch_size]],
+                waves.shape[1],
+                **dict(kwargs, seed=e.seed + i),
+            )
+            for i in range(0, len(kept), e.batch_size)
+        ]
     )
     for name, x in (
-      ("original sound", waves),
-      ("VAE reconstruction", recon),
-      ("generated from video + caption", generated),
+        ("original sound", waves),
+        ("VAE reconstruction", recon),
+        ("generated from video + caption", generated),
     ):
       s = shapes_scores(x, kept, rate)
       print(
-        f"{name} of {len(kept)} {what}: sync {100 * s['sync_score']:.1f}% of "
-        f"{int(s['num_bounces'])} bounces (onsets at random times "
-        f"{100 * s['chance_sync_score']:.1f}%), tone {100 * s['tone_accuracy']:.1f}%, "
-        f"false onsets {s['false_onsets_per_silent_clip']:.2f} per bounce-free clip, "
-        f"{100 * s['false_onset_rate']:.1f}% of all onsets"
+          f"{name} of {len(kept)} {what}: sync {100 * s['sync_score']:.1f}% of "
+          f"{int(s['num_bounces'])} bounces (onsets at random times "
+          f"{100 * s['chance_sync_score']:.1f}%), tone {100 * s['tone_accuracy']:.1f}%, "
+          f"false onsets {s['false_onsets_per_silent_clip']:.2f} per bounce-free clip, "
+          f"{100 * s['false_onset_rate']:.1f}% of all onsets"
       )
 
   # 1. The held-out clips, and fresh clips that all bounce (the held-out ones hold few
   # bounces): the VAE ceiling and the generated sound.
   records = av_clips.read_records(task.manifest(), "eval")
   clips, kept, _ = av_clips.load_clips(
-    records, FLAGS.num_clips or e.num_prompts, **task.clip_args()
+      records, FLAGS.num_clips or e.num_prompts, **task.clip_args()
   )
   scores("held-out clips", clips, kept)
   if FLAGS.num_bouncing:
     with config.unlocked():
       config.eval.num_bouncing_clips = FLAGS.num_bouncing
     scores(
-      "fresh bouncing clips", *av_clips.load_clips(task.bouncing_records(), **task.clip_args())[:2]
+        "fresh bouncing clips",
+        *av_clips.load_clips(task.bouncing_records(), **task.clip_args())[:2],
     )
 
   # 2. A 3x-window video from three held-out clips, bouncing ones first.
@@ -123,18 +126,18 @@ def main(argv):
   num_frames = int(round(3 * seconds * config.model.latent_rate))
   start = time.time()
   long_latent = task.sample_latents(
-    params, frozen, frames[None], [caption], num_frames, **kwargs
+      params, frozen, frames[None], [caption], num_frames, **kwargs
   )  # [1, 3W, C]
   long_s = time.time() - start
   window = int(round(seconds * config.model.latent_rate))
   naive = np.concatenate(
-    [
-      task.sample_latents(
-        params, frozen, clips[i][0][None], [caption], window, **dict(kwargs, seed=e.seed + k)
-      )
-      for k, i in enumerate(order)
-    ],
-    axis=1,
+      [
+          task.sample_latents(
+              params, frozen, clips[i][0][None], [caption], window, **dict(kwargs, seed=e.seed + k)
+          )
+          for k, i in enumerate(order)
+      ],
+      axis=1,
   )
   # The clips' own sound through the VAE encoder: its measures at the long form's
   # boundaries are what the content alone gives there (a click just after a boundary
@@ -143,15 +146,15 @@ def main(argv):
   mean, std = task.stats()
   boundaries = edges(num_frames, int(lf.window_frames), int(lf.overlap_frames))
   for name, z in (
-    (f"long form ({lf.method})", long_latent),
-    ("naive concatenation", naive),
-    ("the clips' own sound (no seams)", own),
+      (f"long form ({lf.method})", long_latent),
+      ("naive concatenation", naive),
+      ("the clips' own sound (no seams)", own),
   ):
     cut = [window, 2 * window] if z is naive else boundaries
     jump, band, energy = seam_measures((z - mean) / std, cut)
     print(
-      f"{name}: seams at latent frames {cut}: jump {jump:.2f}, high band {band:.2f}, "
-      f"energy {energy:.2f}"
+        f"{name}: seams at latent frames {cut}: jump {jump:.2f}, high band {band:.2f}, "
+        f"energy {energy:.2f}"
     )
   num_samples = int(round(3 * seconds * rate))
   wave = np.asarray(task.codec.decode(long_latent, num_frames * task.codec.hop))[0, :num_samples]
@@ -159,10 +162,10 @@ def main(argv):
   audio_lib.mux_audio(video_path, wave, rate, os.path.join(out_dir, "long.mp4"))
   score = shapes_audio.sync_score(shapes_audio.detect_onsets(wave, rate), bounces)
   print(
-    f"long form: {3 * seconds:g} s ({num_frames} latent frames, "
-    f"{len(audio_longform.window_starts(num_frames, lf.window_frames, lf.overlap_frames))}"
-    f" windows) in {long_s:.1f} s; sync {100 * score.hit_rate:.1f}% of "
-    f"{score.num_bounces} bounces, {score.num_false_onsets} false onsets; wrote {out_dir}"
+      f"long form: {3 * seconds:g} s ({num_frames} latent frames, "
+      f"{len(audio_longform.window_starts(num_frames, lf.window_frames, lf.overlap_frames))}"
+      f" windows) in {long_s:.1f} s; sync {100 * score.hit_rate:.1f}% of "
+      f"{score.num_bounces} bounces, {score.num_false_onsets} false onsets; wrote {out_dir}"
   )
 
 

@@ -44,16 +44,16 @@ def main(argv):
     devices = topologies.get_topology_desc(aot.topology_name(_TOPOLOGY.value), "tpu").devices
   counts = [int(n) for n in _LAYERS.value]
   print(
-    f"Train step compile time, {devices[0].device_kind} x {len(devices)}, "
-    f"width {_CONFIG.value.model.embed_dim}"
+      f"Train step compile time, {devices[0].device_kind} x {len(devices)}, "
+      f"width {_CONFIG.value.model.embed_dim}"
   )
-  for scan in [True, False] if _UNROLLED.value else [True]:
+  for scan in ([True, False] if _UNROLLED.value else [True]):
     times = [compile_seconds(_CONFIG.value, n, scan, devices) for n in counts]
     label = "scanned" if scan else "unrolled"
     print(
-      "  "
-      + ", ".join(f"{n} layers {t:.1f} s" for n, t in zip(counts, times))
-      + f" ({label}): {counts[-1]} / {counts[0]} layers = {times[-1] / times[0]:.2f}x"
+        "  "
+        + ", ".join(f"{n} layers {t:.1f} s" for n, t in zip(counts, times))
+        + f" ({label}): {counts[-1]} / {counts[0]} layers = {times[-1] / times[0]:.2f}x"
     )
 
 

@@ -16,7 +16,7 @@ import os
 
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   ).strip()
 
 import flax.linen as nn  # noqa: E402
@@ -33,27 +33,27 @@ CHANNELS, TEXT_LENGTH, TEXT_DIM = 16, 32, 64
 
 
 def step_temp_bytes(
-  context: int,
-  frames: int,
-  size: int,
-  mode: str = "all_gather",
-  embed_dim: int = 128,
-  num_heads: int = 4,
+    context: int,
+    frames: int,
+    size: int,
+    mode: str = "all_gather",
+    embed_dim: int = 128,
+    num_heads: int = 4,
 ) -> int:
   """Per-device temporary bytes of the compiled loss + gradient step at `context`."""
   model = VideoDiT(
-    num_layers=2,
-    embed_dim=embed_dim,
-    mlp_dim=2 * embed_dim,
-    num_heads=num_heads,
-    max_frames=frames,
-    max_height=size // 2,
-    max_width=size // 2,
-    remat_policy="full",
-    context_attention=mode,
+      num_layers=2,
+      embed_dim=embed_dim,
+      mlp_dim=2 * embed_dim,
+      num_heads=num_heads,
+      max_frames=frames,
+      max_height=size // 2,
+      max_width=size // 2,
+      remat_policy="full",
+      context_attention=mode,
   )
   mesh = mesh_lib.make_mesh(
-    dict(data=1, fsdp=1, context=context, tensor=1), jax.devices()[:context]
+      dict(data=1, fsdp=1, context=context, tensor=1), jax.devices()[:context]
   )
   rules = sharding_lib.rules_from_config(configs.DEFAULT_LOGICAL_AXIS_RULES)
   latent = jax.ShapeDtypeStruct((1, frames, size, size, CHANNELS), jnp.float32)
@@ -66,13 +66,13 @@ def step_temp_bytes(
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(
-      lambda x, t, text: model.init(jax.random.key(0), x, t, text)["params"], latent, t, text
+        lambda x, t, text: model.init(jax.random.key(0), x, t, text)["params"], latent, t, text
     )
     shardings = sharding_lib.logical_to_shardings(boxed, mesh, rules)
     params = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      sharding_lib.strip_boxes(boxed),
-      shardings,
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        sharding_lib.strip_boxes(boxed),
+        shardings,
     )
     compiled = jax.jit(jax.value_and_grad(loss)).lower(params, latent, t, text).compile()
   return compiled.memory_analysis().temp_size_in_bytes

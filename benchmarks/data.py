@@ -55,19 +55,20 @@ from mgjax.data.records import read_manifest
 from mgjax.data.video import probe, write_video
 
 _SETTINGS = flags.DEFINE_list(
-  "settings",
-  ["1x0", "2x0", "1x1", "1x2"],
-  "Loader settings THREADSxWORKERS: Grain read threads per process x worker processes (0: none).",
+    "settings",
+    ["1x0", "2x0", "1x1", "1x2"],
+    "Loader settings THREADSxWORKERS: Grain read threads per "
+    "process x worker processes (0: none).",
 )
 _DATASETS = flags.DEFINE_list(
-  "datasets", ["video256", "shapes"], "Which buckets to time: video256, shapes."
+    "datasets", ["video256", "shapes"], "Which buckets to time: video256, shapes."
 )
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed batches per setting.")
 _BATCHES_256 = flags.DEFINE_integer("batches_256", 10, "Timed batches, 256 px bucket.")
 _BATCH_SIZE_256 = flags.DEFINE_integer("batch_size_256", 4, "Clips per batch, 256 px bucket.")
 _BATCHES_SHAPES = flags.DEFINE_integer("batches_shapes", 30, "Timed batches, shapes bucket.")
 _BATCH_SIZE_SHAPES = flags.DEFINE_integer(
-  "batch_size_shapes", 16, "Clips per batch, shapes bucket."
+    "batch_size_shapes", 16, "Clips per batch, shapes bucket."
 )
 _PREFETCH = flags.DEFINE_integer("prefetch", 4, "LoaderOptions.prefetch.")
 _NUM_SOURCES = flags.DEFINE_integer("num_sources", 8, "Synthetic source videos to write.")
@@ -78,9 +79,9 @@ _SOURCE_WIDTH = flags.DEFINE_integer("source_width", 640, "Source video width (e
 _SOURCE_CRF = flags.DEFINE_integer("source_crf", 18, "x264 CRF of the source videos.")
 _SHAPES_VIDEOS = flags.DEFINE_integer("shapes_videos", 64, "Clips in the shapes data set.")
 _DIR = flags.DEFINE_string(
-  "dir",
-  None,
-  "Where to write (and reuse) the data; default: a temporary folder removed at the end.",
+    "dir",
+    None,
+    "Where to write (and reuse) the data; default: a " "temporary folder removed at the end.",
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Data and loader seed.")
 
@@ -94,7 +95,7 @@ def _smooth_texture(rng: np.random.Generator, height: int, width: int) -> np.nda
     fine = np.repeat(np.repeat(coarse, scale, 0), scale, 1)
     c = np.cumsum(np.cumsum(fine, 0), 1)
     blurred = (
-      c[scale:, scale:] - c[:-scale, scale:] - c[scale:, :-scale] + c[:-scale, :-scale]
+        c[scale:, scale:] - c[:-scale, scale:] - c[scale:, :-scale] + c[:-scale, :-scale]
     ) / (scale * scale)
     out += amplitude * blurred[:height, :width]
   return out
@@ -126,7 +127,7 @@ def source_frames(seed: int, num_frames: int, height: int, width: int) -> np.nda
 
 
 def write_source(
-  path: str, seed: int, seconds: float, fps: float, height: int, width: int, crf: int
+    path: str, seed: int, seconds: float, fps: float, height: int, width: int, crf: int
 ) -> str:
   if not os.path.exists(path):
     frames = source_frames(seed, int(round(seconds * fps)), height, width)
@@ -140,34 +141,35 @@ def make_sources(folder: str) -> list[dict]:
   seconds, fps = _SOURCE_SECONDS.value, _SOURCE_FPS.value
   height, width, crf = _SOURCE_HEIGHT.value, _SOURCE_WIDTH.value, _SOURCE_CRF.value
   paths = [
-    os.path.join(
-      folder, f"src{i:03d}_s{_SEED.value}_{height}x{width}_{fps:g}fps_{seconds:g}s_crf{crf}.mp4"
-    )
-    for i in range(_NUM_SOURCES.value)
+      os.path.join(
+          folder,
+          f"src{i:03d}_s{_SEED.value}_{height}x{width}_{fps:g}fps_" f"{seconds:g}s_crf{crf}.mp4",
+      )
+      for i in range(_NUM_SOURCES.value)
   ]
   with concurrent.futures.ProcessPoolExecutor(
-    max_workers=os.cpu_count(), mp_context=multiprocessing.get_context("spawn")
+      max_workers=os.cpu_count(), mp_context=multiprocessing.get_context("spawn")
   ) as pool:
     list(
-      pool.map(
-        write_source,
-        paths,
-        [_SEED.value * 1000 + i for i in range(len(paths))],
-        *([v] * len(paths) for v in (seconds, fps, height, width, crf)),
-      )
+        pool.map(
+            write_source,
+            paths,
+            [_SEED.value * 1000 + i for i in range(len(paths))],
+            *([v] * len(paths) for v in (seconds, fps, height, width, crf)),
+        )
     )
   records = []
   for path in paths:
     info = probe(path)
     records.append(
-      {
-        "video": path,
-        "caption": "a disc moves over a panning texture",
-        "fps": info.fps,
-        "num_frames": info.num_frames,
-        "width": info.width,
-        "height": info.height,
-      }
+        {
+            "video": path,
+            "caption": "a disc moves over a panning texture",
+            "fps": info.fps,
+            "num_frames": info.num_frames,
+            "width": info.width,
+            "height": info.height,
+        }
     )
   return records
 
@@ -196,13 +198,18 @@ def parse_setting(text: str) -> tuple[int, int]:
 
 
 def time_loader(
-  records: list[dict], spec: ExampleSpec, batch_size: int, batches: int, threads: int, workers: int
+    records: list[dict],
+    spec: ExampleSpec,
+    batch_size: int,
+    batches: int,
+    threads: int,
+    workers: int,
 ) -> dict:
   stream = Stream(
-    name="bench", size=len(records), load=LoadExample(records, spec), batch_size=batch_size
+      name="bench", size=len(records), load=LoadExample(records, spec), batch_size=batch_size
   )
   options = LoaderOptions(
-    seed=_SEED.value, num_threads=threads, num_workers=workers, prefetch=_PREFETCH.value
+      seed=_SEED.value, num_threads=threads, num_workers=workers, prefetch=_PREFETCH.value
   )
   iterator = DataIterator([stream], options, finish=lambda batch: batch)
   try:
@@ -220,18 +227,18 @@ def time_loader(
     iterator.close()
   expected = (batch_size, spec.num_frames, spec.height, spec.width, 3)
   assert batch["pixels"].shape == expected and batch["pixels"].dtype == np.uint8, (
-    batch["pixels"].shape,
-    batch["pixels"].dtype,
+      batch["pixels"].shape,
+      batch["pixels"].dtype,
   )
   rate = clips / seconds
   units = threads * max(workers, 1)
   return {
-    "clips_s": rate,
-    "per_unit": rate / units,
-    "mb_s": rate * np.prod(expected[1:]) / 1e6,
-    "warmup_s": warm - start,
-    "cpu_ms": 1e3 * cpu / clips,
-    "skipped": iterator.metrics()["data/skipped_fraction"],
+      "clips_s": rate,
+      "per_unit": rate / units,
+      "mb_s": rate * np.prod(expected[1:]) / 1e6,
+      "warmup_s": warm - start,
+      "cpu_ms": 1e3 * cpu / clips,
+      "skipped": iterator.metrics()["data/skipped_fraction"],
   }
 
 
@@ -260,57 +267,57 @@ def main(argv):
       t0 = time.perf_counter()
       records = make_sources(os.path.join(folder, "sources"))
       print(
-        f"Source videos: {len(records)} x {_SOURCE_SECONDS.value:g} s, "
-        f"{_SOURCE_FPS.value:g} fps, {_SOURCE_HEIGHT.value}x{_SOURCE_WIDTH.value} H.264 "
-        f"crf {_SOURCE_CRF.value} ({time.perf_counter() - t0:.1f} s to make)",
-        flush=True,
+          f"Source videos: {len(records)} x {_SOURCE_SECONDS.value:g} s, "
+          f"{_SOURCE_FPS.value:g} fps, {_SOURCE_HEIGHT.value}x{_SOURCE_WIDTH.value} H.264 "
+          f"crf {_SOURCE_CRF.value} ({time.perf_counter() - t0:.1f} s to make)",
+          flush=True,
       )
       buckets.append(
-        (
-          "synthetic 480x640",
-          "256 px, 16 fps, 4 s",
-          records,
-          ExampleSpec(num_frames=64, height=256, width=256, fps=16, scale_to=(256, 256)),
-          _BATCH_SIZE_256.value,
-          _BATCHES_256.value,
-        )
+          (
+              "synthetic 480x640",
+              "256 px, 16 fps, 4 s",
+              records,
+              ExampleSpec(num_frames=64, height=256, width=256, fps=16, scale_to=(256, 256)),
+              _BATCH_SIZE_256.value,
+              _BATCHES_256.value,
+          )
       )
     if "shapes" in _DATASETS.value:
       t0 = time.perf_counter()
       manifest = shapes.ensure_dataset(
-        os.path.join(folder, "shapes"),
-        num_videos=_SHAPES_VIDEOS.value,
-        seed=_SEED.value,
-        num_frames=32,
-        height=64,
-        width=64,
-        num_images=0,
+          os.path.join(folder, "shapes"),
+          num_videos=_SHAPES_VIDEOS.value,
+          seed=_SEED.value,
+          num_frames=32,
+          height=64,
+          width=64,
+          num_images=0,
       )
       records = read_manifest(manifest).records
       print(
-        f"Shapes: {len(records)} clips of 32 frames, 64x64, 16 fps "
-        f"({time.perf_counter() - t0:.1f} s to make)",
-        flush=True,
+          f"Shapes: {len(records)} clips of 32 frames, 64x64, 16 fps "
+          f"({time.perf_counter() - t0:.1f} s to make)",
+          flush=True,
       )
       buckets.append(
-        (
-          "shapes",
-          "64 px, 16 fps, 2 s",
-          records,
-          ExampleSpec(num_frames=32, height=64, width=64, fps=16),
-          _BATCH_SIZE_SHAPES.value,
-          _BATCHES_SHAPES.value,
-        )
+          (
+              "shapes",
+              "64 px, 16 fps, 2 s",
+              records,
+              ExampleSpec(num_frames=32, height=64, width=64, fps=16),
+              _BATCH_SIZE_SHAPES.value,
+              _BATCHES_SHAPES.value,
+          )
       )
 
     print(
-      f"\nGrain input pipeline on {cpu_name()}, {os.cpu_count()} CPUs "
-      f"({len(os.sched_getaffinity(0))} usable); warmup {_WARMUP.value} batches, "
-      f"prefetch {_PREFETCH.value}; load average {os.getloadavg()[0]:.2f}"
+        f"\nGrain input pipeline on {cpu_name()}, {os.cpu_count()} CPUs "
+        f"({len(os.sched_getaffinity(0))} usable); warmup {_WARMUP.value} batches, "
+        f"prefetch {_PREFETCH.value}; load average {os.getloadavg()[0]:.2f}"
     )
     print(
-      "| data set | bucket | batch | threads | workers | clips/s | clips/s per unit "
-      "| MB/s | CPU ms/clip | warmup s |"
+        "| data set | bucket | batch | threads | workers | clips/s | clips/s per unit "
+        "| MB/s | CPU ms/clip | warmup s |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     for name, bucket, records, spec, batch_size, batches in buckets:
@@ -319,10 +326,10 @@ def main(argv):
         if r["skipped"]:
           print(f"(warning: {r['skipped']:.1%} of the clips tried were unusable)")
         print(
-          f"| {name} | {bucket} | {batch_size} x {batches} | {threads} | {workers} | "
-          f"{r['clips_s']:.1f} | {r['per_unit']:.2f} | {r['mb_s']:.0f} | "
-          f"{r['cpu_ms']:.0f} | {r['warmup_s']:.1f} |",
-          flush=True,
+            f"| {name} | {bucket} | {batch_size} x {batches} | {threads} | {workers} | "
+            f"{r['clips_s']:.1f} | {r['per_unit']:.2f} | {r['mb_s']:.0f} | "
+            f"{r['cpu_ms']:.0f} | {r['warmup_s']:.1f} |",
+            flush=True,
         )
   finally:
     if _DIR.value is None:

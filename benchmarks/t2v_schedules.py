@@ -19,9 +19,9 @@ from mgjax.train import restore_train_state
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A t2v training run on shapes data.", required=True)
 _SETTINGS = flags.DEFINE_list(
-  "settings",
-  ["linear_quadratic:50", "linear:250", "linear:50"],
-  "schedule:num_steps pairs to compare.",
+    "settings",
+    ["linear_quadratic:50", "linear:250", "linear:50"],
+    "schedule:num_steps pairs to compare.",
 )
 
 
@@ -38,16 +38,19 @@ def main(argv):
     start = time.perf_counter()
     metrics = task.evaluate(params, state.frozen, f"{schedule}_{num_steps}")
     rows.append((setting, metrics, time.perf_counter() - start))
-  print(f"\nstep {int(state.step)}, cfg scale {config.eval.cfg_scale}, method {config.eval.method}")
+  print(
+      f"\nstep {int(state.step)}, cfg scale {config.eval.cfg_scale}, "
+      f"method {config.eval.method}"
+  )
   print(f"{'setting':<22} {'colour':>7} {'shape':>7} {'motion':>7} {'all':>7} {'time':>8}")
   for setting, m, seconds in rows:
     print(
-      f"{setting:<22} "
-      + " ".join(
-        f"{100 * m.get(f'shapes_{k}', float('nan')):6.1f}%"
-        for k in ("color", "shape", "motion", "score")
-      )
-      + f" {seconds:7.1f}s"
+        f"{setting:<22} "
+        + " ".join(
+            f"{100 * m.get(f'shapes_{k}', float('nan')):6.1f}%"
+            for k in ("color", "shape", "motion", "score")
+        )
+        + f" {seconds:7.1f}s"
     )
 
 

@@ -34,7 +34,8 @@ def main(argv):
   config, task, state = restore_train_state(_WORKDIR.value)
   params = {"params": state.params["tae"]}
   print(
-    f"step {int(state.step)}: held-out", task.evaluate(state.params, state.frozen, int(state.step))
+      f"step {int(state.step)}: held-out",
+      task.evaluate(state.params, state.frozen, int(state.step)),
   )
   model = task.model
   encode = jax.jit(lambda x: model.apply(params, x, method=TAE.encode)[0])
@@ -42,44 +43,49 @@ def main(argv):
   s = config.data.shapes
   rng = np.random.default_rng(1234)
   clips = np.stack(
-    [
-      shapes.render_clip(shapes.sample_spec(rng), _NUM_FRAMES.value, s.height, s.width)
-      for _ in range(_NUM_CLIPS.value)
-    ]
+      [
+          shapes.render_clip(shapes.sample_spec(rng), _NUM_FRAMES.value, s.height, s.width)
+          for _ in range(_NUM_CLIPS.value)
+      ]
   )
   video = to_signed(jnp.asarray(clips))  # [N, T, H, W, 3]
   latent = encode(video)
   full = jnp.clip(decode(latent), -1, 1)
   tiled = jnp.clip(
-    tiled_decode(
-      decode, latent, _NUM_FRAMES.value, _TILE.value, _OVERLAP.value, model.temporal_factor
-    ),
-    -1,
-    1,
+      tiled_decode(
+          decode, latent, _NUM_FRAMES.value, _TILE.value, _OVERLAP.value, model.temporal_factor
+      ),
+      -1,
+      1,
   )
   tiled_latent = tiled_encode(encode, video, _TILE.value, model.temporal_factor)
   tiled_both = jnp.clip(
-    tiled_decode(
-      decode, tiled_latent, _NUM_FRAMES.value, _TILE.value, _OVERLAP.value, model.temporal_factor
-    ),
-    -1,
-    1,
+      tiled_decode(
+          decode,
+          tiled_latent,
+          _NUM_FRAMES.value,
+          _TILE.value,
+          _OVERLAP.value,
+          model.temporal_factor,
+      ),
+      -1,
+      1,
   )
   print(
-    f"{_NUM_FRAMES.value}-frame clips, PSNR vs input: untiled "
-    f"{float(psnr(full, video).mean()):.2f} dB, tiled decode "
-    f"{float(psnr(tiled, video).mean()):.2f} dB, tiled encode+decode "
-    f"{float(psnr(tiled_both, video).mean()):.2f} dB"
+      f"{_NUM_FRAMES.value}-frame clips, PSNR vs input: untiled "
+      f"{float(psnr(full, video).mean()):.2f} dB, tiled decode "
+      f"{float(psnr(tiled, video).mean()):.2f} dB, tiled encode+decode "
+      f"{float(psnr(tiled_both, video).mean()):.2f} dB"
   )
   print(
-    f"tiled vs untiled decode: PSNR {float(psnr(tiled, full).mean()):.2f} dB, "
-    f"max abs difference {float(jnp.abs(tiled - full).max()):.4f} (range [-1, 1])"
+      f"tiled vs untiled decode: PSNR {float(psnr(tiled, full).mean()):.2f} dB, "
+      f"max abs difference {float(jnp.abs(tiled - full).max()):.4f} (range [-1, 1])"
   )
   jumps = lambda v: np.asarray(jnp.abs(jnp.diff(v, axis=1)).mean(axis=(0, 2, 3, 4)))
   excess = jumps(tiled) - jumps(full)
   print(
-    f"largest frame-to-frame jump excess of tiled over untiled: {excess.max():.4f} "
-    f"(mean untiled jump {jumps(full).mean():.4f})"
+      f"largest frame-to-frame jump excess of tiled over untiled: {excess.max():.4f} "
+      f"(mean untiled jump {jumps(full).mean():.4f})"
   )
 
 

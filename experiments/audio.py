@@ -57,7 +57,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _load_t2v():
   """experiments/t2v.py by path (its text-encoder helpers), wherever we run from."""
   spec = importlib.util.spec_from_file_location(
-    "mgjax_experiments_t2v", os.path.join(HERE, "t2v.py")
+      "mgjax_experiments_t2v", os.path.join(HERE, "t2v.py")
   )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -70,80 +70,80 @@ SIZES = ("tiny", "13b")
 
 # name: (num_layers, embed_dim, mlp_dim, num_heads)
 TRANSFORMER_SHAPES = {
-  "tiny": (4, 128, 512, 4),
-  "13b": (36, 4608, 18432, 36),
+    "tiny": (4, 128, 512, 4),
+    "13b": (36, 4608, 18432, 36),
 }
 
 # T5 v1.1 XXL's encoder as Hugging Face config keys (what text.encoders.t5.path should
 # hold): the shape weight-free tools compile when no path is given.
 T5_XXL_ARCHITECTURE = dict(
-  model_type="t5",
-  vocab_size=32128,
-  d_model=4096,
-  d_kv=64,
-  d_ff=10240,
-  num_layers=24,
-  num_heads=64,
-  feed_forward_proj="gated-gelu",
+    model_type="t5",
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    feed_forward_proj="gated-gelu",
 )
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   if arg not in SIZES:
     raise ValueError(
-      f"Unknown audio size {arg!r}; use experiments/audio.py:<size> with "
-      f"size one of {', '.join(SIZES)}."
+        f"Unknown audio size {arg!r}; use experiments/audio.py:<size> with "
+        f"size one of {', '.join(SIZES)}."
     )
   config = configs.base_config()
   config.task = "audio"
 
   num_layers, embed_dim, mlp_dim, num_heads = TRANSFORMER_SHAPES[arg]
   config.model = ml_collections.ConfigDict(
-    dict(
-      num_layers=num_layers,
-      embed_dim=embed_dim,
-      mlp_dim=mlp_dim,
-      num_heads=num_heads,
-      latent_channels=128,  # audio VAE latent channels (model input and output)
-      latent_rate=25.0,  # audio VAE latent frames per second
-      max_frames=250,  # positional table rows: the training window, in frames
-      video_fps=16.0,  # frame rate of the video features (data.fps)
-      use_video=True,
-      modulate_cross_attention=True,  # 9 shared modulation vectors per block (else 6)
-      qk_norm=True,
-      attention_implementation="auto",  # mgjax/kernels/attention: xla|cudnn|pallas_gpu|pallas_tpu
-      scan_layers=True,
-      remat_policy="full",  # see mgjax.models.dit_blocks.REMAT_POLICIES
-      dtype="bfloat16",
-      param_dtype="float32",
-    )
+      dict(
+          num_layers=num_layers,
+          embed_dim=embed_dim,
+          mlp_dim=mlp_dim,
+          num_heads=num_heads,
+          latent_channels=128,  # audio VAE latent channels (model input and output)
+          latent_rate=25.0,  # audio VAE latent frames per second
+          max_frames=250,  # positional table rows: the training window, in frames
+          video_fps=16.0,  # frame rate of the video features (data.fps)
+          use_video=True,
+          modulate_cross_attention=True,  # 9 shared modulation vectors per block (else 6)
+          qk_norm=True,
+          attention_implementation="auto",  # mgjax/kernels/attention: xla|cudnn|pallas_gpu|pallas_tpu
+          scan_layers=True,
+          remat_policy="full",  # see mgjax.models.dit_blocks.REMAT_POLICIES
+          dtype="bfloat16",
+          param_dtype="float32",
+      )
   )
 
   # Per-frame video features (mgjax/models/video_features.py): frames -> [B, Tv, Fv].
   config.video_encoder = ml_collections.ConfigDict(
-    dict(
-      features=1024,
-      channels=(64, 128, 256, 512),
-      num_groups=32,
-      pooling="mean",  # | "flatten": keep where things are (the tiny default)
-      temporal_kernel=0,  # > 0 (odd): each feature also sees its neighbour frames
-      trainable=True,  # False: frozen (outputs carry no gradient)
-      dtype="bfloat16",
-    )
+      dict(
+          features=1024,
+          channels=(64, 128, 256, 512),
+          num_groups=32,
+          pooling="mean",  # | "flatten": keep where things are (the tiny default)
+          temporal_kernel=0,  # > 0 (odd): each feature also sees its neighbour frames
+          trainable=True,  # False: frozen (outputs carry no gradient)
+          dtype="bfloat16",
+      )
   )
 
   config.flow = ml_collections.ConfigDict(
-    dict(
-      sigma_min=1e-5,  # X_t = t X1 + (1 - (1 - sigma_min) t) X0
-      t_mean=0.0,  # t ~ logit-normal(t_mean, t_std)
-      t_std=1.0,
-      video_drop_prob=0.1,  # each condition dropped on its own (CFG null conditions)
-      text_drop_prob=0.1,
-      sample_steps=64,
-      schedule="linear",
-      method="midpoint",
-      cfg_scale=3.0,
-    )
+      dict(
+          sigma_min=1e-5,  # X_t = t X1 + (1 - (1 - sigma_min) t) X0
+          t_mean=0.0,  # t ~ logit-normal(t_mean, t_std)
+          t_std=1.0,
+          video_drop_prob=0.1,  # each condition dropped on its own (CFG null conditions)
+          text_drop_prob=0.1,
+          sample_steps=64,
+          schedule="linear",
+          method="midpoint",
+          cfg_scale=3.0,
+      )
   )
 
   # Masked audio context in training (Voicebox-style masked prediction, which the
@@ -159,58 +159,58 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   # One T5 encoder for the prompt (mgjax/text/conditioning.py documents the keys).
   config.text = ml_collections.ConfigDict(
-    dict(encoders=ml_collections.ConfigDict(dict(t5=t2v.text_encoder("t5", max_length=256))))
+      dict(encoders=ml_collections.ConfigDict(dict(t5=t2v.text_encoder("t5", max_length=256))))
   )
 
   # Video with sound. `shapes_audio`: the synthetic clips of mgjax/data/shapes_audio.py
   # (a tone per colour, a click per bounce), made in `dir` if absent.
   config.data = configs.data_config(
-    name="shapes_audio",
-    audio=ml_collections.ConfigDict(dict(sample_rate=48_000, channels=1)),
-    clip_seconds=10.0,  # training window (= model.max_frames / latent_rate)
-    frame_size=(256, 256),  # (height, width) frames are resized to for the video encoder
-    bouncing_share=0.0,  # shapes_audio: > 0 gives this share of the clips a bounce
-    batch_size=0,  # 0: train.batch_size
+      name="shapes_audio",
+      audio=ml_collections.ConfigDict(dict(sample_rate=48_000, channels=1)),
+      clip_seconds=10.0,  # training window (= model.max_frames / latent_rate)
+      frame_size=(256, 256),  # (height, width) frames are resized to for the video encoder
+      bouncing_share=0.0,  # shapes_audio: > 0 gives this share of the clips a bounce
+      batch_size=0,  # 0: train.batch_size
   )
 
   # Long audio from windows of the trained length (mgjax/audio_longform.py).
   config.longform = ml_collections.ConfigDict(
-    dict(
-      method="multidiffusion",  # "multidiffusion" | "autoregressive"
-      window_seconds=10.0,
-      window_frames=250,  # = window_seconds * latent_rate
-      overlap_frames=50,  # 2 s; autoregression: the context of each next window
-    )
+      dict(
+          method="multidiffusion",  # "multidiffusion" | "autoregressive"
+          window_seconds=10.0,
+          window_frames=250,  # = window_seconds * latent_rate
+          overlap_frames=50,  # 2 s; autoregression: the context of each next window
+      )
   )
 
   config.eval = ml_collections.ConfigDict(
-    dict(
-      num_prompts=8,  # held-out clips to sample and score
-      num_bouncing_clips=0,  # shapes_audio: + this many fresh bouncing clips for sync
-      num_steps=64,
-      method="midpoint",
-      cfg_scale=3.0,
-      seed=0,
-      batch_size=8,
-      num_to_write=8,
-    )
+      dict(
+          num_prompts=8,  # held-out clips to sample and score
+          num_bouncing_clips=0,  # shapes_audio: + this many fresh bouncing clips for sync
+          num_steps=64,
+          method="midpoint",
+          cfg_scale=3.0,
+          seed=0,
+          batch_size=8,
+          num_to_write=8,
+      )
   )
 
   config.optimizer.update(learning_rate=1e-4, warmup_steps=1000, weight_decay=0.1)
   config.train.update(
-    num_steps=100_000, batch_size=256, eval_every=5000, checkpoint_every=1000, ema_decay=0.9999
+      num_steps=100_000, batch_size=256, eval_every=5000, checkpoint_every=1000, ema_decay=0.9999
   )
 
   if arg == "tiny":
     # 2 s clips (32 frames at 16 fps): 50 latent frames at 25 Hz.
     config.model.update(latent_channels=16, max_frames=50, remat_policy="none", dtype="float32")
     config.video_encoder.update(
-      features=64,
-      channels=(16, 32, 64),
-      num_groups=8,
-      pooling="flatten",
-      temporal_kernel=3,
-      dtype="float32",
+        features=64,
+        channels=(16, 32, 64),
+        num_groups=8,
+        pooling="flatten",
+        temporal_kernel=3,
+        dtype="float32",
     )
     config.vae.update(train_config=os.path.join(HERE, "audio_vae.py") + ":tiny")
     tiny_t5 = t2v.tiny_text_encoders()["ul2"]
@@ -223,12 +223,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.eval.update(num_prompts=8, num_bouncing_clips=40, num_steps=16, num_to_write=4)
     config.optimizer.update(learning_rate=1e-3, warmup_steps=50, weight_decay=0.0)
     config.train.update(
-      num_steps=5000,
-      batch_size=16,
-      log_every=100,
-      eval_every=1000,
-      checkpoint_every=300,
-      ema_decay=0.98,
+        num_steps=5000,
+        batch_size=16,
+        log_every=100,
+        eval_every=1000,
+        checkpoint_every=300,
+        ema_decay=0.98,
     )
   else:
     # Read only by weight-free tools (mgjax.aot); training needs text.encoders.t5.path.

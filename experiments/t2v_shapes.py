@@ -33,7 +33,7 @@ def get_config(arg: str = ""):
     # says where the shape is in every frame, which the tiny DiT learns like colour;
     # with paths anywhere it says only how frames relate, which it did not learn here.
     config.data.shapes.update(
-      num_videos=512, num_images=256, num_frames=32, height=64, width=64, paths="lanes"
+        num_videos=512, num_images=256, num_frames=32, height=64, width=64, paths="lanes"
     )
     config.eval.update(num_prompts_per_bucket=24, num_steps=50, cfg_scale=4.0)
     config.flow.cfg_scale = 4.0  # mgjax.sample's default

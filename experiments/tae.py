@@ -21,55 +21,55 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.task = "tae"
 
   config.model = ml_collections.ConfigDict(
-    dict(
-      base_channels=128,
-      channel_multipliers=(1, 2, 4, 4),
-      num_res_blocks=2,
-      latent_channels=16,
-      temporal_downsample=(True, True, True),
-      mid_attention=True,
-      attention_heads=1,
-      num_groups=32,
-      residual_shortcuts=False,  # True: space-to-depth paths around resolution changes
-      remat=False,
-      dtype="float32",
-    )
+      dict(
+          base_channels=128,
+          channel_multipliers=(1, 2, 4, 4),
+          num_res_blocks=2,
+          latent_channels=16,
+          temporal_downsample=(True, True, True),
+          mid_attention=True,
+          attention_heads=1,
+          num_groups=32,
+          residual_shortcuts=False,  # True: space-to-depth paths around resolution changes
+          remat=False,
+          dtype="float32",
+      )
   )
 
   config.loss = ml_collections.ConfigDict(
-    dict(
-      reconstruction="l1",
-      kl_weight=1e-6,
-      opl_weight=1e5,
-      opl_r=3.0,
-      opl_start_step=0,
-      perceptual_weight=0.0,  # needs pretrained features; none ship with mgjax
-      perceptual_params="",  # .npz of PerceptualNetwork weights
-      adversarial_weight=0.0,
-      adversarial_start_step=0,
-      discriminator=ml_collections.ConfigDict(
-        dict(channels=(64, 128, 256), temporal_strides=(1, 2, 2), norm_groups=32)
-      ),
-    )
+      dict(
+          reconstruction="l1",
+          kl_weight=1e-6,
+          opl_weight=1e5,
+          opl_r=3.0,
+          opl_start_step=0,
+          perceptual_weight=0.0,  # needs pretrained features; none ship with mgjax
+          perceptual_params="",  # .npz of PerceptualNetwork weights
+          adversarial_weight=0.0,
+          adversarial_start_step=0,
+          discriminator=ml_collections.ConfigDict(
+              dict(channels=(64, 128, 256), temporal_strides=(1, 2, 2), norm_groups=32)
+          ),
+      )
   )
 
   # Sources and pipeline knobs: mgjax/configs.py `data_config`.
   config.data = configs.data_config(
-    shapes=ml_collections.ConfigDict(
-      dict(num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64, num_images=8)
-    ),
-    num_frames=8,  # frames per training clip
-    image_fraction=0.0,  # share of steps that train on single frames (images)
-    image_batch_size=64,
-    fps=0.0,  # the file's own frame rate (at least min_fps)
-    min_fps=0.0,
-    scale_to=(),  # (h, w) to scale-to-cover frames to before cropping; (): none
-    height=64,  # training crop
-    width=64,
+      shapes=ml_collections.ConfigDict(
+          dict(num_videos=256, seed=0, fps=16, num_frames=32, height=64, width=64, num_images=8)
+      ),
+      num_frames=8,  # frames per training clip
+      image_fraction=0.0,  # share of steps that train on single frames (images)
+      image_batch_size=64,
+      fps=0.0,  # the file's own frame rate (at least min_fps)
+      min_fps=0.0,
+      scale_to=(),  # (h, w) to scale-to-cover frames to before cropping; (): none
+      height=64,  # training crop
+      width=64,
   )
 
   config.eval = ml_collections.ConfigDict(
-    dict(num_clips=16, num_frames=32, height=0, width=0, batch_size=4, num_videos_to_write=4)
+      dict(num_clips=16, num_frames=32, height=0, width=0, batch_size=4, num_videos_to_write=4)
   )
 
   config.optimizer.learning_rate = 1e-4
@@ -81,11 +81,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   if arg == "tiny":
     config.model.update(
-      base_channels=16,
-      channel_multipliers=(1, 2, 4, 8),
-      num_res_blocks=1,
-      num_groups=8,
-      residual_shortcuts=True,
+        base_channels=16,
+        channel_multipliers=(1, 2, 4, 8),
+        num_res_blocks=1,
+        num_groups=8,
+        residual_shortcuts=True,
     )
     config.loss.update(opl_weight=1.0, opl_start_step=0)
     config.loss.discriminator.update(channels=(16, 32), temporal_strides=(1, 2), norm_groups=8)
@@ -93,6 +93,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.update(num_frames=8, height=32, width=32, image_fraction=0.75, image_batch_size=16)
     config.optimizer.update(learning_rate=2e-3, warmup_steps=50)
     config.train.update(
-      num_steps=1800, batch_size=8, log_every=100, eval_every=600, checkpoint_every=600
+        num_steps=1800, batch_size=8, log_every=100, eval_every=600, checkpoint_every=600
     )
   return config

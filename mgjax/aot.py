@@ -63,25 +63,25 @@ from mgjax.train_state import path_names
 
 # Per chip: HBM bytes and dense bf16 peak FLOP/s (vendor figures).
 CHIPS = {
-  "v5p": (95 * 2**30, 459e12),
-  "v5e": (16 * 2**30, 197e12),
-  "v4": (32 * 2**30, 275e12),
-  "v6e": (32 * 2**30, 918e12),
+    "v5p": (95 * 2**30, 459e12),
+    "v5e": (16 * 2**30, 197e12),
+    "v4": (32 * 2**30, 275e12),
+    "v6e": (32 * 2**30, 918e12),
 }
 # "v5p-N" names count TensorCores (2 per v5p / v4 chip); their chip grids.
 _V5P_GRIDS = {
-  4: "2x2x1",
-  8: "2x2x2",
-  16: "2x2x4",
-  32: "2x4x4",
-  64: "4x4x4",
-  128: "4x4x8",
-  256: "4x8x8",
-  512: "8x8x8",
-  1024: "8x8x16",
-  2048: "8x16x16",
-  4096: "16x16x16",
-  6144: "16x16x24",
+    4: "2x2x1",
+    8: "2x2x2",
+    16: "2x2x4",
+    32: "2x4x4",
+    64: "4x4x4",
+    128: "4x4x8",
+    256: "4x8x8",
+    512: "8x8x8",
+    1024: "8x8x16",
+    2048: "8x16x16",
+    4096: "16x16x16",
+    6144: "16x16x24",
 }
 
 
@@ -93,8 +93,8 @@ def topology_name(name: str) -> str:
   if kind in ("v5p", "v4") and cores.isdigit() and int(cores) // 2 in _V5P_GRIDS:
     return f"{kind}:{_V5P_GRIDS[int(cores) // 2]}"
   raise ValueError(
-    f"Unknown topology {name!r}; give the chip grid, e.g. v5p:4x4x4, or "
-    f"v5p-N with N in {[2 * c for c in _V5P_GRIDS]}."
+      f"Unknown topology {name!r}; give the chip grid, e.g. v5p:4x4x4, or "
+      f"v5p-N with N in {[2 * c for c in _V5P_GRIDS]}."
   )
 
 
@@ -181,8 +181,8 @@ def precompute_frozen_text(task, config) -> None:
     return
   if not hasattr(type(task), "precomputed_text"):  # on the class: no getter runs
     raise ValueError(
-      f"data.precompute_text: the {config.task!r} task has no precomputed "
-      "text inputs; leave it False."
+        f"data.precompute_text: the {config.task!r} task has no precomputed "
+        "text inputs; leave it False."
     )
   task.precomputed_text = [e.name for e in task.text.encoders if not e.trainable]
 
@@ -214,9 +214,9 @@ def _compiled_steps(config, devices, workdir: str):
     batch = train_lib.abstract_batch(name, spec, mesh)
     start = time.perf_counter()
     with (
-      jax.set_mesh(mesh),
-      nn.logical_axis_rules(rules),
-      attention.target_platform(devices[0].platform),
+        jax.set_mesh(mesh),
+        nn.logical_axis_rules(rules),
+        attention.target_platform(devices[0].platform),
     ):
       executable = step.lower(state, batch).compile()
     compiled[name] = (executable, time.perf_counter() - start, spec)
@@ -234,9 +234,9 @@ def _flops(executable) -> float:
 # apiece on its q [B, N, Q, D] and k [B, N, K, D] operands: forward s = QK^T, o = PV;
 # dK/dV s^T, dp^T, dV, dK; dQ s^T, dp^T, dQ (both backward kernels recompute s, dp).
 KERNEL_MATMULS = {
-  "flash_attention_fwd": 2,
-  "flash_attention_bwd_dkv": 4,
-  "flash_attention_bwd_dq": 3,
+    "flash_attention_fwd": 2,
+    "flash_attention_bwd_dkv": 4,
+    "flash_attention_bwd_dq": 3,
 }
 _KERNEL_OP = re.compile(r'op_name="[^"]*?(' + "|".join(KERNEL_MATMULS) + r")/pallas_call")
 _SHAPE = re.compile(r"\[([\d,]+)\]")
@@ -257,12 +257,12 @@ def kernel_flops(executable) -> float:
       continue
     operands = line.split("operand_layout_constraints={", 1)[1]
     (batch, heads, q_len, dim), k_shape = (
-      tuple(int(d) for d in shape.split(",")) for shape in _SHAPE.findall(operands)[:2]
+        tuple(int(d) for d in shape.split(",")) for shape in _SHAPE.findall(operands)[:2]
     )
     total += 2.0 * KERNEL_MATMULS[kernel.group(1)] * batch * heads * q_len * k_shape[2] * dim
   if unknown:
     logging.warning(
-      "%d Pallas calls other than the attention kernels: their FLOPs are not counted.", unknown
+        "%d Pallas calls other than the attention kernels: their FLOPs are " "not counted.", unknown
     )
   return total
 
@@ -273,7 +273,7 @@ def _step_flops(executable) -> tuple[float, float]:
 
 
 def _unrolled_layer_flops(
-  config, devices, workdir: str
+    config, devices, workdir: str
 ) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
   """{bucket: (per-layer FLOPs, FLOPs outside the layers)}, each (XLA-counted,
   attention-kernel), from 1- and 2-layer unrolled compiles of the same config (per
@@ -283,22 +283,22 @@ def _unrolled_layer_flops(
     small = ml_collections.ConfigDict(config.to_dict())
     small.model.update(num_layers=layers, scan_layers=False)
     flops.append(
-      {name: _step_flops(c[0]) for name, c in _compiled_steps(small, devices, workdir)[1].items()}
+        {name: _step_flops(c[0]) for name, c in _compiled_steps(small, devices, workdir)[1].items()}
     )
   return {
-    name: (
-      tuple(b - a for a, b in zip(flops[0][name], flops[1][name])),
-      tuple(2 * a - b for a, b in zip(flops[0][name], flops[1][name])),
-    )
-    for name in flops[0]
+      name: (
+          tuple(b - a for a, b in zip(flops[0][name], flops[1][name])),
+          tuple(2 * a - b for a, b in zip(flops[0][name], flops[1][name])),
+      )
+      for name in flops[0]
   }
 
 
 def _kernel_sizes(tree) -> dict[str, int]:
   """{"a/b/kernel": size} of a parameter tree's matmul weights."""
   sizes = {
-    "/".join(path_names(path)): math.prod(leaf.shape)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+      "/".join(path_names(path)): math.prod(leaf.shape)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
   }
   return {path: size for path, size in sizes.items() if path.endswith("/kernel")}
 
@@ -318,7 +318,7 @@ def model_flops(config, task, spec) -> tuple[float, float]:
   batch = next(iter(spec.values())).shape[0]
   tokens = task.batch_tokens(spec) // batch  # video tokens per example
   params, frozen = (
-    nn.meta.unbox(tree) for tree in jax.eval_shape(lambda: task.init(jax.random.key(0)))
+      nn.meta.unbox(tree) for tree in jax.eval_shape(lambda: task.init(jax.random.key(0)))
   )
   lengths = {name: e.max_length for name, e in config.text.encoders.items()}
   text_tokens = sum(lengths.values())
@@ -341,11 +341,11 @@ def model_flops(config, task, spec) -> tuple[float, float]:
 
 
 def compile_report(
-  config: ml_collections.ConfigDict,
-  topology: str,
-  tae_config: str = "experiments/tae.py:paper",
-  peak_fraction: float = 0.5,
-  count_flops: bool = True,
+    config: ml_collections.ConfigDict,
+    topology: str,
+    tae_config: str = "experiments/tae.py:paper",
+    peak_fraction: float = 0.5,
+    count_flops: bool = True,
 ) -> list[BucketReport]:
   """Compiles every batch shape of `config` for `topology`; see the module doc."""
   # Compile-only: no chip is claimed, so other processes may use libtpu at once.
@@ -366,9 +366,9 @@ def compile_report(
   task, compiled = _compiled_steps(config, devices, workdir)
   in_step, precomputed = text_inputs(task)
   layers = (
-    _unrolled_layer_flops(config, devices, workdir)
-    if count_flops and config.model.get("scan_layers")
-    else {}
+      _unrolled_layer_flops(config, devices, workdir)
+      if count_flops and config.model.get("scan_layers")
+      else {}
   )
   reports = []
   for bucket, (executable, seconds, spec) in compiled.items():
@@ -388,26 +388,26 @@ def compile_report(
     step_seconds = total / (len(devices) * peak * peak_fraction)
     batch = next(iter(spec.values())).shape[0]
     reports.append(
-      BucketReport(
-        bucket=bucket,
-        global_batch=batch,
-        tokens_per_example=task.batch_tokens(spec) // batch,
-        argument_bytes=memory.argument_size_in_bytes,
-        temp_bytes=memory.temp_size_in_bytes,
-        output_bytes=memory.output_size_in_bytes,
-        alias_bytes=memory.alias_size_in_bytes,
-        hbm_bytes=hbm,
-        compile_seconds=seconds,
-        xla_flops_counted=counted,
-        xla_flops=total,
-        model_flops=analytic,
-        attention_flops=attention_flops,
-        kernel_flops=kernels,
-        step_seconds=step_seconds,
-        mfu=analytic / (step_seconds * len(devices) * peak),
-        text_in_step=in_step,
-        text_precomputed=precomputed,
-      )
+        BucketReport(
+            bucket=bucket,
+            global_batch=batch,
+            tokens_per_example=task.batch_tokens(spec) // batch,
+            argument_bytes=memory.argument_size_in_bytes,
+            temp_bytes=memory.temp_size_in_bytes,
+            output_bytes=memory.output_size_in_bytes,
+            alias_bytes=memory.alias_size_in_bytes,
+            hbm_bytes=hbm,
+            compile_seconds=seconds,
+            xla_flops_counted=counted,
+            xla_flops=total,
+            model_flops=analytic,
+            attention_flops=attention_flops,
+            kernel_flops=kernels,
+            step_seconds=step_seconds,
+            mfu=analytic / (step_seconds * len(devices) * peak),
+            text_in_step=in_step,
+            text_precomputed=precomputed,
+        )
     )
   return reports
 
@@ -415,35 +415,35 @@ def compile_report(
 def format_report(reports: list[BucketReport], topology: str, peak_fraction: float) -> str:
   gib = 2**30
   lines = [
-    f"Topology {topology_name(topology)}; step time and MFU if XLA's FLOPs ran at "
-    f"{peak_fraction:.0%} of peak."
+      f"Topology {topology_name(topology)}; step time and MFU if XLA's FLOPs ran at "
+      f"{peak_fraction:.0%} of peak."
   ]
   for r in reports:
     fits = "fits" if r.headroom >= 0 else "DOES NOT FIT"
     lines += [
-      f"[{r.bucket}] {r.global_batch} examples x {r.tokens_per_example:,} tokens",
-      f"  per chip: arguments {r.argument_bytes / gib:.2f} GiB, temporaries "
-      f"{r.temp_bytes / gib:.2f} GiB, outputs {r.output_bytes / gib:.2f} GiB "
-      f"(donated {r.alias_bytes / gib:.2f}) = {r.total_bytes / gib:.2f} of "
-      f"{r.hbm_bytes / gib:.0f} GiB HBM: {fits}, headroom {r.headroom:.0%}",
+        f"[{r.bucket}] {r.global_batch} examples x {r.tokens_per_example:,} tokens",
+        f"  per chip: arguments {r.argument_bytes / gib:.2f} GiB, temporaries "
+        f"{r.temp_bytes / gib:.2f} GiB, outputs {r.output_bytes / gib:.2f} GiB "
+        f"(donated {r.alias_bytes / gib:.2f}) = {r.total_bytes / gib:.2f} of "
+        f"{r.hbm_bytes / gib:.0f} GiB HBM: {fits}, headroom {r.headroom:.0%}",
     ]
     model = f"model {r.model_flops:.3e} (attention {r.attention_flops:.3e})"
     if math.isnan(r.xla_flops):
       lines.append(
-        f"  compile {r.compile_seconds:.1f} s; FLOPs per step not counted "
-        f"(--nocount_flops: XLA counts a scanned layer once), {model}"
+          f"  compile {r.compile_seconds:.1f} s; FLOPs per step not counted "
+          f"(--nocount_flops: XLA counts a scanned layer once), {model}"
       )
     else:
       lines += [
-        f"  compile {r.compile_seconds:.1f} s; FLOPs per step: {r.xla_flops:.3e} compiled "
-        f"(XLA counted {r.xla_flops_counted:.3e}: scanned body once, no attention "
-        f"kernels; the kernels {r.kernel_flops:.3e}), {model}",
-        f"  estimated step {r.step_seconds:.2f} s, MFU {r.mfu:.1%}",
+          f"  compile {r.compile_seconds:.1f} s; FLOPs per step: {r.xla_flops:.3e} compiled "
+          f"(XLA counted {r.xla_flops_counted:.3e}: scanned body once, no attention "
+          f"kernels; the kernels {r.kernel_flops:.3e}), {model}",
+          f"  estimated step {r.step_seconds:.2f} s, MFU {r.mfu:.1%}",
       ]
     if r.text_in_step or r.text_precomputed:
       lines.append(
-        f"  text encoders in the step: {', '.join(r.text_in_step) or 'none'}; "
-        f"embeddings as inputs: {', '.join(r.text_precomputed) or 'none'}"
+          f"  text encoders in the step: {', '.join(r.text_in_step) or 'none'}; "
+          f"embeddings as inputs: {', '.join(r.text_precomputed) or 'none'}"
       )
   return "\n".join(lines)
 
@@ -458,34 +458,34 @@ def parse_bucket(text: str) -> tuple:
 
 def main():
   config_flag = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file.", lock_config=True
+      "config", None, "Experiment config file.", lock_config=True
   )
   topology = flags.DEFINE_string(
-    "topology", "v5p:2x2x1", "TPU topology: v5p-N (N TensorCores) or v5p:AxBxC (chips)."
+      "topology", "v5p:2x2x1", "TPU topology: v5p-N (N " "TensorCores) or v5p:AxBxC (chips)."
   )
   tae_config = flags.DEFINE_string(
-    "tae_config",
-    "experiments/tae.py:paper",
-    "TAE config for t2v latent shapes, when the TAE workdir has none.",
+      "tae_config",
+      "experiments/tae.py:paper",
+      "TAE config for t2v latent shapes, when the TAE " "workdir has none.",
   )
   peak_fraction = flags.DEFINE_float(
-    "peak_fraction", 0.5, "Share of peak FLOP/s the compiled FLOPs are assumed to run at."
+      "peak_fraction", 0.5, "Share of peak FLOP/s the " "compiled FLOPs are assumed to run at."
   )
   count_flops = flags.DEFINE_bool(
-    "count_flops",
-    True,
-    "Rebuild a scanned model's FLOPs "
-    "from 1- and 2-layer unrolled compiles; without, a "
-    "scanned model's FLOPs, step time and MFU are not "
-    "reported (NaN in --json): memory only.",
+      "count_flops",
+      True,
+      "Rebuild a scanned model's FLOPs "
+      "from 1- and 2-layer unrolled compiles; without, a "
+      "scanned model's FLOPs, step time and MFU are not "
+      "reported (NaN in --json): memory only.",
   )
   json_path = flags.DEFINE_string("json", None, "Also write the report here as JSON.")
   buckets = flags.DEFINE_list(
-    "buckets",
-    None,
-    "Replace data.buckets by these batch "
-    "shapes, name:frames:height:width:global_batch each, e.g. "
-    "video:256:768:768:16 (73,728 tokens with the paper's TAE).",
+      "buckets",
+      None,
+      "Replace data.buckets by these batch "
+      "shapes, name:frames:height:width:global_batch each, e.g. "
+      "video:256:768:768:16 (73,728 tokens with the paper's TAE).",
   )
 
   def run(argv):
@@ -497,7 +497,7 @@ def main():
       config.data.buckets = tuple(parse_bucket(b) for b in buckets.value)
     try:
       reports = compile_report(
-        config, topology.value, tae_config.value, peak_fraction.value, count_flops.value
+          config, topology.value, tae_config.value, peak_fraction.value, count_flops.value
       )
     except (ValueError, FileNotFoundError) as e:
       sys.stderr.write(f"mgjax.aot: {e}\n")
@@ -507,21 +507,21 @@ def main():
         raise
       first = next((l for l in str(e).splitlines() if "memory" in l.lower()), str(e))
       sys.stderr.write(
-        f"mgjax.aot: the step does not fit {topology.value}: {first.strip()}"
-        "\nShard more (fsdp, tensor, context), remat more "
-        "(model.remat_policy), or use a smaller batch.\n"
+          f"mgjax.aot: the step does not fit {topology.value}: {first.strip()}"
+          "\nShard more (fsdp, tensor, context), remat more "
+          "(model.remat_policy), or use a smaller batch.\n"
       )
       sys.exit(1)
     print(format_report(reports, topology.value, peak_fraction.value))
     if json_path.value:
       with open(json_path.value, "w") as f:
         json.dump(
-          [
-            dict(dataclasses.asdict(r), total_bytes=r.total_bytes, headroom=r.headroom)
-            for r in reports
-          ],
-          f,
-          indent=1,
+            [
+                dict(dataclasses.asdict(r), total_bytes=r.total_bytes, headroom=r.headroom)
+                for r in reports
+            ],
+            f,
+            indent=1,
         )
     sys.exit(0 if all(r.headroom >= 0 for r in reports) else 1)
 

@@ -59,8 +59,8 @@ def _check_window(num_frames: int, window: int, overlap: int) -> None:
     raise ValueError(f"longform window must be >= 1 latent frame; got {window}.")
   if not 0 <= int(overlap) < int(window):
     raise ValueError(
-      f"longform overlap must be in [0, window) = [0, {window}); got "
-      f"{overlap}. Windows must advance by at least one frame."
+        f"longform overlap must be in [0, window) = [0, {window}); got "
+        f"{overlap}. Windows must advance by at least one frame."
     )
 
 
@@ -106,9 +106,9 @@ def _full_context(noise, context, context_mask):
     return jnp.zeros_like(noise), jnp.zeros(noise.shape[:2] + (1,), noise.dtype)
   if context.shape != noise.shape or context_mask is None:
     raise ValueError(
-      f"context must be [B, T, C] = {noise.shape} with context_mask "
-      f"[B, T, 1]; got {context.shape} and "
-      f"{None if context_mask is None else context_mask.shape}."
+        f"context must be [B, T, C] = {noise.shape} with context_mask "
+        f"[B, T, 1]; got {context.shape} and "
+        f"{None if context_mask is None else context_mask.shape}."
     )
   if context_mask.shape == noise.shape[:2]:
     context_mask = context_mask[..., None]
@@ -119,16 +119,16 @@ def _full_context(noise, context, context_mask):
 
 
 def multidiffusion_velocity(
-  velocity_fn: WindowVelocityFn,
-  x: jax.Array,
-  t: jax.Array,
-  context: jax.Array,
-  context_mask: jax.Array,
-  aligned: Any,
-  per_example: Any,
-  *args,
-  window: int,
-  overlap: int,
+    velocity_fn: WindowVelocityFn,
+    x: jax.Array,
+    t: jax.Array,
+    context: jax.Array,
+    context_mask: jax.Array,
+    aligned: Any,
+    per_example: Any,
+    *args,
+    window: int,
+    overlap: int,
 ) -> jax.Array:
   """The full-length velocity [B, T, C] at x [B, T, C]: windowed velocities blended.
 
@@ -140,13 +140,13 @@ def multidiffusion_velocity(
   windows = lambda a: a[:, index].reshape((b * n,) + index.shape[1:] + a.shape[2:])
   repeat = lambda a: jnp.repeat(a, n, axis=0)
   v = velocity_fn(
-    windows(x),
-    repeat(t),
-    windows(context),
-    windows(context_mask),
-    jax.tree.map(windows, aligned),
-    jax.tree.map(repeat, per_example),
-    *args,
+      windows(x),
+      repeat(t),
+      windows(context),
+      windows(context_mask),
+      jax.tree.map(windows, aligned),
+      jax.tree.map(repeat, per_example),
+      *args,
   )  # [B * N, W, C]
   v = v.reshape((b, n) + v.shape[1:]).astype(jnp.float32)
   weighted = v * jnp.asarray(weight)[None, :, :, None]  # [B, N, W, C]
@@ -166,19 +166,19 @@ def _blended(velocity_fn: WindowVelocityFn, window: int, overlap: int):
 
 
 def multidiffusion_sample(
-  velocity_fn: WindowVelocityFn,
-  noise: jax.Array,
-  schedule,
-  *,
-  window: int,
-  overlap: int,
-  method: str = "midpoint",
-  context: jax.Array | None = None,
-  context_mask: jax.Array | None = None,
-  aligned: Any = None,
-  per_example: Any = None,
-  args: tuple = (),
-  step_callback: Callable[[int, int], None] | None = None,
+    velocity_fn: WindowVelocityFn,
+    noise: jax.Array,
+    schedule,
+    *,
+    window: int,
+    overlap: int,
+    method: str = "midpoint",
+    context: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+    aligned: Any = None,
+    per_example: Any = None,
+    args: tuple = (),
+    step_callback: Callable[[int, int], None] | None = None,
 ) -> jax.Array:
   """Solves the full clip from noise [B, T, C] with blended window velocities.
 
@@ -190,12 +190,12 @@ def multidiffusion_sample(
   context, context_mask = _full_context(noise, context, context_mask)
   step_fn = _blended(velocity_fn, int(window), int(overlap))
   return flow.solve(
-    step_fn,
-    noise,
-    schedule,
-    method,
-    step_callback=step_callback,
-    args=(context, context_mask, aligned, per_example) + tuple(args),
+      step_fn,
+      noise,
+      schedule,
+      method,
+      step_callback=step_callback,
+      args=(context, context_mask, aligned, per_example) + tuple(args),
   )
 
 
@@ -212,19 +212,19 @@ def crossfade(old: jax.Array, new: jax.Array) -> jax.Array:
 
 
 def autoregressive_sample(
-  velocity_fn: WindowVelocityFn,
-  noise: jax.Array,
-  schedule,
-  *,
-  window: int,
-  overlap: int,
-  method: str = "midpoint",
-  context: jax.Array | None = None,
-  context_mask: jax.Array | None = None,
-  aligned: Any = None,
-  per_example: Any = None,
-  args: tuple = (),
-  step_callback: Callable[[int, int], None] | None = None,
+    velocity_fn: WindowVelocityFn,
+    noise: jax.Array,
+    schedule,
+    *,
+    window: int,
+    overlap: int,
+    method: str = "midpoint",
+    context: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+    aligned: Any = None,
+    per_example: Any = None,
+    args: tuple = (),
+    step_callback: Callable[[int, int], None] | None = None,
 ) -> jax.Array:
   """Generates window after window, each conditioned on the frames before it.
 
@@ -238,8 +238,8 @@ def autoregressive_sample(
   _check_window(num_frames, window, overlap)
   if overlap < 1 and num_frames > window:
     raise ValueError(
-      "Autoregressive extension needs overlap >= 1: the overlap frames are "
-      "the context each next window continues from."
+        "Autoregressive extension needs overlap >= 1: the overlap frames are "
+        "the context each next window continues from."
     )
   context, context_mask = _full_context(noise, context, context_mask)
   starts = window_starts(num_frames, window, overlap)
@@ -258,12 +258,12 @@ def autoregressive_sample(
     if step_callback is not None:
       callback = lambda i, n, k=k: step_callback(k * num_steps + i, len(starts) * n)
     new = flow.solve(
-      velocity_fn,
-      noise[:, start:stop],
-      schedule,
-      method,
-      step_callback=callback,
-      args=(ctx, mask, window_aligned, per_example) + tuple(args),
+        velocity_fn,
+        noise[:, start:stop],
+        schedule,
+        method,
+        step_callback=callback,
+        args=(ctx, mask, window_aligned, per_example) + tuple(args),
     )
     if out is None:
       out = new
@@ -277,7 +277,7 @@ SAMPLERS = {"multidiffusion": multidiffusion_sample, "autoregressive": autoregre
 
 
 def sample_long(
-  strategy: str, velocity_fn: WindowVelocityFn, noise: jax.Array, schedule, **kwargs
+    strategy: str, velocity_fn: WindowVelocityFn, noise: jax.Array, schedule, **kwargs
 ) -> jax.Array:
   """`strategy` ("multidiffusion" | "autoregressive", config.longform.method) with the
   keyword arguments of `multidiffusion_sample`."""

@@ -27,9 +27,9 @@ def _handlers() -> dict:
   """The handler of each item, so that a manager opened later (read-only) can read
   metadata and restore without being told."""
   return dict(
-    state=ocp.StandardCheckpointHandler(),
-    config=ocp.JsonCheckpointHandler(),
-    data=ocp.JsonCheckpointHandler(),
+      state=ocp.StandardCheckpointHandler(),
+      config=ocp.JsonCheckpointHandler(),
+      data=ocp.JsonCheckpointHandler(),
   )
 
 
@@ -41,22 +41,23 @@ def _preservation(keep: int | None, keep_every: int):
 
 
 class Checkpointer:
+
   def __init__(
-    self,
-    workdir: str,
-    save_every: int = 1,
-    keep: int | None = None,
-    keep_every: int = 0,
-    async_save: bool = True,
-    read_only: bool = False,
+      self,
+      workdir: str,
+      save_every: int = 1,
+      keep: int | None = None,
+      keep_every: int = 0,
+      async_save: bool = True,
+      read_only: bool = False,
   ):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
-      save_interval_steps=max(save_every, 1),
-      create=not read_only,
-      preservation_policy=_preservation(keep, keep_every),
-      enable_async_checkpointing=async_save,
-      read_only=read_only,
+        save_interval_steps=max(save_every, 1),
+        create=not read_only,
+        preservation_policy=_preservation(keep, keep_every),
+        enable_async_checkpointing=async_save,
+        read_only=read_only,
     )
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
 
@@ -64,12 +65,12 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(
-    self,
-    step: int,
-    state: Any,
-    config: ml_collections.ConfigDict,
-    data_state: dict | None = None,
-    force: bool = False,
+      self,
+      step: int,
+      state: Any,
+      config: ml_collections.ConfigDict,
+      data_state: dict | None = None,
+      force: bool = False,
   ) -> bool:
     """Starts an async save when `step` is due (or `force`); returns whether it did."""
     items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
@@ -80,7 +81,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores the state at `step` with the shardings of `abstract_state`."""
     restored = self.manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
     )
     return restored["state"]
 
@@ -95,7 +96,7 @@ class Checkpointer:
 
   def restore_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
-      "config"
+        "config"
     ]
 
   def restore_data(self, step: int) -> dict | None:
@@ -114,5 +115,5 @@ class Checkpointer:
 def abstract_with_shardings(state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings, for `Checkpointer.restore`."""
   return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
   )

@@ -47,19 +47,19 @@ def _per_example(t: jax.Array, x: jax.Array) -> jax.Array:
     return t
   if t.ndim != 1 or t.shape[0] != x.shape[0]:
     raise ValueError(
-      f"t must be a scalar or have shape [B] = [{x.shape[0]}] to match the "
-      f"batch of x {tuple(x.shape)}; got t of shape {tuple(t.shape)}."
+        f"t must be a scalar or have shape [B] = [{x.shape[0]}] to match the "
+        f"batch of x {tuple(x.shape)}; got t of shape {tuple(t.shape)}."
     )
   return t.reshape((-1,) + (1,) * (x.ndim - 1))  # [B, 1, ..., 1]
 
 
 def interpolate(
-  x0: jax.Array, x1: jax.Array, t: jax.Array, sigma_min: float = SIGMA_MIN
+    x0: jax.Array, x1: jax.Array, t: jax.Array, sigma_min: float = SIGMA_MIN
 ) -> jax.Array:
   """X_t = t * X1 + (1 - (1 - sigma_min) * t) * X0, with t [B] per example."""
   if x0.shape != x1.shape:
     raise ValueError(
-      f"x0 and x1 must have the same shape; got {tuple(x0.shape)} and {tuple(x1.shape)}."
+        f"x0 and x1 must have the same shape; got {tuple(x0.shape)} and " f"{tuple(x1.shape)}."
     )
   t = _per_example(t, x1)  # [B, 1, ..., 1]
   return t * x1 + (1 - (1 - sigma_min) * t) * x0  # [B, ...]
@@ -91,11 +91,11 @@ def sample_t(rng: jax.Array, batch_size: int, mean: float = 0.0, std: float = 1.
 
 
 def training_example(
-  rng: jax.Array,
-  x1: jax.Array,
-  sigma_min: float = SIGMA_MIN,
-  t_mean: float = 0.0,
-  t_std: float = 1.0,
+    rng: jax.Array,
+    x1: jax.Array,
+    sigma_min: float = SIGMA_MIN,
+    t_mean: float = 0.0,
+    t_std: float = 1.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Draws noise and t for data x1 [B, ...]; returns (t [B], x_t [B, ...], target [B, ...]).
 
@@ -103,8 +103,8 @@ def training_example(
   """
   if not jnp.issubdtype(x1.dtype, jnp.floating):
     raise ValueError(
-      f"x1 must be a floating-point array; got dtype {x1.dtype}. "
-      "Cast the latents to float32 or bfloat16 first."
+        f"x1 must be a floating-point array; got dtype {x1.dtype}. "
+        "Cast the latents to float32 or bfloat16 first."
     )
   noise_rng, t_rng = jax.random.split(rng)
   x0 = jax.random.normal(noise_rng, x1.shape, x1.dtype)  # [B, ...]
@@ -114,7 +114,7 @@ def training_example(
 
 
 def drop_condition(
-  rng: jax.Array, keep_mask_shape_or_batch: int | tuple[int, ...], drop_prob: float
+    rng: jax.Array, keep_mask_shape_or_batch: int | tuple[int, ...], drop_prob: float
 ) -> jax.Array:
   """Classifier-free guidance dropout: bool "keep the text" mask, False w.p. drop_prob.
 
@@ -140,8 +140,8 @@ def velocity_loss(pred: jax.Array, target: jax.Array, weight: jax.Array | None =
   """
   if pred.shape != target.shape:
     raise ValueError(
-      f"pred and target must have the same shape; got {tuple(pred.shape)} "
-      f"and {tuple(target.shape)}."
+        f"pred and target must have the same shape; got {tuple(pred.shape)} "
+        f"and {tuple(target.shape)}."
     )
   squared = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))  # [B, ...]
   if weight is None:
@@ -149,8 +149,8 @@ def velocity_loss(pred: jax.Array, target: jax.Array, weight: jax.Array | None =
   weight = jnp.asarray(weight, jnp.float32)
   if weight.shape != pred.shape[:1]:
     raise ValueError(
-      f"weight must have shape [B] = [{pred.shape[0]}] (one per example); "
-      f"got {tuple(weight.shape)}."
+        f"weight must have shape [B] = [{pred.shape[0]}] (one per example); "
+        f"got {tuple(weight.shape)}."
     )
   per_example = jnp.mean(squared.reshape(squared.shape[0], -1), axis=1)  # [B]
   total = jnp.sum(weight)
@@ -190,15 +190,15 @@ def linear_quadratic_schedule(num_steps: int = 50, emulated_linear_steps: int = 
   k = num_steps // 2
   if k >= emulated_linear_steps:
     raise ValueError(
-      f"The linear part num_steps // 2 = {k} must be shorter than "
-      f"emulated_linear_steps = {emulated_linear_steps}; raise "
-      "emulated_linear_steps or lower num_steps."
+        f"The linear part num_steps // 2 = {k} must be shorter than "
+        f"emulated_linear_steps = {emulated_linear_steps}; raise "
+        "emulated_linear_steps or lower num_steps."
     )
   if emulated_linear_steps < num_steps:
     raise ValueError(
-      f"emulated_linear_steps = {emulated_linear_steps} must be >= num_steps "
-      f"= {num_steps} (the schedule emulates a finer linear one); raise it to "
-      f"at least {num_steps}."
+        f"emulated_linear_steps = {emulated_linear_steps} must be >= num_steps "
+        f"= {num_steps} (the schedule emulates a finer linear one); raise it to "
+        f"at least {num_steps}."
     )
   h = 1.0 / emulated_linear_steps
   m = num_steps - k
@@ -231,7 +231,7 @@ def _times(x: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def euler_step(
-  velocity_fn: VelocityFn, x: jax.Array, t: jax.Array, t_next: jax.Array, *args
+    velocity_fn: VelocityFn, x: jax.Array, t: jax.Array, t_next: jax.Array, *args
 ) -> jax.Array:
   """One explicit Euler step of dx/dt = v(x, t) from t to t_next (scalars).
 
@@ -243,7 +243,7 @@ def euler_step(
 
 
 def midpoint_step(
-  velocity_fn: VelocityFn, x: jax.Array, t: jax.Array, t_next: jax.Array, *args
+    velocity_fn: VelocityFn, x: jax.Array, t: jax.Array, t_next: jax.Array, *args
 ) -> jax.Array:
   """One explicit midpoint (second-order Runge-Kutta) step: two velocity evaluations."""
   dt = jnp.asarray(t_next, jnp.float32) - t
@@ -263,12 +263,12 @@ def _jitted_step(velocity_fn: VelocityFn, method: str):
 
 
 def solve(
-  velocity_fn: VelocityFn,
-  x0: jax.Array,
-  schedule,
-  method: str = "euler",
-  step_callback: Callable[[int, int], None] | None = None,
-  args: tuple = (),
+    velocity_fn: VelocityFn,
+    x0: jax.Array,
+    schedule,
+    method: str = "euler",
+    step_callback: Callable[[int, int], None] | None = None,
+    args: tuple = (),
 ) -> jax.Array:
   """Integrates dx/dt = velocity_fn(x, t) from schedule[0] to schedule[-1].
 
@@ -285,8 +285,8 @@ def solve(
   times = np.asarray(schedule, np.float32)
   if times.ndim != 1 or times.shape[0] < 2:
     raise ValueError(
-      "schedule must be a 1-D array of at least 2 times (num_steps + 1); "
-      f"got shape {times.shape}. Use make_schedule()."
+        "schedule must be a 1-D array of at least 2 times (num_steps + 1); "
+        f"got shape {times.shape}. Use make_schedule()."
     )
   step = _jitted_step(velocity_fn, method)
   num_steps = times.shape[0] - 1
@@ -315,7 +315,8 @@ def cfg_velocity_fn(model_fn: ModelFn, scale: float) -> VelocityFn:
   """
   if not isinstance(scale, numbers.Real):
     raise ValueError(
-      f"scale must be a Python number (it decides the batch layout); got {type(scale).__name__}."
+        f"scale must be a Python number (it decides the batch layout); "
+        f"got {type(scale).__name__}."
     )
 
   if scale == 1.0:
@@ -329,7 +330,7 @@ def cfg_velocity_fn(model_fn: ModelFn, scale: float) -> VelocityFn:
     batch = x.shape[0]
     use_condition = jnp.arange(2 * batch) < batch  # [2B]: conditional first
     v = model_fn(
-      jnp.concatenate([x, x]), jnp.concatenate([t, t]), use_condition, *args
+        jnp.concatenate([x, x]), jnp.concatenate([t, t]), use_condition, *args
     )  # [2B, ...]
     return guided_velocity(v[:batch], v[batch:], scale)  # [B, ...]
 

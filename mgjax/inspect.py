@@ -48,7 +48,7 @@ class _ReadOnlyNotices(logging.Filter):
 
   def filter(self, record):
     return not str(record.msg).startswith(
-      ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+        ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
     )
 
 
@@ -85,8 +85,8 @@ class ParamTable:
 
   def _cells(self) -> list[tuple[str, str, str, str]]:
     return [
-      (r.path, "" if r.shape is None else str(r.shape), r.dtype, f"{r.count:,}")
-      for r in self.rows[: self.max_rows]
+        (r.path, "" if r.shape is None else str(r.shape), r.dtype, f"{r.count:,}")
+        for r in self.rows[: self.max_rows]
     ]
 
   def _more(self) -> str:
@@ -98,10 +98,10 @@ class ParamTable:
     cells = self._cells()
     widths = [max(len(row[i]) for row in [header] + cells) for i in range(4)]
     lines = [
-      "  ".join(
-        c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
-      ).rstrip()
-      for row in [header] + cells
+        "  ".join(
+            c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in [header] + cells
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines + [line for line in (self._more(), self.total_line()) if line])
@@ -111,19 +111,19 @@ class ParamTable:
 
   def _repr_html_(self) -> str:
     rows = "".join(
-      "<tr>"
-      + "".join(
-        f"<td style='text-align:{'right' if i == 3 else 'left'}'>{html.escape(c)}</td>"
-        for i, c in enumerate(cells)
-      )
-      + "</tr>"
-      for cells in self._cells()
+        "<tr>"
+        + "".join(
+            f"<td style='text-align:{'right' if i == 3 else 'left'}'>" f"{html.escape(c)}</td>"
+            for i, c in enumerate(cells)
+        )
+        + "</tr>"
+        for cells in self._cells()
     )
     more = f"<p>{self._more()}</p>" if self._more() else ""
     return (
-      "<table><thead><tr><th>path</th><th>shape</th><th>dtype</th><th>count</th>"
-      f"</tr></thead><tbody>{rows}</tbody></table>{more}<p><b>{self.total_line()}"
-      "</b></p>"
+        "<table><thead><tr><th>path</th><th>shape</th><th>dtype</th><th>count</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>{more}<p><b>{self.total_line()}"
+        "</b></p>"
     )
 
   def to_dataframe(self):
@@ -172,11 +172,11 @@ def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for name, value in row.items():
       by_name.setdefault(name, {})[step] = float(value)
   return {
-    name: (
-      np.array(sorted(values), np.int64),
-      np.array([values[s] for s in sorted(values)], np.float64),
-    )
-    for name, values in sorted(by_name.items())
+      name: (
+          np.array(sorted(values), np.int64),
+          np.array([values[s] for s in sorted(values)], np.float64),
+      )
+      for name, values in sorted(by_name.items())
   }
 
 
@@ -246,8 +246,8 @@ class Run:
     missing = [n for n in names if n not in metrics]
     if missing:
       raise ValueError(
-        f"No {missing} in {os.path.join(self.workdir, 'metrics.jsonl')}; "
-        f"logged: {sorted(metrics) or 'nothing yet'}."
+          f"No {missing} in {os.path.join(self.workdir, 'metrics.jsonl')}; "
+          f"logged: {sorted(metrics) or 'nothing yet'}."
       )
     if ax is None:
       ax = plt.subplots(figsize=(7, 3.5))[1]
@@ -264,18 +264,18 @@ class Run:
     return ax
 
   def sample_video(
-    self,
-    prompt: str | None = None,
-    *,
-    num_steps: int | None = None,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    cfg_scale: float | None = None,
-    schedule: str | None = None,
-    method: str = "euler",
-    seed: int = 0,
-    path: str | None = None,
+      self,
+      prompt: str | None = None,
+      *,
+      num_steps: int | None = None,
+      num_frames: int | None = None,
+      height: int | None = None,
+      width: int | None = None,
+      cfg_scale: float | None = None,
+      schedule: str | None = None,
+      method: str = "euler",
+      seed: int = 0,
+      path: str | None = None,
   ) -> np.ndarray:
     """uint8 video [T, H, W, 3], also written to `path` (.mp4) when given.
 
@@ -285,55 +285,57 @@ class Run:
     """
     with _quiet_read_only():  # a t2v run reads its TAE's checkpoint on first use
       video = self._sample(
-        prompt,
-        num_steps=num_steps,
-        num_frames=num_frames,
-        height=height,
-        width=width,
-        cfg_scale=cfg_scale,
-        schedule=schedule,
-        method=method,
-        seed=seed,
+          prompt,
+          num_steps=num_steps,
+          num_frames=num_frames,
+          height=height,
+          width=width,
+          cfg_scale=cfg_scale,
+          schedule=schedule,
+          method=method,
+          seed=seed,
       )
     if path:
       save_video(path, video, self.fps)
     return video
 
   def _sample(
-    self, prompt, *, num_steps, num_frames, height, width, cfg_scale, schedule, method, seed
+      self, prompt, *, num_steps, num_frames, height, width, cfg_scale, schedule, method, seed
   ) -> np.ndarray:
     task_name = self.config.task
     if task_name == "t2v":
       if not prompt:
         raise ValueError(
-          'A text-to-video run needs a prompt: sample_video("a red circle moves to the left").'
+            'A text-to-video run needs a prompt: sample_video("a red circle ' 'moves to the left").'
         )
       videos, _ = sample_lib.generate_videos(
-        self.config,
-        self.task,
-        self.state,
-        [prompt],
-        num_steps=num_steps,
-        schedule=schedule,
-        cfg_scale=cfg_scale,
-        seed=seed,
-        num_frames=num_frames,
-        height=height,
-        width=width,
-        method=method,
-        batch_size=1,
+          self.config,
+          self.task,
+          self.state,
+          [prompt],
+          num_steps=num_steps,
+          schedule=schedule,
+          cfg_scale=cfg_scale,
+          seed=seed,
+          num_frames=num_frames,
+          height=height,
+          width=width,
+          method=method,
+          batch_size=1,
       )
       return videos[0]  # [T, H, W, 3]
     if task_name == "tae":
       if prompt:
         raise ValueError(
-          "A TAE run reconstructs a held-out clip and takes no prompt; call "
-          "sample_video() without one."
+            "A TAE run reconstructs a held-out clip and takes no prompt; call "
+            "sample_video() without one."
         )
       clip = self.task.eval_clips()[:1]  # [1, T, H, W, 3]
       reconstruction, _ = jax.jit(self.task.reconstruct)(self.state.eval_params()["tae"], clip)
       return np.concatenate([clip[0], np.asarray(reconstruction)[0]], axis=2)  # [T, H, 2W, 3]
-    raise ValueError(f"sample_video supports the t2v and tae tasks; this run's is {task_name!r}.")
+    raise ValueError(
+        f"sample_video supports the t2v and tae tasks; this run's is " f"{task_name!r}."
+    )
 
 
 def save_video(path: str, video: np.ndarray, fps: float):
@@ -351,34 +353,36 @@ def open_run(workdir: str, step: int | None = None) -> Run:
   latest complete one). Reads the config and lists checkpoints now; restores later."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   fix = (
-    "set it to the --workdir of a `python -m mgjax.train` run (on Colab: mount "
-    "Google Drive or upload the run folder first)"
+      "set it to the --workdir of a `python -m mgjax.train` run (on Colab: mount "
+      "Google Drive or upload the run folder first)"
   )
   if not os.path.isdir(workdir):
     raise NoRunError(f"{workdir} does not exist: {fix}.")
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
-    raise NoRunError(f"{workdir} has no config.json, so it is no training run's workdir: {fix}.")
+    raise NoRunError(
+        f"{workdir} has no config.json, so it is no training run's workdir: " f"{fix}."
+    )
   with open(config_path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
   steps = checkpoint_steps(workdir)
   if not steps:
     raise NoRunError(
-      f"{workdir} has no complete checkpoint in {os.path.join(workdir, 'checkpoints')}: "
-      "the trainer saves one every train.checkpoint_every steps and at the end; train "
-      "longer (the same command resumes) or open another run."
+        f"{workdir} has no complete checkpoint in {os.path.join(workdir, 'checkpoints')}: "
+        "the trainer saves one every train.checkpoint_every steps and at the end; train "
+        "longer (the same command resumes) or open another run."
     )
   if step is None:
     step = steps[-1]
   elif step not in steps:
     raise NoRunError(
-      f"{workdir} has no complete checkpoint for step {step}; complete ones: {steps}."
+        f"{workdir} has no complete checkpoint for step {step}; complete " f"ones: {steps}."
     )
   return Run(workdir, config, steps, step)
 
 
 def show_video(
-  video: np.ndarray | str, fps: float = 16, width: int | None = None, loop: bool = True
+    video: np.ndarray | str, fps: float = 16, width: int | None = None, loop: bool = True
 ):
   """An inline HTML <video> of a uint8 [T, H, W, 3] array or an .mp4 file, with the
   bytes embedded as base64, so it plays in Jupyter, Colab and a saved notebook alike
@@ -402,6 +406,6 @@ def show_video(
   attributes = "controls autoplay muted playsinline" + (" loop" if loop else "")
   source = base64.b64encode(data).decode("ascii")
   return HTML(
-    f'<video {attributes} width="{width}" style="image-rendering: pixelated">'
-    f'<source src="data:video/mp4;base64,{source}" type="video/mp4"></video>'
+      f'<video {attributes} width="{width}" style="image-rendering: pixelated">'
+      f'<source src="data:video/mp4;base64,{source}" type="video/mp4"></video>'
   )

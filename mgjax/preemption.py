@@ -36,8 +36,8 @@ class PreemptionWatch:
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
       else:
         logging.warning(
-          "Training outside the main thread: SIGTERM is not caught, so a "
-          "preempted run resumes from its last periodic checkpoint."
+            "Training outside the main thread: SIGTERM is not caught, so a "
+            "preempted run resumes from its last periodic checkpoint."
         )
 
   def _on_sigterm(self, signum, frame):

@@ -46,7 +46,7 @@ def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str
       raise ValueError(f"Prompt {i + 1} is empty; describe the video to generate.")
   if not prompts:
     raise ValueError(
-      'No prompts: pass --prompt="..." or a --prompts_file with one prompt per line.'
+        'No prompts: pass --prompt="..." or a --prompts_file with one ' "prompt per line."
     )
   return prompts
 
@@ -75,20 +75,20 @@ def contact_sheet(videos: np.ndarray, num_columns: int = CONTACT_SHEET_FRAMES) -
 
 
 def generate_videos(
-  config,
-  task,
-  state,
-  prompts: list[str],
-  *,
-  num_steps: int | None = None,
-  schedule: str | None = None,
-  cfg_scale: float | None = None,
-  seed: int = 0,
-  num_frames: int | None = None,
-  height: int | None = None,
-  width: int | None = None,
-  method: str = "euler",
-  batch_size: int = 8,
+    config,
+    task,
+    state,
+    prompts: list[str],
+    *,
+    num_steps: int | None = None,
+    schedule: str | None = None,
+    cfg_scale: float | None = None,
+    seed: int = 0,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    method: str = "euler",
+    batch_size: int = 8,
 ) -> tuple[np.ndarray, list[str]]:
   """uint8 videos [N, T, H, W, 3] for the prompts, and the prompts as the model read
   them (frame-rate tagged), from a restored run (`mgjax.train.restore_train_state`).
@@ -101,30 +101,30 @@ def generate_videos(
   height, width = height or video_bucket.height, width or video_bucket.width
   f = config.flow
   kwargs = dict(
-    num_steps=num_steps or f.sample_steps,
-    schedule=schedule or f.schedule,
-    cfg_scale=f.cfg_scale if cfg_scale is None else cfg_scale,
-    method=method,
+      num_steps=num_steps or f.sample_steps,
+      schedule=schedule or f.schedule,
+      cfg_scale=f.cfg_scale if cfg_scale is None else cfg_scale,
+      method=method,
   )
   tagged = [with_fps_tag(p, video_fps(config), num_frames) for p in prompts]
   params = state.eval_params()
   videos = []
   with tqdm.tqdm(
-    total=kwargs["num_steps"] * -(-len(prompts) // batch_size), unit="step", desc="sampling"
+      total=kwargs["num_steps"] * -(-len(prompts) // batch_size), unit="step", desc="sampling"
   ) as bar:
     for start in range(0, len(prompts), batch_size):
       videos.append(
-        task.generate(
-          params,
-          state.frozen,
-          tagged[start : start + batch_size],
-          num_frames,
-          height,
-          width,
-          seed=seed + start,
-          step_callback=lambda i, n: bar.update(),
-          **kwargs,
-        )
+          task.generate(
+              params,
+              state.frozen,
+              tagged[start : start + batch_size],
+              num_frames,
+              height,
+              width,
+              seed=seed + start,
+              step_callback=lambda i, n: bar.update(),
+              **kwargs,
+          )
       )
   report = task.text.truncation_report()
   if report:
@@ -133,39 +133,39 @@ def generate_videos(
 
 
 def sample(
-  workdir: str,
-  prompts: list[str],
-  out_dir: str,
-  *,
-  num_steps: int | None = None,
-  schedule: str | None = None,
-  cfg_scale: float | None = None,
-  seed: int = 0,
-  num_frames: int | None = None,
-  height: int | None = None,
-  width: int | None = None,
-  method: str = "euler",
-  batch_size: int = 8,
-  step: int | None = None,
+    workdir: str,
+    prompts: list[str],
+    out_dir: str,
+    *,
+    num_steps: int | None = None,
+    schedule: str | None = None,
+    cfg_scale: float | None = None,
+    seed: int = 0,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    method: str = "euler",
+    batch_size: int = 8,
+    step: int | None = None,
 ) -> list[str]:
   """Generates one file per prompt into out_dir; returns their paths."""
   from mgjax.train import restore_train_state
 
   config, task, state = restore_train_state(workdir, step)
   videos, tagged = generate_videos(
-    config,
-    task,
-    state,
-    prompts,
-    num_steps=num_steps,
-    schedule=schedule,
-    cfg_scale=cfg_scale,
-    seed=seed,
-    num_frames=num_frames,
-    height=height,
-    width=width,
-    method=method,
-    batch_size=batch_size,
+      config,
+      task,
+      state,
+      prompts,
+      num_steps=num_steps,
+      schedule=schedule,
+      cfg_scale=cfg_scale,
+      seed=seed,
+      num_frames=num_frames,
+      height=height,
+      width=width,
+      method=method,
+      batch_size=batch_size,
   )  # [N, T, H, W, 3]
   os.makedirs(out_dir, exist_ok=True)
   paths = []
@@ -194,20 +194,20 @@ def run_v2a(FLAGS) -> None:
     if len(FLAGS.prompt or []) > 1:
       raise ValueError("--task=v2a takes at most one --prompt (the sound's description).")
     paths = video_to_audio(
-      FLAGS.workdir,
-      FLAGS.video,
-      FLAGS.out or FLAGS.out_dir or os.path.join(FLAGS.workdir, "samples", "v2a"),
-      (FLAGS.prompt or [""])[0],
-      num_steps=FLAGS.num_steps,
-      cfg_scale=FLAGS.cfg_scale,
-      method=FLAGS.method,
-      seed=FLAGS.seed,
-      step=FLAGS.step,
+        FLAGS.workdir,
+        FLAGS.video,
+        FLAGS.out or FLAGS.out_dir or os.path.join(FLAGS.workdir, "samples", "v2a"),
+        (FLAGS.prompt or [""])[0],
+        num_steps=FLAGS.num_steps,
+        cfg_scale=FLAGS.cfg_scale,
+        method=FLAGS.method,
+        seed=FLAGS.seed,
+        step=FLAGS.step,
     )
   except MediaDecodeError as e:
     sys.stderr.write(
-      f"mgjax.sample: cannot read the video {e}. Pass an existing, decodable "
-      "video file with at least one frame (--video).\n"
+        f"mgjax.sample: cannot read the video {e}. Pass an existing, decodable "
+        "video file with at least one frame (--video).\n"
     )
     sys.exit(2)
   except (ValueError, FileNotFoundError) as e:
@@ -218,10 +218,10 @@ def run_v2a(FLAGS) -> None:
 
 def main():
   flags.DEFINE_enum(
-    "task",
-    "t2v",
-    ["t2v", "v2a"],
-    "t2v: videos from prompts; v2a: sound for --video from a video-to-audio run.",
+      "task",
+      "t2v",
+      ["t2v", "v2a"],
+      "t2v: videos from prompts; v2a: sound " "for --video from a video-to-audio run.",
   )
   flags.DEFINE_string("video", None, "--task=v2a: the video to make sound for.")
   flags.DEFINE_string("out", None, "--task=v2a: output folder (default <workdir>/samples/v2a).")
@@ -232,15 +232,15 @@ def main():
   flags.DEFINE_integer("num_steps", None, "ODE steps; default config.flow.sample_steps.")
   flags.DEFINE_enum("schedule", None, list(SCHEDULES), "Time schedule; default the config's.")
   flags.DEFINE_enum(
-    "method",
-    None,
-    list(SOLVERS),
-    "ODE solver; default euler (t2v), the run's config.flow.method (v2a).",
+      "method",
+      None,
+      list(SOLVERS),
+      "ODE solver; default euler (t2v), the " "run's config.flow.method (v2a).",
   )
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale; default the config's.")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
   flags.DEFINE_integer(
-    "num_frames", None, "Frames; 1 samples an image. Default: the first video bucket's."
+      "num_frames", None, "Frames; 1 samples an image. Default: the first " "video bucket's."
   )
   flags.DEFINE_integer("height", None, "Pixels; a multiple of TAE factor x patch size.")
   flags.DEFINE_integer("width", None, "Pixels; a multiple of TAE factor x patch size.")
@@ -259,19 +259,19 @@ def main():
     try:
       prompts = read_prompts(FLAGS.prompt, FLAGS.prompts_file)
       paths = sample(
-        FLAGS.workdir,
-        prompts,
-        FLAGS.out_dir or os.path.join(FLAGS.workdir, "samples", "cli"),
-        num_steps=FLAGS.num_steps,
-        schedule=FLAGS.schedule,
-        cfg_scale=FLAGS.cfg_scale,
-        seed=FLAGS.seed,
-        num_frames=FLAGS.num_frames,
-        height=FLAGS.height,
-        width=FLAGS.width,
-        method=FLAGS.method or "euler",
-        batch_size=FLAGS.batch_size,
-        step=FLAGS.step,
+          FLAGS.workdir,
+          prompts,
+          FLAGS.out_dir or os.path.join(FLAGS.workdir, "samples", "cli"),
+          num_steps=FLAGS.num_steps,
+          schedule=FLAGS.schedule,
+          cfg_scale=FLAGS.cfg_scale,
+          seed=FLAGS.seed,
+          num_frames=FLAGS.num_frames,
+          height=FLAGS.height,
+          width=FLAGS.width,
+          method=FLAGS.method or "euler",
+          batch_size=FLAGS.batch_size,
+          step=FLAGS.step,
       )
     except (ValueError, FileNotFoundError) as e:
       sys.stderr.write(f"mgjax.sample: {e}\n")

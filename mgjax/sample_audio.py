@@ -34,9 +34,10 @@ def read_video(path: str, fps: float, size: tuple[int, int]) -> tuple[np.ndarray
   num_frames = int(math.floor(duration * fps + 1e-6))
   if num_frames < 1:
     raise VideoDecodeError(
-      path,
-      "empty",
-      f"the video lasts {duration:.3f} s, less than one frame at {fps:g} fps; pass a longer video",
+        path,
+        "empty",
+        f"the video lasts {duration:.3f} s, less than one "
+        f"frame at {fps:g} fps; pass a longer video",
     )
   while True:
     try:
@@ -48,16 +49,16 @@ def read_video(path: str, fps: float, size: tuple[int, int]) -> tuple[np.ndarray
 
 
 def video_to_audio(
-  workdir: str,
-  video_path: str,
-  out_dir: str,
-  prompt: str = "",
-  *,
-  num_steps: int | None = None,
-  cfg_scale: float | None = None,
-  method: str | None = None,
-  seed: int = 0,
-  step: int | None = None,
+    workdir: str,
+    video_path: str,
+    out_dir: str,
+    prompt: str = "",
+    *,
+    num_steps: int | None = None,
+    cfg_scale: float | None = None,
+    method: str | None = None,
+    seed: int = 0,
+    step: int | None = None,
 ) -> tuple[str, str]:
   """Writes OUT_DIR/<name>.wav and the muxed OUT_DIR/<name>.mp4; returns their paths."""
   from mgjax.train import restore_train_state  # the trainer imports tasks lazily
@@ -65,20 +66,20 @@ def video_to_audio(
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(
-      f"No trained run in {workdir} ({path} is missing); train one "
-      "with `python -m mgjax.train --config=experiments/audio.py:tiny "
-      f"--workdir={workdir}`."
+        f"No trained run in {workdir} ({path} is missing); train one "
+        "with `python -m mgjax.train --config=experiments/audio.py:tiny "
+        f"--workdir={workdir}`."
     )
   with open(path) as f:
     saved = json.load(f)
   if saved["task"] != "audio":
     raise ValueError(
-      f"--task=v2a needs a video-to-audio run (task 'audio'); {workdir} holds "
-      f"a {saved['task']!r} run."
+        f"--task=v2a needs a video-to-audio run (task 'audio'); {workdir} holds "
+        f"a {saved['task']!r} run."
     )
   # The video is read before the (slower) restore, so a bad file fails at once.
   frames, duration = read_video(
-    video_path, float(saved["model"]["video_fps"]), tuple(saved["data"]["frame_size"])
+      video_path, float(saved["model"]["video_fps"]), tuple(saved["data"]["frame_size"])
   )
   config, task, state = restore_train_state(workdir, step)
   sample_rate = task.sample_rate
@@ -90,16 +91,16 @@ def video_to_audio(
     frames = np.concatenate([frames, np.repeat(frames[-1:], needed - len(frames), axis=0)])
   f = config.flow
   wave = task.generate(
-    state.eval_params(),
-    state.frozen,
-    frames[None],
-    [prompt],
-    num_samples,
-    num_steps=num_steps or f.sample_steps,
-    cfg_scale=f.cfg_scale if cfg_scale is None else cfg_scale,
-    method=method or f.method,
-    schedule=f.schedule,
-    seed=seed,
+      state.eval_params(),
+      state.frozen,
+      frames[None],
+      [prompt],
+      num_samples,
+      num_steps=num_steps or f.sample_steps,
+      cfg_scale=f.cfg_scale if cfg_scale is None else cfg_scale,
+      method=method or f.method,
+      schedule=f.schedule,
+      seed=seed,
   )[0]
   os.makedirs(out_dir, exist_ok=True)
   stem = os.path.splitext(os.path.basename(video_path))[0]

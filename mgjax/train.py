@@ -41,7 +41,7 @@ from mgjax.train_state import TrainState
 
 
 def train_step(
-  state: TrainState, batch, *, task: Task, optimizer, ema_decay: float = 0.0
+    state: TrainState, batch, *, task: Task, optimizer, ema_decay: float = 0.0
 ) -> tuple[TrainState, dict]:
   """One optimizer update. Pure: the same state and batch give the same result."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -56,14 +56,15 @@ def train_step(
   if isinstance(opt_state, optax.ApplyIfFiniteState):  # optimizer.skip_non_finite > 0
     # A skipped update left params unchanged; the EMA must not move towards them either.
     ema_params = jax.tree.map(
-      lambda new, old: jnp.where(opt_state.last_finite, new, old), ema_params, state.ema_params
+        lambda new, old: jnp.where(opt_state.last_finite, new, old), ema_params, state.ema_params
     )
     metrics.update(
-      skipped_updates=opt_state.total_notfinite, non_finite_in_a_row=opt_state.notfinite_count
+        skipped_updates=opt_state.total_notfinite, non_finite_in_a_row=opt_state.notfinite_count
     )
-  return state.replace(
-    step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
-  ), metrics
+  return (
+      state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params),
+      metrics,
+  )
 
 
 # ---------------------------------------------------------------------------- state
@@ -76,12 +77,12 @@ def make_init_fn(task: Task, optimizer, seed: int, ema: bool = False):
     rng = jax.random.key(seed)
     params, frozen = task.init(jax.random.fold_in(rng, 0))
     return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      frozen=frozen,
-      opt_state=optimizer.init(params),
-      rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
-      ema_params=params if ema else {},
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=frozen,
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
+        ema_params=params if ema else {},
     )
 
   return init_boxed
@@ -104,14 +105,14 @@ def _replace_subtrees(tree, new, shardings, path: str = ""):
     expected = tuple(tree.shape)
     if tuple(np.shape(new)) != expected:
       raise ValueError(
-        f"Pretrained weight {path} has shape {np.shape(new)}; the model expects {expected}."
+          f"Pretrained weight {path} has shape {np.shape(new)}; the model " f"expects {expected}."
       )
     value = np.asarray(new, tree.dtype)  # the same on every host: each takes its shards
     return jax.make_array_from_callback(value.shape, shardings, lambda index: value[index])
   missing = set(new) - set(tree)
   if missing:
     raise ValueError(
-      f"Pretrained weights {sorted(missing)} under {path or '/'} are not in the model."
+        f"Pretrained weights {sorted(missing)} under {path or '/'} are not in " f"the model."
     )
   out = dict(tree)
   for key, value in new.items():
@@ -128,12 +129,12 @@ def with_pretrained(state: TrainState, task: Task, shardings: TrainState) -> Tra
     return state
   params, frozen = pretrained.get("params", {}), pretrained.get("frozen", {})
   replaced = state.replace(
-    params=_replace_subtrees(state.params, params, shardings.params),
-    frozen=_replace_subtrees(state.frozen, frozen, shardings.frozen),
+      params=_replace_subtrees(state.params, params, shardings.params),
+      frozen=_replace_subtrees(state.frozen, frozen, shardings.frozen),
   )
   if state.ema_params and jax.tree.leaves(params):
     replaced = replaced.replace(
-      ema_params=_replace_subtrees(state.ema_params, params, shardings.ema_params)
+        ema_params=_replace_subtrees(state.ema_params, params, shardings.ema_params)
     )
   return replaced
 
@@ -147,9 +148,9 @@ def jit_train_step(task: Task, optimizer, mesh, state_shardings, ema_decay: floa
   """The trainer's step, jitted: the state is donated, the new state keeps its
   shardings and the metrics are replicated."""
   return jax.jit(
-    functools.partial(train_step, task=task, optimizer=optimizer, ema_decay=ema_decay),
-    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-    donate_argnums=(0,),
+      functools.partial(train_step, task=task, optimizer=optimizer, ema_decay=ema_decay),
+      out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+      donate_argnums=(0,),
   )
 
 
@@ -160,20 +161,20 @@ def abstract_batch(name: str, spec: dict, mesh) -> dict:
   for key, value in spec.items():
     if value.shape[0] % batch_shards:
       raise ValueError(
-        f"Batch {name!r} has {value.shape[0]} examples ({key}), which does "
-        f"not split over the mesh's {batch_shards} data x fsdp shards; use a "
-        f"batch size that is a multiple of {batch_shards}."
+          f"Batch {name!r} has {value.shape[0]} examples ({key}), which does "
+          f"not split over the mesh's {batch_shards} data x fsdp shards; use a "
+          f"batch size that is a multiple of {batch_shards}."
       )
   return {
-    k: jax.ShapeDtypeStruct(
-      v.shape, v.dtype, sharding=sharding_lib.batch_sharding(mesh, len(v.shape))
-    )
-    for k, v in spec.items()
+      k: jax.ShapeDtypeStruct(
+          v.shape, v.dtype, sharding=sharding_lib.batch_sharding(mesh, len(v.shape))
+      )
+      for k, v in spec.items()
   }
 
 
 def compile_steps(
-  task: Task, optimizer, mesh, rules, abstract_state, state_shardings, ema_decay: float = 0.0
+    task: Task, optimizer, mesh, rules, abstract_state, state_shardings, ema_decay: float = 0.0
 ):
   """AOT-compiles the train step once per batch shape the task declares.
 
@@ -192,8 +193,8 @@ def compile_steps(
     global_rows = next(iter(spec.values())).shape[0]
     rows = batch_rows(mesh)(global_rows)
     local_spec = {
-      k: jax.ShapeDtypeStruct((rows.stop - rows.start,) + v.shape[1:], v.dtype)
-      for k, v in spec.items()
+        k: jax.ShapeDtypeStruct((rows.stop - rows.start,) + v.shape[1:], v.dtype)
+        for k, v in spec.items()
     }
     shardings = {k: v.sharding for k, v in batch.items()}
     compiled_steps[batch_signature(local_spec)] = (compiled, shardings, global_rows)
@@ -250,19 +251,19 @@ def check_finite(metrics: dict, step: int, last_checkpoint: int | None, skip_lim
   in_a_row = int(metrics.get("non_finite_in_a_row", 0))
   if skip_limit and in_a_row <= skip_limit:
     logging.warning(
-      "Loss is %s at step %d: update skipped (%d in a row, %d allowed).",
-      loss,
-      step,
-      in_a_row,
-      skip_limit,
+        "Loss is %s at step %d: update skipped (%d in a row, %d allowed).",
+        loss,
+        step,
+        in_a_row,
+        skip_limit,
     )
     return
   raise FloatingPointError(
-    f"Loss is {loss} at step {step}. Last complete checkpoint: "
-    f"{last_checkpoint if last_checkpoint is not None else 'none'}. Lower the "
-    "learning rate or check the data; the run resumes from that checkpoint. To skip "
-    "isolated bad updates instead, set --config.optimizer.skip_non_finite=N (at most "
-    "N in a row)."
+      f"Loss is {loss} at step {step}. Last complete checkpoint: "
+      f"{last_checkpoint if last_checkpoint is not None else 'none'}. Lower the "
+      "learning rate or check the data; the run resumes from that checkpoint. To skip "
+      "isolated bad updates instead, set --config.optimizer.skip_non_finite=N (at most "
+      "N in a row)."
   )
 
 
@@ -285,23 +286,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   optimizer, schedule = optim.make_optimizer(config.optimizer, num_steps)
   init, abstract_state, state_shardings = create_state(task, optimizer, config, mesh)
   logging.info(
-    "Trainable parameters: %s; frozen: %s",
-    f"{count_params(abstract_state.params):,}",
-    f"{count_params(abstract_state.frozen):,}",
+      "Trainable parameters: %s; frozen: %s",
+      f"{count_params(abstract_state.params):,}",
+      f"{count_params(abstract_state.frozen):,}",
   )
 
   # --------------------------------------------------------------- checkpoint
   checkpointer = checkpoint_lib.Checkpointer(
-    workdir,
-    config.train.checkpoint_every,
-    config.train.keep_checkpoints,
-    config.train.keep_checkpoints_every,
+      workdir,
+      config.train.checkpoint_every,
+      config.train.keep_checkpoints,
+      config.train.keep_checkpoints_every,
   )
   start_step = checkpointer.latest_step()
   if start_step is not None:
     logging.info("Resuming from step %d in %s", start_step, checkpointer.directory)
     state = checkpointer.restore(
-      start_step, checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
+        start_step, checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
     )
   else:
     start_step = 0
@@ -314,7 +315,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --------------------------------------------------------------------- step
   step_fns = compile_steps(
-    task, optimizer, mesh, rules, abstract_state, state_shardings, config.train.ema_decay
+      task, optimizer, mesh, rules, abstract_state, state_shardings, config.train.ema_decay
   )
 
   # --------------------------------------------------------------------- loop
@@ -326,11 +327,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if data_state is not None:
     batches.set_state(data_state)
   progress = tqdm.tqdm(
-    total=num_steps,
-    initial=start_step,
-    unit="step",
-    dynamic_ncols=True,
-    disable=not config.train.progress_bar or jax.process_index() != 0,
+      total=num_steps,
+      initial=start_step,
+      unit="step",
+      dynamic_ncols=True,
+      disable=not config.train.progress_bar or jax.process_index() != 0,
   )
   preemption = PreemptionWatch()
   try:
@@ -339,8 +340,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       signature = batch_signature(host_batch)
       if signature not in step_fns:
         raise ValueError(
-          f"Batch {signature} at step {step} matches none of the shapes the "
-          f"task declared in batch_specs(): {list(step_fns)}."
+            f"Batch {signature} at step {step} matches none of the shapes the "
+            f"task declared in batch_specs(): {list(step_fns)}."
         )
       compiled, shardings, global_rows = step_fns[signature]
       local_rows = signature[0][1][0]
@@ -366,10 +367,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics.update(task.data_metrics())
         writer.write(done, metrics)
         logging.info(
-          "step %d/%d %s",
-          done,
-          num_steps,
-          " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())),
+            "step %d/%d %s",
+            done,
+            num_steps,
+            " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())),
         )
         last_log_time, last_log_step, tokens = time.time(), done, 0
         progress.set_postfix(loss=f"{float(metrics['loss']):.4g}")
@@ -378,18 +379,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("Saving checkpoint at step %d", done)
       if preempted:
         logging.warning(
-          "Stopped at step %d on request (SIGTERM); its checkpoint is "
-          "saved. Rerun the same command to resume.",
-          done,
+            "Stopped at step %d on request (SIGTERM); its checkpoint is "
+            "saved. Rerun the same command to resume.",
+            done,
         )
         break
       if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
         eval_metrics = task.evaluate(*evaluation_copy(state), done)
         writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
         logging.info(
-          "eval step %d: %s",
-          done,
-          " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())),
+            "eval step %d: %s",
+            done,
+            " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())),
         )
   finally:  # also when the run stops on an error: the saves in flight complete
     batches.close()
@@ -435,7 +436,7 @@ def restore_train_state(workdir: str, step: int | None = None):
   if step is None:
     raise FileNotFoundError(f"No complete checkpoint in {checkpointer.directory}.")
   state = checkpointer.restore(
-    step, checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
+      step, checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
   )
   checkpointer.close()
   return config, task, state
@@ -452,28 +453,28 @@ def log_memory(name: str, compiled):
     return
   gib = 1 / 2**30
   logging.info(
-    "Compiled train step for %r batches, per device: arguments %.3f GiB, "
-    "temporaries %.3f GiB, outputs %.3f GiB",
-    name,
-    analysis.argument_size_in_bytes * gib,
-    analysis.temp_size_in_bytes * gib,
-    analysis.output_size_in_bytes * gib,
+      "Compiled train step for %r batches, per device: arguments %.3f GiB, "
+      "temporaries %.3f GiB, outputs %.3f GiB",
+      name,
+      analysis.argument_size_in_bytes * gib,
+      analysis.temp_size_in_bytes * gib,
+      analysis.output_size_in_bytes * gib,
   )
 
 
 def main():
   """Command line: defines the flags here so importing this module defines none."""
   config_flag = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file.", lock_config=True
+      "config", None, "Experiment config file.", lock_config=True
   )
   workdir_flag = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics and outputs; an existing one resumes."
+      "workdir", None, "Directory for checkpoints, " "metrics and outputs; an existing one resumes."
   )
   coordinator = flags.DEFINE_string(
-    "coordinator_address",
-    "",
-    "host:port of process 0 in a multi-process run; see "
-    "mgjax/parallel/distributed.py for the environment and cluster alternatives.",
+      "coordinator_address",
+      "",
+      "host:port of process 0 in a multi-process run; see "
+      "mgjax/parallel/distributed.py for the environment and cluster alternatives.",
   )
   num_processes = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
   process_id = flags.DEFINE_integer("process_id", -1, "This process's index.")
@@ -483,8 +484,8 @@ def main():
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if config_flag.value is None or workdir_flag.value is None:
       raise app.UsageError(
-        "Both --config and --workdir are required, e.g. "
-        "--config=experiments/tae.py:tiny --workdir=/tmp/tae"
+          "Both --config and --workdir are required, e.g. "
+          "--config=experiments/tae.py:tiny --workdir=/tmp/tae"
       )
     distributed.initialize(coordinator.value, num_processes.value, process_id.value)
     try:
@@ -502,8 +503,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
     sys.stderr.write(
-      f"Invalid command line: {message}\nFix the flag; every config field "
-      "is listed in the config file (--config=FILE:ARG).\n"
+        f"Invalid command line: {message}\nFix the flag; every config field "
+        "is listed in the config file (--config=FILE:ARG).\n"
     )
     sys.exit(2)
 

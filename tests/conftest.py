@@ -15,14 +15,14 @@ import os
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-  " --xla_backend_optimization_level=0"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _session = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))  # xdist: shared
 os.environ.setdefault(
-  "JAX_COMPILATION_CACHE_DIR",
-  os.path.join(tempfile.gettempdir(), f"mgjax-tests-jax-cache-{_session}"),
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"mgjax-tests-jax-cache-{_session}"),
 )
 # Compile-only TPU tests (libtpu topologies) may run in both xdist workers at once.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

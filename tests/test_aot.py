@@ -31,7 +31,7 @@ def test_compiles_for_v5p_and_counts_memory_and_flops():
   # padded to 128-token blocks: 18 matmul-units of 128 x 128 per layer where the model
   # counts 12 of 64 x (64 + 96).
   assert report.kernel_flops == pytest.approx(
-    report.attention_flops * (18 * 128 * (128 + 128)) / (12 * 64 * (64 + 96))
+      report.attention_flops * (18 * 128 * (128 + 128)) / (12 * 64 * (64 + 96))
   )
   assert report.xla_flops_counted < 0.8 * compiled_matmuls
   assert abs(compiled_matmuls / matmuls - 1) < 0.1, (compiled_matmuls, matmuls)
@@ -49,7 +49,7 @@ def test_big_configs_name_the_paper_text_encoders_for_weight_free_compiles():
   text = TextConditioner(config.text)
   _, frozen = jax.eval_shape(text.init, jax.random.key(0))  # nothing allocated
   sizes = {
-    name: sum(math.prod(a.shape) for a in jax.tree.leaves(tree)) for name, tree in frozen.items()
+      name: sum(math.prod(a.shape) for a in jax.tree.leaves(tree)) for name, tree in frozen.items()
   }
   assert sizes == {"ul2": 8_721_797_632, "metaclip": 353_167_360, "byt5": 217_657_472}
   assert {e.name: e.width for e in text.encoders} == {"ul2": 4096, "metaclip": 1024, "byt5": 1472}
@@ -71,9 +71,9 @@ def test_compiles_the_1b_config_with_precomputed_text_for_v5p_8():
   config.data.precompute_text = True
   config.model.update(num_layers=1, scan_layers=False)
   for name, layers in (
-    ("ul2", "num_layers"),
-    ("byt5", "num_layers"),
-    ("metaclip", "num_hidden_layers"),
+      ("ul2", "num_layers"),
+      ("byt5", "num_layers"),
+      ("metaclip", "num_hidden_layers"),
   ):
     config.text.architectures[name][layers] = 1
   (report,) = aot.compile_report(config, "v5p-8")
@@ -85,9 +85,9 @@ def test_compiles_the_1b_config_with_precomputed_text_for_v5p_8():
   # chip's quarter of the batch: latent [4, 2, 16, 16, 16] and embeddings [4, L, D]
   # (float32) with masks [4, L] of UL2, MetaCLIP and ByT5.
   batch_bytes = (
-    4 * 2 * 16 * 16 * 16 * 4
-    + 4 * (256 * 4096 + 256 * 1024 + 128 * 1472) * 4
-    + 4 * (256 + 256 + 128)
+      4 * 2 * 16 * 16 * 16 * 4
+      + 4 * (256 * 4096 + 256 * 1024 + 128 * 1472) * 4
+      + 4 * (256 + 256 + 128)
   )
   assert abs((report.argument_bytes - report.alias_bytes) / (batch_bytes / 4) - 1) < 0.1
   assert report.xla_flops == pytest.approx(report.xla_flops_counted + report.kernel_flops)
@@ -95,8 +95,8 @@ def test_compiles_the_1b_config_with_precomputed_text_for_v5p_8():
   # matmul-units per attention where the model counts 12 (128 and 640 tokens, no padding).
   assert report.kernel_flops == pytest.approx(report.attention_flops * 22 / 12)
   assert abs(report.xla_flops / report.model_flops - 1) < 0.1, (
-    report.xla_flops,
-    report.model_flops,
+      report.xla_flops,
+      report.model_flops,
   )
   assert 0 < report.mfu <= 0.5 * 1.1
 
@@ -105,22 +105,22 @@ def test_uncounted_flops_are_not_reported_as_a_step_time():
   """--nocount_flops on a scanned stack: XLA's count is one layer's, so no step time."""
   nan = float("nan")
   report = aot.BucketReport(
-    bucket="video",
-    tokens_per_example=64,
-    global_batch=8,
-    argument_bytes=2**30,
-    temp_bytes=2**30,
-    output_bytes=2**30,
-    alias_bytes=2**30,
-    hbm_bytes=95 * 2**30,
-    compile_seconds=1.0,
-    xla_flops_counted=1e9,
-    xla_flops=nan,
-    model_flops=4e9,
-    attention_flops=1e9,
-    kernel_flops=nan,
-    step_seconds=nan,
-    mfu=nan,
+      bucket="video",
+      tokens_per_example=64,
+      global_batch=8,
+      argument_bytes=2**30,
+      temp_bytes=2**30,
+      output_bytes=2**30,
+      alias_bytes=2**30,
+      hbm_bytes=95 * 2**30,
+      compile_seconds=1.0,
+      xla_flops_counted=1e9,
+      xla_flops=nan,
+      model_flops=4e9,
+      attention_flops=1e9,
+      kernel_flops=nan,
+      step_seconds=nan,
+      mfu=nan,
   )
   text = aot.format_report([report], "v5p-8", 0.5)
   assert "FLOPs per step not counted" in text and "headroom 98%" in text
@@ -136,12 +136,12 @@ def test_topology_names():
 
 def test_a_layout_that_does_not_fit_is_reported_in_one_message():
   command = [
-    sys.executable,
-    "-m",
-    "mgjax.aot",
-    "--config=tests/configs/t2v_aot.py:overflow",
-    "--topology=v5p-8",
-    "--nocount_flops",
+      sys.executable,
+      "-m",
+      "mgjax.aot",
+      "--config=tests/configs/t2v_aot.py:overflow",
+      "--topology=v5p-8",
+      "--nocount_flops",
   ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 1, result.stderr[-3000:]

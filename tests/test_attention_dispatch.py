@@ -12,15 +12,15 @@ def _array(length: int, dtype=jnp.bfloat16, head_dim: int = 128):
 
 
 @pytest.mark.parametrize(
-  "query, return_lse, masked, expected",
-  [
-    (_array(4096), False, False, "cudnn"),
-    (_array(1001), False, False, "cudnn"),
-    (_array(4096), False, True, "pallas_gpu"),  # segment ids: cuDNN's bias path is slower
-    (_array(4096), True, False, "pallas_gpu"),  # lse for ring attention
-    (_array(4096, jnp.float32), False, False, "pallas_gpu"),
-    (_array(4096, head_dim=256), False, False, "pallas_gpu"),
-  ],
+    "query, return_lse, masked, expected",
+    [
+        (_array(4096), False, False, "cudnn"),
+        (_array(1001), False, False, "cudnn"),
+        (_array(4096), False, True, "pallas_gpu"),  # segment ids: cuDNN's bias path is slower
+        (_array(4096), True, False, "pallas_gpu"),  # lse for ring attention
+        (_array(4096, jnp.float32), False, False, "pallas_gpu"),
+        (_array(4096, head_dim=256), False, False, "pallas_gpu"),
+    ],
 )
 def test_auto_on_gpu(monkeypatch, query, return_lse, masked, expected):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")

@@ -56,26 +56,26 @@ def _assert_close(actual, expected, tol, what):
 
 
 def _check(
-  dtype,
-  head_dim,
-  q_len,
-  kv_len,
-  ids,
-  return_lse,
-  block_q,
-  block_k,
-  *,
-  batch=2,
-  heads=3,
-  scale=None,
-  seed=0,
+    dtype,
+    head_dim,
+    q_len,
+    kv_len,
+    ids,
+    return_lse,
+    block_q,
+    block_k,
+    *,
+    batch=2,
+    heads=3,
+    scale=None,
+    seed=0,
 ):
   """Compares out (and lse) and dq, dk, dv of the kernel with the reference; returns the
   kernel's (out, lse or None, grads) for further checks."""
   rng = np.random.default_rng(seed)
   q, k, v = (
-    jnp.asarray(rng.normal(size=(batch, n, heads, head_dim)), dtype)
-    for n in (q_len, kv_len, kv_len)
+      jnp.asarray(rng.normal(size=(batch, n, heads, head_dim)), dtype)
+      for n in (q_len, kv_len, kv_len)
   )
   q_ids, kv_ids = _segment_ids(ids, batch, q_len, kv_len, seed)
   d_out = jnp.asarray(rng.normal(size=q.shape), dtype)
@@ -85,16 +85,16 @@ def _check(
   # Each kernel gets its own tiling (the dQ kernel a smaller one), so that the
   # backward's shared padding to the larger block is exercised too.
   kernel = functools.partial(
-    flash_attention,
-    tiling=Tiling(block_q, block_k),
-    dkv_tiling=Tiling(block_k, block_q),
-    dq_tiling=Tiling(16, 16),
-    interpret=True,
-    **kwargs,
+      flash_attention,
+      tiling=Tiling(block_q, block_k),
+      dkv_tiling=Tiling(block_k, block_q),
+      dq_tiling=Tiling(16, 16),
+      interpret=True,
+      **kwargs,
   )
   out, grads = _value_and_grads(kernel, q, k, v, cotangent)
   ref_out, ref_grads = _value_and_grads(
-    functools.partial(reference.attention, **kwargs), q, k, v, cotangent
+      functools.partial(reference.attention, **kwargs), q, k, v, cotangent
   )
   tol = TOL[dtype]
   lse = None
@@ -113,15 +113,15 @@ def _check(
 
 
 @pytest.mark.parametrize(
-  "dtype, head_dim, q_len, kv_len, ids, return_lse, block_q, block_k",
-  [
-    (jnp.float32, 64, 37, 53, "none", True, 16, 16),  # 3 x 4 blocks
-    (jnp.float32, 128, 37, 53, "key_padding", True, 32, 16),
-    (jnp.float32, 64, 53, 37, "packed", False, 16, 32),
-    (jnp.bfloat16, 64, 37, 53, "key_padding", True, 16, 16),
-    (jnp.bfloat16, 128, 53, 37, "packed", True, 32, 32),
-    (jnp.float32, 64, 5, 3, "none", True, 64, 64),  # blocks shrink to 16
-  ],
+    "dtype, head_dim, q_len, kv_len, ids, return_lse, block_q, block_k",
+    [
+        (jnp.float32, 64, 37, 53, "none", True, 16, 16),  # 3 x 4 blocks
+        (jnp.float32, 128, 37, 53, "key_padding", True, 32, 16),
+        (jnp.float32, 64, 53, 37, "packed", False, 16, 32),
+        (jnp.bfloat16, 64, 37, 53, "key_padding", True, 16, 16),
+        (jnp.bfloat16, 128, 53, 37, "packed", True, 32, 32),
+        (jnp.float32, 64, 5, 3, "none", True, 64, 64),  # blocks shrink to 16
+    ],
 )
 def test_matches_reference(dtype, head_dim, q_len, kv_len, ids, return_lse, block_q, block_k):
   _check(dtype, head_dim, q_len, kv_len, ids, return_lse, block_q, block_k)

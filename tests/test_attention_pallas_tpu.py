@@ -35,8 +35,8 @@ def _segment_ids(kind: str, batch: int, q_len: int, kv_len: int):
   if kind == "key_padding":  # batch b keeps its first kv_len - b * (kv_len // 3) keys
     valid = kv_len - (kv_len // 3) * np.arange(batch)[:, None]
     return (
-      np.ones((batch, q_len), np.int32),
-      (np.arange(kv_len)[None, :] < valid).astype(np.int32),
+        np.ones((batch, q_len), np.int32),
+        (np.arange(kv_len)[None, :] < valid).astype(np.int32),
     )
   assert kind == "packed"  # three packed sequences, then padding; a query of segment 9
   q_ids = np.repeat([1, 2, 3], [q_len // 3, q_len // 3, q_len - 2 * (q_len // 3)])
@@ -74,23 +74,23 @@ def _kernel(q, k, v, **kwargs):
 
 
 @pytest.mark.parametrize(
-  "dtype, head_dim, q_len, kv_len, mask, return_lse",
-  [
-    (jnp.float32, 64, 37, 200, "none", True),
-    (jnp.float32, 128, 200, 37, "key_padding", False),
-    (jnp.float32, 64, 130, 300, "packed", True),
-    (jnp.bfloat16, 128, 37, 200, "packed", True),
-    (jnp.bfloat16, 64, 200, 150, "key_padding", False),
-  ],
+    "dtype, head_dim, q_len, kv_len, mask, return_lse",
+    [
+        (jnp.float32, 64, 37, 200, "none", True),
+        (jnp.float32, 128, 200, 37, "key_padding", False),
+        (jnp.float32, 64, 130, 300, "packed", True),
+        (jnp.bfloat16, 128, 37, 200, "packed", True),
+        (jnp.bfloat16, 64, 200, 150, "key_padding", False),
+    ],
 )
 def test_matches_reference(dtype, head_dim, q_len, kv_len, mask, return_lse):
   batch, heads = 2, 3
   rng = np.random.default_rng(q_len * kv_len + head_dim)
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), dtype)
   query, key, value = (
-    normal(batch, q_len, heads, head_dim),
-    normal(batch, kv_len, heads, head_dim),
-    normal(batch, kv_len, heads, head_dim),
+      normal(batch, q_len, heads, head_dim),
+      normal(batch, kv_len, heads, head_dim),
+      normal(batch, kv_len, heads, head_dim),
   )
   cotangent = normal(batch, q_len, heads, head_dim)
   if return_lse:  # the lse is differentiable too: give it a cotangent of its own
@@ -120,13 +120,13 @@ def test_matches_reference(dtype, head_dim, q_len, kv_len, mask, return_lse):
 def test_dispatcher_runs_it_in_interpret_mode_on_cpu():
   rng = np.random.default_rng(0)
   query, key, value = (
-    jnp.asarray(rng.standard_normal((1, 9, 2, 64)), jnp.float32) for _ in range(3)
+      jnp.asarray(rng.standard_normal((1, 9, 2, 64)), jnp.float32) for _ in range(3)
   )
   _assert_close(
-    attention(query, key, value, implementation="pallas_tpu"),
-    reference.attention(query, key, value),
-    1e-5,
-    "out",
+      attention(query, key, value, implementation="pallas_tpu"),
+      reference.attention(query, key, value),
+      1e-5,
+      "out",
   )
 
 
@@ -138,17 +138,17 @@ def test_inside_shard_map_with_replicated_segment_ids():
   put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
   rng = np.random.default_rng(1)
   query, key, value = (
-    put(rng.standard_normal((1, s, 2, 64)).astype(np.float32), spec) for s in (20, 30, 30)
+      put(rng.standard_normal((1, s, 2, 64)).astype(np.float32), spec) for s in (20, 30, 30)
   )
   q_ids = put(np.ones((1, 20), np.int32), P())
   kv_ids = put((np.arange(30) < 25).astype(np.int32)[None], P())
 
   def loss(fn, q, k, v, q_ids, kv_ids):
     sharded = jax.shard_map(
-      lambda q, k, v, qi, ki: fn(q, k, v, q_segment_ids=qi, kv_segment_ids=ki),
-      mesh=mesh,
-      in_specs=(spec, spec, spec, P(), P()),
-      out_specs=spec,
+        lambda q, k, v, qi, ki: fn(q, k, v, q_segment_ids=qi, kv_segment_ids=ki),
+        mesh=mesh,
+        in_specs=(spec, spec, spec, P(), P()),
+        out_specs=spec,
     )
     return jnp.sum(jnp.sin(sharded(q, k, v, q_ids, kv_ids)))
 
@@ -183,15 +183,15 @@ def test_compiles_ahead_of_time_for_tpu_v5p():
   spec = P(None, None, "heads", None)  # [B, S, N, D]
   ids = jax.ShapeDtypeStruct((1, AOT_TOKENS), jnp.int32, sharding=NamedSharding(mesh, P()))
   qkv = jax.ShapeDtypeStruct(
-    (1, AOT_TOKENS, mesh.shape["heads"], 128), jnp.bfloat16, sharding=NamedSharding(mesh, spec)
+      (1, AOT_TOKENS, mesh.shape["heads"], 128), jnp.bfloat16, sharding=NamedSharding(mesh, spec)
   )
 
   @jax.shard_map(
-    mesh=mesh, in_specs=(spec, spec, spec, P(), P()), out_specs=(spec, P(None, "heads", None))
+      mesh=mesh, in_specs=(spec, spec, spec, P(), P()), out_specs=(spec, P(None, "heads", None))
   )
   def per_chip(q, k, v, q_ids, kv_ids):
     return pallas_tpu.flash_attention(
-      q, k, v, q_segment_ids=q_ids, kv_segment_ids=kv_ids, return_lse=True
+        q, k, v, q_segment_ids=q_ids, kv_segment_ids=kv_ids, return_lse=True
     )
 
   def loss(q, k, v, q_ids, kv_ids):
@@ -201,14 +201,14 @@ def test_compiles_ahead_of_time_for_tpu_v5p():
   start = time.perf_counter()
   forward = jax.jit(per_chip).lower(qkv, qkv, qkv, ids, ids).compile().as_text()
   both = (
-    jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-    .lower(qkv, qkv, qkv, ids, ids)
-    .compile()
-    .as_text()
+      jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+      .lower(qkv, qkv, qkv, ids, ids)
+      .compile()
+      .as_text()
   )
   print(
-    f"AOT compile (fwd, fwd+bwd) for {topology.devices[0].device_kind}: "
-    f"{time.perf_counter() - start:.1f} s"
+      f"AOT compile (fwd, fwd+bwd) for {topology.devices[0].device_kind}: "
+      f"{time.perf_counter() - start:.1f} s"
   )
   assert "flash_attention_fwd" in forward
   for kernel in ("flash_attention_fwd", "flash_attention_bwd_dkv", "flash_attention_bwd_dq"):
@@ -221,12 +221,12 @@ def test_compiles_ahead_of_time_for_tpu_v5p():
     o_ref[...] = scratch_ref[:8]
 
   small = jax.ShapeDtypeStruct(
-    (8, 128), jnp.float32, sharding=SingleDeviceSharding(topology.devices[0])
+      (8, 128), jnp.float32, sharding=SingleDeviceSharding(topology.devices[0])
   )
   too_big = pl.pallas_call(
-    greedy,
-    out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
-    scratch_shapes=[pltpu.VMEM((256 * 1024, 128), jnp.float32)],
+      greedy,
+      out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+      scratch_shapes=[pltpu.VMEM((256 * 1024, 128), jnp.float32)],
   )
   with pytest.raises(Exception, match="(?i)exceed memory|out of memory"):
     jax.jit(too_big).lower(small).compile()

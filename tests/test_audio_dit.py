@@ -13,11 +13,11 @@ import pytest
 from mgjax import configs
 from mgjax.configs import DEFAULT_LOGICAL_AXIS_RULES
 from mgjax.models.audio_dit import (
-  AudioDiT,
-  align_video_features,
-  guided_velocity_fn,
-  num_params,
-  video_positions,
+    AudioDiT,
+    align_video_features,
+    guided_velocity_fn,
+    num_params,
+    video_positions,
 )
 from mgjax.models.dit import loop_to_scan_params, scan_to_loop_params
 from mgjax.models.video_features import VideoFeatureEncoder
@@ -34,13 +34,13 @@ ZERO_INIT = ("final", "final_adaln", "adaln_shared", "adaln_table")
 
 def small_model(**overrides) -> AudioDiT:
   kwargs = dict(
-    num_layers=2,
-    embed_dim=32,
-    mlp_dim=64,
-    num_heads=2,
-    max_frames=40,
-    latent_rate=25.0,
-    video_fps=16.0,
+      num_layers=2,
+      embed_dim=32,
+      mlp_dim=64,
+      num_heads=2,
+      max_frames=40,
+      latent_rate=25.0,
+      video_fps=16.0,
   )
   kwargs.update(overrides)
   return AudioDiT(**kwargs)
@@ -85,9 +85,9 @@ def model_and_params():
   model = small_model()
   x, t, context, mask, video, text, text_mask = inputs()
   params = nn.meta.unbox(
-    jax.jit(model.init)(
-      jax.random.key(0), x, t, context, mask, video, text, text_mask, **keep_all()
-    )
+      jax.jit(model.init)(
+          jax.random.key(0), x, t, context, mask, video, text, text_mask, **keep_all()
+      )
   )
   return model, params, perturb_zero_init(params), jax.jit(model.apply)
 
@@ -105,7 +105,7 @@ def test_video_features_at_16fps_resample_to_25hz():
   np.testing.assert_array_equal(out[:, 25], features[:, 16])
   # In between: latent frame 1 (0.04 s) is 0.64 of the way from video frame 0 to 1.
   np.testing.assert_allclose(
-    out[:, 1], 0.36 * features[:, 0] + 0.64 * features[:, 1], rtol=1e-6, atol=1e-6
+      out[:, 1], 0.36 * features[:, 0] + 0.64 * features[:, 1], rtol=1e-6, atol=1e-6
   )
   # A feature linear in time comes out linear in time, at the latent frames' times.
   seconds_video = np.arange(32) / 16.0
@@ -151,15 +151,15 @@ def test_every_condition_reaches_the_output(model_and_params):
   _, _, params, apply = model_and_params
   x, t, context, mask, video, text, text_mask = inputs()
   run = lambda **kw: apply(
-    params,
-    *[
-      kw.get(n, v)
-      for n, v in zip(
-        ("x", "t", "context", "mask", "video", "text", "text_mask"),
-        (x, t, context, mask, video, text, text_mask),
-      )
-    ],
-    **keep_all(),
+      params,
+      *[
+          kw.get(n, v)
+          for n, v in zip(
+              ("x", "t", "context", "mask", "video", "text", "text_mask"),
+              (x, t, context, mask, video, text, text_mask),
+          )
+      ],
+      **keep_all(),
   )
   base = run()
   assert float(jnp.abs(base).max()) > 1e-2
@@ -186,19 +186,19 @@ def test_dropped_conditions_do_not_reach_the_output(model_and_params):
   # Dropping text is the same as giving no valid text token at all.
   none_valid = jnp.zeros_like(text_mask)
   dropped = apply(
-    params,
-    x,
-    t,
-    context,
-    mask,
-    video,
-    text,
-    text_mask,
-    keep_video=jnp.ones(2, bool),
-    keep_text=jnp.zeros(2, bool),
+      params,
+      x,
+      t,
+      context,
+      mask,
+      video,
+      text,
+      text_mask,
+      keep_video=jnp.ones(2, bool),
+      keep_text=jnp.zeros(2, bool),
   )
   np.testing.assert_array_equal(
-    dropped, apply(params, x, t, context, mask, video, text, none_valid, **keep_all())
+      dropped, apply(params, x, t, context, mask, video, text, none_valid, **keep_all())
   )
 
 
@@ -209,26 +209,26 @@ def test_masked_context_frames_do_not_leak(model_and_params):
   garbage = jax.random.normal(jax.random.key(7), context.shape) * 100
   leaked = jnp.where(mask > 0, context, garbage)  # only frames with mask 0 differ
   np.testing.assert_array_equal(
-    apply(params, x, t, leaked, mask, video, text, text_mask, **keep_all()), base
+      apply(params, x, t, leaked, mask, video, text, text_mask, **keep_all()), base
   )
   # No context at all equals a context that is masked out everywhere.
   no_mask = jnp.zeros_like(mask)
   np.testing.assert_array_equal(
-    apply(params, x, t, None, None, video, text, text_mask, **keep_all()),
-    apply(params, x, t, garbage, no_mask, video, text, text_mask, **keep_all()),
+      apply(params, x, t, None, None, video, text, text_mask, **keep_all()),
+      apply(params, x, t, garbage, no_mask, video, text, text_mask, **keep_all()),
   )
 
 
 def test_scan_with_remat_equals_loop():
   scanned = small_model(
-    scan_layers=True, remat_policy="save_qkv_proj", modulate_cross_attention=False
+      scan_layers=True, remat_policy="save_qkv_proj", modulate_cross_attention=False
   )
   looped = small_model(scan_layers=False, modulate_cross_attention=False)
   args = inputs()
   rng = np.random.default_rng(3)
   abstract = nn.meta.unbox(jax.eval_shape(scanned.init, jax.random.key(0), *args))
   params = jax.tree.map(
-    lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype), abstract
+      lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype), abstract
   )["params"]
   loop_params = scan_to_loop_params(params, 2)
   fresh = jax.eval_shape(looped.init, jax.random.key(0), *args)["params"]
@@ -271,7 +271,7 @@ def test_shards_and_runs_under_default_rules(model_and_params):
     sharded = jax.device_put(params, shardings)
     out = jax.jit(model.apply)(sharded, x, args[1], None, None, video, text, text_mask)
   np.testing.assert_allclose(
-    out, apply(params, x, args[1], None, None, video, text, text_mask), rtol=1e-4, atol=1e-5
+      out, apply(params, x, args[1], None, None, video, text, text_mask), rtol=1e-4, atol=1e-5
   )
   assert float(jnp.abs(out).max()) > 1e-2
 
@@ -300,19 +300,19 @@ def test_guided_velocity_fn_is_the_cfg_formula(model_and_params):
   per_example = {"text": {"text": (text, text_mask)}}
   cond = apply(params, x, t, context, mask, video, text, text_mask, **keep_all())
   uncond = apply(
-    params,
-    x,
-    t,
-    context,
-    mask,
-    video,
-    text,
-    text_mask,
-    keep_video=jnp.zeros(2, bool),
-    keep_text=jnp.zeros(2, bool),
+      params,
+      x,
+      t,
+      context,
+      mask,
+      video,
+      text,
+      text_mask,
+      keep_video=jnp.zeros(2, bool),
+      keep_text=jnp.zeros(2, bool),
   )
   guided = jax.jit(guided_velocity_fn(model, 3.0))(
-    x, t, context, mask, aligned, per_example, params
+      x, t, context, mask, aligned, per_example, params
   )
   np.testing.assert_allclose(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-4)
   plain = guided_velocity_fn(model, 1.0)(x, t, context, mask, aligned, per_example, params)
@@ -375,12 +375,14 @@ def test_temporal_kernel_sees_the_neighbour_frames_only():
   per_frame = encoder.clone(temporal_kernel=0)
   plain = {"params": {k: v for k, v in params["params"].items() if k != "temporal"}}
   np.testing.assert_allclose(
-    encoder.apply(params, frames), per_frame.apply(plain, frames), atol=1e-6
+      encoder.apply(params, frames), per_frame.apply(plain, frames), atol=1e-6
   )
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
   change = np.abs(
-    np.asarray(encoder.apply(params, frames.at[:, 2].set(0)) - encoder.apply(params, frames))
-  ).max(axis=(0, 2))  # [5]
+      np.asarray(encoder.apply(params, frames.at[:, 2].set(0)) - encoder.apply(params, frames))
+  ).max(
+      axis=(0, 2)
+  )  # [5]
   assert change[0] == 0 and change[4] == 0 and change[1:4].min() > 1e-3, change
   with pytest.raises(ValueError, match="temporal_kernel=2"):
     VideoFeatureEncoder.from_config({"temporal_kernel": 2})
@@ -394,14 +396,14 @@ def test_13b_parameter_count_without_allocating():
   model = AudioDiT.from_config(config.model)
   s = jax.ShapeDtypeStruct
   shapes = jax.eval_shape(
-    model.init,
-    jax.random.key(0),
-    s((1, 250, 128), jnp.float32),
-    s((1,), jnp.float32),
-    s((1, 250, 128), jnp.float32),
-    s((1, 250, 1), jnp.float32),
-    s((1, 160, 1024), jnp.float32),
-    s((1, 8, 4096), jnp.float32),
+      model.init,
+      jax.random.key(0),
+      s((1, 250, 128), jnp.float32),
+      s((1,), jnp.float32),
+      s((1, 250, 128), jnp.float32),
+      s((1, 250, 1), jnp.float32),
+      s((1, 160, 1024), jnp.float32),
+      s((1, 8, 4096), jnp.float32),
   )
   total = num_params(shapes)
   print(f"13b AudioDiT: {total:,} parameters (4096-wide T5, 1024-wide video features)")
@@ -409,10 +411,10 @@ def test_13b_parameter_count_without_allocating():
   assert 12e9 <= total <= 14.5e9
   d, f = 4608, 18432
   layer = num_params(
-    jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
-      nn.meta.unbox(shapes["params"]["layers"]),
-    )
+      jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+          nn.meta.unbox(shapes["params"]["layers"]),
+      )
   )
   # Self- and cross-attention, GELU MLP with biases, 4 QK-norms, the [9, D] table.
   assert layer == 8 * d * d + 2 * d * f + f + d + 4 * 128 + 9 * d
@@ -428,7 +430,7 @@ def test_configs_build_the_models():
     assert config.flow.cfg_scale == 3.0 and config.flow.sigma_min == 1e-5
     assert config.longform.method in ("multidiffusion", "autoregressive")
     assert config.longform.window_frames == round(
-      config.longform.window_seconds * config.model.latent_rate
+        config.longform.window_seconds * config.model.latent_rate
     )
     assert config.longform.window_frames <= config.model.max_frames
     assert list(config.text.encoders) == ["t5"] and config.text.encoders.t5.kind == "t5"
@@ -443,14 +445,14 @@ def test_configs_build_the_models():
   frames = tiny.model.max_frames
   x = jnp.zeros((1, frames, tiny.model.latent_channels))
   out = jax.eval_shape(
-    model.init_with_output,
-    jax.random.key(0),
-    x,
-    jnp.zeros(1),
-    None,
-    None,
-    jnp.zeros((1, 32, tiny.video_encoder.features)),
-    jnp.zeros((1, 4, 64)),
+      model.init_with_output,
+      jax.random.key(0),
+      x,
+      jnp.zeros(1),
+      None,
+      None,
+      jnp.zeros((1, 32, tiny.video_encoder.features)),
+      jnp.zeros((1, 4, 64)),
   )[0]
   assert out.shape == x.shape
   with pytest.raises(ValueError, match="tiny, 13b"):

@@ -120,32 +120,32 @@ def test_both_methods_reproduce_a_known_signal_across_windows(strategy):
   target = smooth_target(b, num_frames, c)
   noise = jax.random.normal(jax.random.key(0), target.shape)
   out = lf.sample_long(
-    strategy,
-    exact_velocity,
-    noise,
-    flow.linear_schedule(4),
-    window=window,
-    overlap=overlap,
-    method="midpoint",
-    aligned=target,
+      strategy,
+      exact_velocity,
+      noise,
+      flow.linear_schedule(4),
+      window=window,
+      overlap=overlap,
+      method="midpoint",
+      aligned=target,
   )
   assert out.shape == (b, num_frames, c)
   np.testing.assert_allclose(out, target, atol=2e-3)
   # With T == window both are plain sampling of one window.
   one = lf.sample_long(
-    strategy,
-    exact_velocity,
-    noise[:, :window],
-    flow.linear_schedule(4),
-    window=window,
-    overlap=overlap,
-    aligned=target[:, :window],
+      strategy,
+      exact_velocity,
+      noise[:, :window],
+      flow.linear_schedule(4),
+      window=window,
+      overlap=overlap,
+      aligned=target[:, :window],
   )
   plain = flow.solve(
-    lambda x, t: exact_velocity(x, t, None, None, target[:, :window], None),
-    noise[:, :window],
-    flow.linear_schedule(4),
-    "midpoint",
+      lambda x, t: exact_velocity(x, t, None, None, target[:, :window], None),
+      noise[:, :window],
+      flow.linear_schedule(4),
+      "midpoint",
   )
   np.testing.assert_allclose(one, plain, rtol=1e-5, atol=1e-5)
 
@@ -161,7 +161,7 @@ def test_multidiffusion_velocity_blends_disagreeing_windows_by_weight():
   x = jnp.zeros((1, 40, 1))
   zeros = jnp.zeros((1, 40, 1))
   v = lf.multidiffusion_velocity(
-    start_of_window, x, jnp.zeros(1), zeros, zeros, frames, None, window=16, overlap=6
+      start_of_window, x, jnp.zeros(1), zeros, zeros, frames, None, window=16, overlap=6
   )
   index, weight = lf.blend_plan(40, 16, 6)
   expected = np.zeros(40)
@@ -203,11 +203,11 @@ def seam_measures(x: np.ndarray, boundaries, guard: int = 3, segment: int = 16):
 
   power = lambda seg: np.mean(seg**2)
   energy = max(
-    max(
-      power(x[:, b : b + 8]) / power(x[:, b - 8 : b]),
-      power(x[:, b - 8 : b]) / power(x[:, b : b + 8]),
-    )
-    for b in boundaries
+      max(
+          power(x[:, b : b + 8]) / power(x[:, b - 8 : b]),
+          power(x[:, b - 8 : b]) / power(x[:, b : b + 8]),
+      )
+      for b in boundaries
   )
   return jump, band, energy
 
@@ -234,22 +234,22 @@ def edges(num_frames, window, overlap):
   """Every window start and end strictly inside the clip."""
   starts = lf.window_starts(num_frames, window, overlap)
   return sorted(
-    {s for s in starts if s > 0} | {s + window for s in starts if s + window < num_frames}
+      {s for s in starts if s > 0} | {s + window for s in starts if s + window < num_frames}
   )
 
 
 def test_naive_concatenation_fails_the_seam_check(extension):
   noise, window, _, schedule = extension
   pieces = [
-    flow.solve(
-      lambda x, t: gaussian_velocity(
-        x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None
-      ),
-      noise[:, s : s + window],
-      schedule,
-      "midpoint",
-    )
-    for s in range(0, noise.shape[1], window)
+      flow.solve(
+          lambda x, t: gaussian_velocity(
+              x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None
+          ),
+          noise[:, s : s + window],
+          schedule,
+          "midpoint",
+      )
+      for s in range(0, noise.shape[1], window)
   ]
   naive = np.asarray(jnp.concatenate(pieces, axis=1))
   jump, band, energy = seam_measures(naive, [window, 2 * window])
@@ -267,7 +267,13 @@ def test_naive_concatenation_fails_the_seam_check(extension):
 def test_extension_is_continuous_at_every_window_boundary(extension, strategy):
   noise, window, overlap, schedule = extension
   out = lf.sample_long(
-    strategy, gaussian_velocity, noise, schedule, window=window, overlap=overlap, method="midpoint"
+      strategy,
+      gaussian_velocity,
+      noise,
+      schedule,
+      window=window,
+      overlap=overlap,
+      method="midpoint",
   )
   out = np.asarray(out)
   assert out.shape == noise.shape and np.all(np.isfinite(out))
@@ -286,12 +292,12 @@ def test_extension_is_continuous_at_every_window_boundary(extension, strategy):
     # window 1 made (a crossfade of two unrelated windows would blur them, and a
     # model blind to its context measures 1.2 / 2.8 / 1.5 above: the band check fails).
     first = flow.solve(
-      lambda x, t: gaussian_velocity(
-        x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None
-      ),
-      noise[:, :window],
-      schedule,
-      "midpoint",
+        lambda x, t: gaussian_velocity(
+            x, t, jnp.zeros_like(x), jnp.zeros(x.shape[:2] + (1,)), None, None
+        ),
+        noise[:, :window],
+        schedule,
+        "midpoint",
     )
     np.testing.assert_allclose(out[:, :window], first, atol=1e-2)  # measured 4e-5; blind 3.1
 
@@ -301,27 +307,27 @@ def test_autoregression_continues_the_given_context(extension):
   prefix, and there is no seam between prefix and generated audio."""
   noise, window, overlap, schedule = extension
   prefix = np.asarray(
-    lf.sample_long(
-      "multidiffusion",
-      gaussian_velocity,
-      noise[:, :window],
-      schedule,
-      window=window,
-      overlap=overlap,
-    )
+      lf.sample_long(
+          "multidiffusion",
+          gaussian_velocity,
+          noise[:, :window],
+          schedule,
+          window=window,
+          overlap=overlap,
+      )
   )
   context = jnp.zeros_like(noise).at[:, :12].set(prefix[:, :12])
   mask = jnp.zeros(noise.shape[:2] + (1,)).at[:, :12].set(1.0)
   out = np.asarray(
-    lf.autoregressive_sample(
-      gaussian_velocity,
-      jax.random.normal(jax.random.key(5), noise.shape),
-      schedule,
-      window=window,
-      overlap=overlap,
-      context=context,
-      context_mask=mask,
-    )
+      lf.autoregressive_sample(
+          gaussian_velocity,
+          jax.random.normal(jax.random.key(5), noise.shape),
+          schedule,
+          window=window,
+          overlap=overlap,
+          context=context,
+          context_mask=mask,
+      )
   )
   np.testing.assert_allclose(out[:, :12], prefix[:, :12], atol=0.05)
   assert continuous(seam_measures(out, [12] + edges(noise.shape[1], window, overlap)))
@@ -332,13 +338,13 @@ def test_autoregression_continues_the_given_context(extension):
 
 def test_real_tiny_audio_dit_through_both_methods():
   model = AudioDiT(
-    num_layers=2,
-    embed_dim=32,
-    mlp_dim=64,
-    num_heads=2,
-    max_frames=16,
-    latent_rate=25.0,
-    video_fps=16.0,
+      num_layers=2,
+      embed_dim=32,
+      mlp_dim=64,
+      num_heads=2,
+      max_frames=16,
+      latent_rate=25.0,
+      video_fps=16.0,
   )
   b, num_frames, c, window, overlap = 2, 40, 4, 16, 4
   keys = jax.random.split(jax.random.key(0), 4)
@@ -350,31 +356,38 @@ def test_real_tiny_audio_dit_through_both_methods():
   # no zero-initialised layer makes the output 0.
   init = functools.partial(model.init, video_fps=25.0)  # a Python float, not traced
   abstract = nn.meta.unbox(
-    jax.eval_shape(
-      init, keys[3], noise[:, :window], jnp.zeros(b), None, None, aligned["video"][:, :window], text
-    )
+      jax.eval_shape(
+          init,
+          keys[3],
+          noise[:, :window],
+          jnp.zeros(b),
+          None,
+          None,
+          aligned["video"][:, :window],
+          text,
+      )
   )
   rng = np.random.default_rng(0)
   variables = jax.tree.map(
-    lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype), abstract
+      lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype), abstract
   )
   velocity_fn = guided_velocity_fn(model, 3.0)
   context = jnp.zeros_like(noise).at[:, :5].set(1.0)
   mask = jnp.zeros((b, num_frames, 1)).at[:, :5].set(1.0)
   for strategy in STRATEGIES:
     out = lf.sample_long(
-      strategy,
-      velocity_fn,
-      noise,
-      flow.linear_schedule(2),
-      window=window,
-      overlap=overlap,
-      method="midpoint",
-      context=context,
-      context_mask=mask,
-      aligned=aligned,
-      per_example={"text": text},
-      args=(variables,),
+        strategy,
+        velocity_fn,
+        noise,
+        flow.linear_schedule(2),
+        window=window,
+        overlap=overlap,
+        method="midpoint",
+        context=context,
+        context_mask=mask,
+        aligned=aligned,
+        per_example={"text": text},
+        args=(variables,),
     )
     assert out.shape == noise.shape, strategy
     assert bool(jnp.all(jnp.isfinite(out))), strategy

@@ -25,14 +25,14 @@ from mgjax.tasks import get_task_class
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {  # a tiny audio DiT, video encoder and data set: seconds per step on CPU
-  "model.num_layers": 1,
-  "model.embed_dim": 32,
-  "model.mlp_dim": 64,
-  "model.num_heads": 2,
-  "video_encoder.features": 16,
-  "video_encoder.channels": (8, 8),
-  "video_encoder.num_groups": 4,
-  "train.batch_size": 8,
+    "model.num_layers": 1,
+    "model.embed_dim": 32,
+    "model.mlp_dim": 64,
+    "model.num_heads": 2,
+    "video_encoder.features": 16,
+    "video_encoder.channels": (8, 8),
+    "video_encoder.num_groups": 4,
+    "train.batch_size": 8,
 }
 
 
@@ -63,9 +63,9 @@ def random_batch(task, seed=0):
   rng = np.random.default_rng(seed)
   tokens = task.text.tokenize([f"a red circle bounces {seed}"] * spec["latent"].shape[0])
   return {
-    "latent": rng.standard_normal(spec["latent"].shape).astype(np.float32),
-    "frames": rng.integers(0, 256, spec["frames"].shape, dtype=np.uint8),
-    **tokens,
+      "latent": rng.standard_normal(spec["latent"].shape).astype(np.float32),
+      "frames": rng.integers(0, 256, spec["frames"].shape, dtype=np.uint8),
+      **tokens,
   }
 
 
@@ -74,7 +74,7 @@ def perturbed(params, scale=0.05):
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(7), len(leaves))
   return jax.tree.unflatten(
-    tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+      tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
   )
 
 
@@ -120,7 +120,7 @@ def test_condition_dropout_really_drops(tmp_path):
   assert float(jnp.abs(seen - same).max()) > 1e-4
   # Through the loss: with video_drop_prob=1 the loss ignores the frames.
   loss = lambda task, batch: float(
-    jax.jit(task.loss)(params, frozen, batch, jax.random.key(3), 0)[0]
+      jax.jit(task.loss)(params, frozen, batch, jax.random.key(3), 0)[0]
   )
   swapped = dict(a, frames=b["frames"])
   dropping, _, _ = make_task(tmp_path, **{"flow.video_drop_prob": 1.0})
@@ -144,12 +144,12 @@ def test_loss_counts_only_generated_frames(tmp_path):
   """With every example given context, changing the target on given frames (the
   latent there) moves the context input but not which frames are scored."""
   task, params, frozen = make_task(
-    tmp_path, **{"context.prob": 1.0, "context.min_fraction": 0.3, "context.max_fraction": 0.3}
+      tmp_path, **{"context.prob": 1.0, "context.min_fraction": 0.3, "context.max_fraction": 0.3}
   )
   batch = random_batch(task)
   rng = jax.random.key(4)
   mask = np.asarray(
-    audio_task.span_context_mask(jax.random.split(rng, 4)[3], 2, 50, task.config.context)
+      audio_task.span_context_mask(jax.random.split(rng, 4)[3], 2, 50, task.config.context)
   )  # the loss's own draw
   hidden = 1 - mask
   # Zero-init output: the loss is the mean target^2 over the hidden frames only.
@@ -168,8 +168,8 @@ def test_shapes_scores_and_their_chance_level():
   rate = 16_000
   spec = shapes_audio.clip_spec(shapes_audio.BOUNCING_SEED, 0, "bouncing")
   record = {
-    "bounce_times": shapes_audio.bounce_times(spec, 32, 16).tolist(),
-    "attributes": spec.attributes,
+      "bounce_times": shapes_audio.bounce_times(spec, 32, 16).tolist(),
+      "attributes": spec.attributes,
   }
   own = shapes_audio.render_audio(spec, 32, 16, rate)  # [S, 1]
   spray = shapes_audio.tone(spec.color, own.shape[0], rate)
@@ -189,7 +189,7 @@ def test_shapes_scores_and_their_chance_level():
 
 def run(args, env=None, timeout=900):
   return subprocess.run(
-    [sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+      [sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
   )
 
 
@@ -208,25 +208,25 @@ def trained(tmp_path_factory):
     pass  # an empty .mp4: the clip must be skipped and counted
   overrides = [f"--config.{k}={str(v).replace(' ', '')}" for k, v in SMALL.items()]
   result = run(
-    [
-      "-m",
-      "mgjax.train",
-      "--config=experiments/audio.py:tiny",
-      f"--workdir={workdir}",
-      "--config.vae.train_steps=2",
-      "--config.data.shapes.num_videos=24",
-      "--config.train.num_steps=4",
-      "--config.train.log_every=2",
-      "--config.train.checkpoint_every=4",
-      "--config.train.progress_bar=False",
-      "--config.optimizer.warmup_steps=1",
-      "--config.eval.num_prompts=2",
-      "--config.eval.num_bouncing_clips=2",
-      "--config.eval.num_steps=2",
-      "--config.eval.batch_size=2",
-      "--config.eval.num_to_write=1",
-    ]
-    + overrides
+      [
+          "-m",
+          "mgjax.train",
+          "--config=experiments/audio.py:tiny",
+          f"--workdir={workdir}",
+          "--config.vae.train_steps=2",
+          "--config.data.shapes.num_videos=24",
+          "--config.train.num_steps=4",
+          "--config.train.log_every=2",
+          "--config.train.checkpoint_every=4",
+          "--config.train.progress_bar=False",
+          "--config.optimizer.warmup_steps=1",
+          "--config.eval.num_prompts=2",
+          "--config.eval.num_bouncing_clips=2",
+          "--config.eval.num_steps=2",
+          "--config.eval.batch_size=2",
+          "--config.eval.num_to_write=1",
+      ]
+      + overrides
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, records, result
@@ -247,7 +247,7 @@ def test_training_runs_every_stage_and_counts_bad_clips(trained):
   assert held_out and f"Video-to-audio at step 4 on {held_out} held-out clips" in result.stdout
   # Sync is also scored on fresh clips that all bounce (the held-out split has few bounces).
   bouncing = shapes_audio.read_manifest(
-    os.path.join(workdir, "shapes_audio_bouncing", "manifest.jsonl")
+      os.path.join(workdir, "shapes_audio_bouncing", "manifest.jsonl")
   )
   assert len(bouncing) == 2 and all(r["bounce_times"] for r in bouncing)
   num_bounces = sum(len(r["bounce_times"]) for r in bouncing)
@@ -263,16 +263,16 @@ def test_v2a_writes_wav_and_muxed_mp4_of_the_videos_duration(trained, tmp_path):
   video = os.path.join(workdir, "shapes_audio", records[-1]["video"])
   out = str(tmp_path / "out")
   result = run(
-    [
-      "-m",
-      "mgjax.sample",
-      "--task=v2a",
-      f"--workdir={workdir}",
-      f"--video={video}",
-      "--prompt=a red circle bounces",
-      f"--out={out}",
-      "--num_steps=2",
-    ]
+      [
+          "-m",
+          "mgjax.sample",
+          "--task=v2a",
+          f"--workdir={workdir}",
+          f"--video={video}",
+          "--prompt=a red circle bounces",
+          f"--out={out}",
+          "--num_steps=2",
+      ]
   )
   assert result.returncode == 0, result.stderr[-3000:]
   stem = os.path.splitext(os.path.basename(video))[0]
@@ -293,8 +293,8 @@ def test_v2a_long_video_goes_through_sample_long(trained, tmp_path, monkeypatch)
 
   workdir, records, _ = trained
   clips = [
-    video_lib.read_clip(os.path.join(workdir, "shapes_audio", r["video"]), 32, fps=16)
-    for r in records[1:4]
+      video_lib.read_clip(os.path.join(workdir, "shapes_audio", r["video"]), 32, fps=16)
+      for r in records[1:4]
   ]
   long_video = str(tmp_path / "long.mp4")
   video_lib.write_video(long_video, np.concatenate(clips), fps=16)  # 96 frames, 6 s
@@ -307,7 +307,7 @@ def test_v2a_long_video_goes_through_sample_long(trained, tmp_path, monkeypatch)
 
   monkeypatch.setattr(audio_task, "sample_long", spy)
   wav_path, mp4_path = sample_audio.video_to_audio(
-    workdir, long_video, str(tmp_path / "o"), num_steps=2
+      workdir, long_video, str(tmp_path / "o"), num_steps=2
   )
   ((strategy, shape, window, overlap),) = calls
   assert strategy == "multidiffusion" and shape[1] == 150 and (window, overlap) == (50, 10)
@@ -330,15 +330,15 @@ def test_v2a_bad_video_is_a_clear_error(tmp_path, kind):
     with open(video, "w") as f:
       f.write("not a video\n" * 100)
   result = run(
-    [
-      "-m",
-      "mgjax.sample",
-      "--task=v2a",
-      f"--workdir={workdir}",
-      f"--video={video}",
-      f"--out={tmp_path / 'o'}",
-    ],
-    timeout=120,
+      [
+          "-m",
+          "mgjax.sample",
+          "--task=v2a",
+          f"--workdir={workdir}",
+          f"--video={video}",
+          f"--out={tmp_path / 'o'}",
+      ],
+      timeout=120,
   )
   assert result.returncode == 2
   assert video in result.stderr and f"({kind})" in result.stderr

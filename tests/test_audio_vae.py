@@ -21,12 +21,12 @@ from mgjax.models import audio_vae_losses as losses
 from mgjax.models.audio_vae import AudioVAE, Downsample, Upsample
 from mgjax.models.tae_losses import kl_divergence
 from mgjax.tasks.audio_vae import (
-  AudioVAECodec,
-  AudioVAETask,
-  LoadAudioCrop,
-  bouncing_clips,
-  make_audio_vae,
-  reconstruction_scores,
+    AudioVAECodec,
+    AudioVAETask,
+    LoadAudioCrop,
+    bouncing_clips,
+    make_audio_vae,
+    reconstruction_scores,
 )
 
 RATE = 16_000
@@ -37,13 +37,13 @@ def tiny():
   """The tiny config's hop (640 at 16 kHz) with one residual unit per level and
   narrow stacks: the same code paths, a fraction of the compile time."""
   model = AudioVAE(
-    sample_rate=RATE,
-    strides=(4, 4, 5, 8),
-    encoder_channels=(4, 8, 8, 8, 16),
-    decoder_channels=(16, 8, 8, 8, 4),
-    latent_channels=16,
-    dilations=(1,),
-    linear_bypass=True,
+      sample_rate=RATE,
+      strides=(4, 4, 5, 8),
+      encoder_channels=(4, 8, 8, 8, 16),
+      decoder_channels=(16, 8, 8, 8, 4),
+      latent_channels=16,
+      dilations=(1,),
+      linear_bypass=True,
   )
   boxed = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1280, 1)))
   return model, boxed
@@ -64,7 +64,7 @@ def test_tiny_config_is_25_hz_by_16_channels():
   waveform = jax.ShapeDtypeStruct((2, RATE, 1), jnp.float32)  # 1 s
   variables = jax.eval_shape(model.init, jax.random.key(0), waveform)
   mean, _ = jax.eval_shape(
-    lambda v, x: model.apply(v, x, method=AudioVAE.encode), variables, waveform
+      lambda v, x: model.apply(v, x, method=AudioVAE.encode), variables, waveform
   )
   assert mean.shape == (2, 25, 16)
   num_params = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(variables)))
@@ -86,7 +86,7 @@ def test_fresh_model_round_trips_quietly_with_a_narrow_posterior(tiny):
   assert float(jnp.mean(jnp.abs(recon) > 0.99)) < 0.01
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   assert leaves and all(
-    isinstance(x, nn.LogicallyPartitioned) and len(x.names) == x.value.ndim for x in leaves
+      isinstance(x, nn.LogicallyPartitioned) and len(x.names) == x.value.ndim for x in leaves
   )
 
 
@@ -97,7 +97,7 @@ def test_paper_config_is_48k_to_25_hz_by_128_channels():
   waveform = jax.ShapeDtypeStruct((1, 48_000, 1), jnp.float32)  # 1 s
   variables = jax.eval_shape(model.init, jax.random.key(0), waveform)
   mean, _ = jax.eval_shape(
-    lambda v, x: model.apply(v, x, method=AudioVAE.encode), variables, waveform
+      lambda v, x: model.apply(v, x, method=AudioVAE.encode), variables, waveform
   )
   assert mean.shape == (1, 25, 128)
   num_params = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(variables)))
@@ -139,10 +139,10 @@ def test_downsample_is_a_centred_strided_conv_with_kernel_2s():
   params = nn.meta.unbox(variables)["params"]["conv"]
   kernel = params["kernel"].reshape(2 * s, c, f)  # [2 taps x s samples] -> [2s]
   expected = (
-    jax.lax.conv_general_dilated(
-      x, kernel, (s,), [(s // 2, s - s // 2)], dimension_numbers=("NWC", "WIO", "NWC")
-    )
-    + params["bias"]
+      jax.lax.conv_general_dilated(
+          x, kernel, (s,), [(s // 2, s - s // 2)], dimension_numbers=("NWC", "WIO", "NWC")
+      )
+      + params["bias"]
   )
   np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
 
@@ -237,8 +237,8 @@ def test_onset_loss_wants_the_click_in_its_frame():
   envelope = np.asarray(losses.onset_envelope(jnp.asarray(x), window))[0, 0]
   detector = shapes_audio.onset_strength(x[0], RATE)[0]
   assert envelope.max() > 15 and abs(envelope.max() - detector.max()) < 4, (
-    envelope.max(),
-    detector.max(),
+      envelope.max(),
+      detector.max(),
   )
   steady = tone(amplitude=0.25)
   # Away from the ends: the STFT's zero padding makes the clip's first frames rise.
@@ -249,9 +249,9 @@ def test_onset_loss_wants_the_click_in_its_frame():
   burst = clicks(0.5, (0.25,))
   noise *= np.sqrt(np.sum(burst**2) / np.sum(noise**2))  # the click's energy
   candidates = {
-    "none": steady,
-    "early": clicked(times=(0.19,)),
-    "slow attack": steady + noise[None, :, None].astype(np.float32),
+      "none": steady,
+      "early": clicked(times=(0.19,)),
+      "slow attack": steady + noise[None, :, None].astype(np.float32),
   }
   windows = (window,)
   assert float(losses.onset_loss(jnp.asarray(x), jnp.asarray(x), windows)[0]) < 0.01
@@ -267,13 +267,13 @@ def test_click_scores_count_only_clicks_at_the_bounces():
   clips, records = bouncing_clips(config.data.shapes_audio, RATE, 3, 640)
   assert clips.shape == (3, 2 * RATE, 1) and all(r["bounce_times"] for r in records)
   tones = np.stack(
-    [shapes_audio.tone(r["attributes"]["color"], clips.shape[1], RATE)[:, None] for r in records]
+      [shapes_audio.tone(r["attributes"]["color"], clips.shape[1], RATE)[:, None] for r in records]
   )
   early = np.stack(
-    [
-      t + clicks(2.0, [max(0.0, b - 0.06) for b in r["bounce_times"]])[:, None]
-      for t, r in zip(tones, records)
-    ]
+      [
+          t + clicks(2.0, [max(0.0, b - 0.06) for b in r["bounce_times"]])[:, None]
+          for t, r in zip(tones, records)
+      ]
   )
   n = np.full(3, clips.shape[1])
   windows = (256,)
@@ -292,8 +292,8 @@ def test_bounce_and_end_crops(tmp_path):
   audio_lib.write_wav(str(tmp_path / "bounce.wav"), clicked(2.0, (0.5, 1.5))[0], RATE)
   audio_lib.write_wav(str(tmp_path / "tone.wav"), tone(seconds=2.0, amplitude=0.25)[0], RATE)
   records = [
-    {"path": str(tmp_path / "tone.wav")},
-    {"path": str(tmp_path / "bounce.wav"), "bounce_times": [0.5, 1.5]},
+      {"path": str(tmp_path / "tone.wav")},
+      {"path": str(tmp_path / "bounce.wav"), "bounce_times": [0.5, 1.5]},
   ]
   crop = 7680
   load = LoadAudioCrop(records, crop, RATE, 1, False, bounce_fraction=1.0)
@@ -305,12 +305,12 @@ def test_bounce_and_end_crops(tmp_path):
     assert loudest < 0.75 * crop + 0.025 * RATE, seed  # with room after it
   uniform = LoadAudioCrop(records, crop, RATE, 1, False)
   assert (
-    max(np.abs(uniform(0, np.random.default_rng(s))["audio"]).max() for s in range(5)) < 0.3
+      max(np.abs(uniform(0, np.random.default_rng(s))["audio"]).max() for s in range(5)) < 0.3
   )  # the tone record stays itself
   at_end = LoadAudioCrop(records, crop, RATE, 1, False, end_fraction=1.0)
   np.testing.assert_allclose(
-    at_end(1, np.random.default_rng(0))["audio"],
-    audio_lib.read_audio(str(tmp_path / "bounce.wav"))[-crop:],
+      at_end(1, np.random.default_rng(0))["audio"],
+      audio_lib.read_audio(str(tmp_path / "bounce.wav"))[-crop:],
   )
 
 
@@ -338,12 +338,12 @@ def test_bad_and_silent_files_are_counted_and_skipped_others_converted(tmp_path)
   (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
   (d / "empty.wav").write_bytes(b"")
   lines = [
-    json.dumps({"audio": name}) for name in ("tone.wav", "quiet.wav", "corrupt.wav", "empty.wav")
+      json.dumps({"audio": name}) for name in ("tone.wav", "quiet.wav", "corrupt.wav", "empty.wav")
   ]
   lines += [
-    "{not json",
-    json.dumps({"caption": "no path"}),
-    json.dumps({"audio": "tone.wav", "split": "eval"}),
+      "{not json",
+      json.dumps({"caption": "no path"}),
+      json.dumps({"audio": "tone.wav", "split": "eval"}),
   ]
   (d / "manifest.jsonl").write_text("\n".join(lines) + "\n")
   config = audio_vae_config.get_config("tiny")
@@ -378,21 +378,21 @@ def test_training_through_the_trainer_raises_snr(tmp_path):
   # through the trainer, test_onset_loss_* and test_bounce_and_end_crops test them.
   config.data.shapes_audio.update(num_videos=32, bouncing_share=0.0)
   config.data.update(
-    crop_seconds=0.16, num_threads=2, bounce_crop_fraction=0.0, end_crop_fraction=0.0
+      crop_seconds=0.16, num_threads=2, bounce_crop_fraction=0.0, end_crop_fraction=0.0
   )
   config.loss.onset_weight = 0.0
   # 3 fresh bouncing clips too (the held-out ones hold no bounce), the eval clips' shape:
   # one compiled reconstruction for both.
   config.eval.update(
-    num_clips=3, seconds=2.0, batch_size=3, num_wavs_to_write=1, num_bouncing_clips=3
+      num_clips=3, seconds=2.0, batch_size=3, num_wavs_to_write=1, num_bouncing_clips=3
   )
   config.train.update(
-    num_steps=150,
-    batch_size=8,
-    log_every=50,
-    eval_every=0,
-    checkpoint_every=150,
-    progress_bar=False,
+      num_steps=150,
+      batch_size=8,
+      log_every=50,
+      eval_every=0,
+      checkpoint_every=150,
+      progress_bar=False,
   )
   config.optimizer.warmup_steps = 20
   workdir = str(tmp_path / "avae")
@@ -418,10 +418,10 @@ def test_training_through_the_trainer_raises_snr(tmp_path):
   # The codec the audio DiT loads reproduces the evaluation's reconstruction.
   codec = AudioVAECodec.from_workdir(workdir)
   assert (codec.sample_rate, codec.hop, codec.latent_rate, codec.latent_channels) == (
-    RATE,
-    640,
-    25.0,
-    16,
+      RATE,
+      640,
+      25.0,
+      16,
   )
   clip = audio_lib.read_audio(os.path.join(out, "input_00.wav"))[None]  # [1, T, 1]
   latent = codec.encode(clip)

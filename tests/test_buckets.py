@@ -5,13 +5,13 @@ import pytest
 from mgjax.data.buckets import assign_bucket, buckets_from_config
 
 BUCKETS = buckets_from_config(
-  [
-    ("image_square", 1, 64, 64, 32),
-    ("image_wide", 1, 64, 112, 32),
-    ("square_short", 8, 64, 64, 8),
-    ("square_long", 32, 64, 64, 4),
-    ("wide_long", 32, 64, 112, 4),
-  ]
+    [
+        ("image_square", 1, 64, 64, 32),
+        ("image_wide", 1, 64, 112, 32),
+        ("square_short", 8, 64, 64, 8),
+        ("square_long", 32, 64, 64, 4),
+        ("wide_long", 32, 64, 112, 4),
+    ]
 )
 
 
@@ -41,13 +41,13 @@ def test_images_go_to_image_buckets():
 
 
 @pytest.mark.parametrize(
-  "entries,match",
-  [
-    ([("a", 1, 64, 64)], "5 fields"),
-    ([("a", 0, 64, 64, 2)], "positive"),
-    ([("a", 1, 64, 64, 2), ("a", 8, 64, 64, 2)], "unique"),
-    ([], "at least one"),
-  ],
+    "entries,match",
+    [
+        ([("a", 1, 64, 64)], "5 fields"),
+        ([("a", 0, 64, 64, 2)], "positive"),
+        ([("a", 1, 64, 64, 2), ("a", 8, 64, 64, 2)], "unique"),
+        ([], "at least one"),
+    ],
 )
 def test_bad_bucket_tables_are_rejected(entries, match):
   with pytest.raises(ValueError, match=match):

@@ -61,10 +61,10 @@ def test_restores_onto_another_mesh(tmp_path):
   checkpointer.close()
   resharded = 0
   for saved, loaded, old, new in zip(
-    jax.tree.leaves(state),
-    jax.tree.leaves(restored),
-    jax.tree.leaves(shardings8),
-    jax.tree.leaves(shardings24),
+      jax.tree.leaves(state),
+      jax.tree.leaves(restored),
+      jax.tree.leaves(shardings8),
+      jax.tree.leaves(shardings24),
   ):
     np.testing.assert_array_equal(np.asarray(loaded), np.asarray(saved))
     assert loaded.sharding == new
@@ -99,7 +99,7 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("runs")
   specs = dict(a=dict(seed=0), b=dict(seed=1), wider=dict(seed=0, base_channels=16))
   return {
-    name: (str(root / name), save_run(str(root / name), **spec)) for name, spec in specs.items()
+      name: (str(root / name), save_run(str(root / name), **spec)) for name, spec in specs.items()
   }
 
 
@@ -120,11 +120,11 @@ def test_merge_averages_parameters_with_weights(runs, tmp_path):
 
 def test_merge_refuses_other_models_naming_the_parameter(runs, tmp_path):
   command = [
-    sys.executable,
-    "-m",
-    "mgjax.tools.merge_checkpoints",
-    f"--inputs={runs['a'][0]},{runs['wider'][0]}",
-    f"--out={tmp_path / 'm'}",
+      sys.executable,
+      "-m",
+      "mgjax.tools.merge_checkpoints",
+      f"--inputs={runs['a'][0]},{runs['wider'][0]}",
+      f"--out={tmp_path / 'm'}",
   ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stderr[-2000:]

@@ -21,7 +21,12 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from mgjax.models.clip_text import CLIPTextConfig, CLIPTextEncoder, extend_positions, load_clip_text
+from mgjax.models.clip_text import (
+    CLIPTextConfig,
+    CLIPTextEncoder,
+    extend_positions,
+    load_clip_text,
+)
 
 VOCAB = 300
 EOS = VOCAB - 1
@@ -31,15 +36,15 @@ TOL = 1e-4
 
 def hf_text_config(**overrides) -> transformers.CLIPTextConfig:
   kwargs = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    eos_token_id=EOS,
-    bos_token_id=BOS,
-    pad_token_id=0,
+      vocab_size=VOCAB,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      max_position_embeddings=77,
+      eos_token_id=EOS,
+      bos_token_id=BOS,
+      pad_token_id=0,
   )
   kwargs.update(overrides)
   return transformers.CLIPTextConfig(**kwargs)
@@ -71,7 +76,7 @@ def padded_batch(lengths, width: int, eos: int, pad: int, seed: int = 0):
 def torch_outputs(model, ids, mask):
   with torch.no_grad():
     out = model(
-      input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+        input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
     )
   return out.last_hidden_state.numpy(), out.pooler_output.numpy()
 
@@ -120,11 +125,11 @@ def test_parity_with_256_positions_and_200_tokens(tmp_path):
   # An EOS id below some word ids: pooling must use "first EOS", not "largest id".
   eos = VOCAB // 2
   hf = hf_text_config(
-    max_position_embeddings=256,
-    hidden_size=64,
-    intermediate_size=128,
-    hidden_act="gelu",
-    eos_token_id=eos,
+      max_position_embeddings=256,
+      hidden_size=64,
+      intermediate_size=128,
+      hidden_act="gelu",
+      eos_token_id=eos,
   )
   model = save_model(transformers.CLIPTextModel, hf, tmp_path, 2)
   config, params = load_clip_text(str(tmp_path))
@@ -135,16 +140,16 @@ def test_parity_with_256_positions_and_200_tokens(tmp_path):
 
 def test_parity_from_full_clip_model_checkpoint(tmp_path):
   hf = transformers.CLIPConfig(
-    text_config=hf_text_config().to_dict(),
-    vision_config=dict(
-      hidden_size=32,
-      intermediate_size=64,
-      num_hidden_layers=1,
-      num_attention_heads=4,
-      image_size=32,
-      patch_size=16,
-    ),
-    projection_dim=16,
+      text_config=hf_text_config().to_dict(),
+      vision_config=dict(
+          hidden_size=32,
+          intermediate_size=64,
+          num_hidden_layers=1,
+          num_attention_heads=4,
+          image_size=32,
+          patch_size=16,
+      ),
+      projection_dim=16,
   )
   model = save_model(transformers.CLIPModel, hf, tmp_path, 3)
   with open(tmp_path / "config.json") as f:
@@ -159,17 +164,17 @@ def test_loaded_params_match_init_tree_and_logical_axes(text_model):
   config, params = load_clip_text(text_model[0])
   ids = jnp.zeros((1, 8), jnp.int32)
   abstract = jax.eval_shape(
-    lambda: CLIPTextEncoder(config).init(jax.random.PRNGKey(0), ids, ids == 0)
+      lambda: CLIPTextEncoder(config).init(jax.random.PRNGKey(0), ids, ids == 0)
   )["params"]
   shapes = lambda tree: jax.tree_util.tree_map(lambda x: x.shape, tree)
   assert shapes(params) == shapes(
-    jax.tree_util.tree_map(lambda x: x.value, abstract, is_leaf=lambda x: hasattr(x, "names"))
+      jax.tree_util.tree_map(lambda x: x.value, abstract, is_leaf=lambda x: hasattr(x, "names"))
   )
   names = {
-    "/".join(str(k.key) for k in path): leaf.names
-    for path, leaf in jax.tree_util.tree_flatten_with_path(
-      abstract, is_leaf=lambda x: hasattr(x, "names")
-    )[0]
+      "/".join(str(k.key) for k in path): leaf.names
+      for path, leaf in jax.tree_util.tree_flatten_with_path(
+          abstract, is_leaf=lambda x: hasattr(x, "names")
+      )[0]
   }
   assert names["embeddings/token_embedding/embedding"] == ("vocab", "embed")
   assert names["embeddings/position_embedding"] == ("text_pos", "embed")
@@ -236,7 +241,7 @@ def test_shape_mismatch_names_tensor_and_expected_shape(text_model, tmp_path):
   with open(tmp_path / "config.json", "w") as f:
     json.dump(hf, f)
   with pytest.raises(
-    ValueError, match=re.escape("'encoder.layers.0.mlp.fc1.weight'") + r".*expected \(96, 32\)"
+      ValueError, match=re.escape("'encoder.layers.0.mlp.fc1.weight'") + r".*expected \(96, 32\)"
   ):
     load_clip_text(str(tmp_path))
 

@@ -14,18 +14,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_train(*args, cwd=REPO):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run(
-    [sys.executable, "-m", "mgjax.train", *args],
-    cwd=cwd,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=120,
+      [sys.executable, "-m", "mgjax.train", *args],
+      cwd=cwd,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
   )
 
 
 def test_unknown_config_key_is_rejected_by_name(tmp_path):
   result = run_train(
-    "--config=experiments/tae.py:tiny", f"--workdir={tmp_path}", "--config.train.num_stepz=5"
+      "--config=experiments/tae.py:tiny", f"--workdir={tmp_path}", "--config.train.num_stepz=5"
   )
   assert result.returncode != 0
   assert "num_stepz" in result.stderr and "Traceback" not in result.stderr
@@ -34,7 +34,7 @@ def test_unknown_config_key_is_rejected_by_name(tmp_path):
 
 def test_wrongly_typed_override_is_rejected(tmp_path):
   result = run_train(
-    "--config=experiments/tae.py:tiny", f"--workdir={tmp_path}", "--config.train.num_steps=many"
+      "--config=experiments/tae.py:tiny", f"--workdir={tmp_path}", "--config.train.num_steps=many"
   )
   assert result.returncode != 0
   assert "num_steps" in result.stderr and "Traceback" not in result.stderr

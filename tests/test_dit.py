@@ -11,13 +11,13 @@ import pytest
 from experiments import t2v as t2v_config
 from mgjax.configs import DEFAULT_LOGICAL_AXIS_RULES
 from mgjax.models.dit import (
-  VideoDiT,
-  latent_shape,
-  loop_to_scan_params,
-  num_tokens,
-  patchify,
-  scan_to_loop_params,
-  unpatchify,
+    VideoDiT,
+    latent_shape,
+    loop_to_scan_params,
+    num_tokens,
+    patchify,
+    scan_to_loop_params,
+    unpatchify,
 )
 from mgjax.models.dit_blocks import REMAT_POLICIES
 from mgjax.models.positional import TABLE_AXES, interpolate_rows, resize_positional_tables
@@ -31,7 +31,7 @@ TEXT_DIM = 24
 def small_dit(**overrides) -> VideoDiT:
   """Two layers, width 32, 2 heads: a few tens of thousands of parameters."""
   kwargs = dict(
-    num_layers=2, embed_dim=32, mlp_dim=64, num_heads=2, max_frames=4, max_height=8, max_width=8
+      num_layers=2, embed_dim=32, mlp_dim=64, num_heads=2, max_frames=4, max_height=8, max_width=8
   )
   kwargs.update(overrides)
   return VideoDiT(**kwargs)
@@ -86,11 +86,11 @@ UL2_WIDTH = 4096  # the widest of the paper's text encoders
 def abstract_init(model, text_dim):
   x = jax.ShapeDtypeStruct((1, 1, 2, 2, C), jnp.float32)
   return jax.eval_shape(
-    model.init,
-    jax.random.key(0),
-    x,
-    jax.ShapeDtypeStruct((1,), jnp.float32),
-    jax.ShapeDtypeStruct((1, 1, text_dim), jnp.float32),
+      model.init,
+      jax.random.key(0),
+      x,
+      jax.ShapeDtypeStruct((1,), jnp.float32),
+      jax.ShapeDtypeStruct((1, 1, text_dim), jnp.float32),
   )
 
 
@@ -100,15 +100,15 @@ def test_30b_parameter_count_without_allocating():
   total = num_params(shapes)
   text_projection = num_params(shapes["params"]["text_projection_text"])
   print(
-    f"30b VideoDiT: {total:,} parameters, including the {UL2_WIDTH}-wide text "
-    f"projection ({text_projection:,})"
+      f"30b VideoDiT: {total:,} parameters, including the {UL2_WIDTH}-wide text "
+      f"projection ({text_projection:,})"
   )
   assert 28e9 <= total <= 31e9
   layer = num_params(
-    jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
-      nn.meta.unbox(shapes["params"]["layers"]),
-    )
+      jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+          nn.meta.unbox(shapes["params"]["layers"]),
+      )
   )
   d, f = 6144, 16384
   # Self- and cross-attention, SwiGLU, 3 RMSNorms, 4 QK-norms, the adaLN table.
@@ -183,11 +183,11 @@ def test_tiny_config_builds_the_model():
   assert variables["params"]["layers"]["mlp"]["gate"]["kernel"].value.shape == (4, 128, 384)
   # out_channels decouples the output from extra conditioning input channels (editing).
   wide = jax.eval_shape(
-    model.clone(out_channels=8).init_with_output,
-    jax.random.key(0),
-    jnp.zeros((1, 1, 4, 4, 2 * C)),
-    jnp.zeros(1),
-    text,
+      model.clone(out_channels=8).init_with_output,
+      jax.random.key(0),
+      jnp.zeros((1, 1, 4, 4, 2 * C)),
+      jnp.zeros(1),
+      text,
   )[0]
   assert wide.shape == (1, 1, 4, 4, 8)
 
@@ -227,7 +227,8 @@ def test_several_text_encoders_each_projected():
   out = apply(params, x, t, encoders)
   np.testing.assert_array_equal(out, apply(params, x, t, {"clip": clip, "ul2": (text, mask)}))
   assert (
-    float(jnp.abs(out - apply(params, x, t, {"ul2": (text, mask), "clip": clip + 1})).max()) > 1e-3
+      float(jnp.abs(out - apply(params, x, t, {"ul2": (text, mask), "clip": clip + 1})).max())
+      > 1e-3
   )
   with pytest.raises(ValueError, match="text_mask"):
     model.apply(params, x, t, encoders, mask)
@@ -255,7 +256,7 @@ def test_scan_with_remat_equals_loop_with_gradients(scanned_remat):
   np.testing.assert_allclose(out_loop, out_scan, rtol=1e-5, atol=1e-4)
   assert float(jnp.abs(out_scan).max()) > 1e-2
   close = lambda a, b: np.testing.assert_allclose(
-    a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max())
+      a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max())
   )
   jax.tree.map(close, scan_to_loop_params(grads_scan, 2), grads_loop)
 
@@ -290,10 +291,10 @@ def test_every_param_has_logical_axes(scan_layers, modulation):
     assert len(leaf.names) == len(leaf.value.shape), leaf
   if scan_layers:
     assert params["layers"]["self_attention"]["query"]["kernel"].names == (
-      "layers",
-      "embed",
-      "heads",
-      "kv",
+        "layers",
+        "embed",
+        "heads",
+        "kv",
     )
 
 
@@ -351,19 +352,19 @@ def test_resized_tables_run_a_larger_model(trained_like):
   assert tables["height"].shape == (24, 32) and tables["width"].shape == (16, 32)
   np.testing.assert_array_equal(tables["frames"], variables["params"]["pos_embed"]["frames"])
   np.testing.assert_allclose(
-    tables["height"][1::3], variables["params"]["pos_embed"]["height"], rtol=1e-6
+      tables["height"][1::3], variables["params"]["pos_embed"]["height"], rtol=1e-6
   )
   x, t, text, mask = inputs(h=40, w=30)  # 20 x 15 patches: too big for the old tables
   out = jax.jit(bigger.apply)(resized, x, t, text, mask)
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
   # Boxed params keep their logical names through the resize.
   boxed = {
-    "params": {
-      "pos_embed": {
-        name: nn.LogicallyPartitioned(table, TABLE_AXES[name])
-        for name, table in variables["params"]["pos_embed"].items()
+      "params": {
+          "pos_embed": {
+              name: nn.LogicallyPartitioned(table, TABLE_AXES[name])
+              for name, table in variables["params"]["pos_embed"].items()
+          }
       }
-    }
   }
   grown = resize_positional_tables(boxed, (6, 8, 8))["params"]["pos_embed"]["frames"]
   assert isinstance(grown, nn.LogicallyPartitioned) and grown.names == ("pos_t", "embed")

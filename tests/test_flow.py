@@ -20,7 +20,7 @@ def test_path_endpoints():
   x0, x1 = _pair()
   np.testing.assert_allclose(flow.interpolate(x0, x1, jnp.zeros(2)), x0, rtol=0, atol=0)
   np.testing.assert_allclose(
-    flow.interpolate(x0, x1, jnp.ones(2)), x1 + flow.SIGMA_MIN * x0, rtol=1e-6, atol=1e-7
+      flow.interpolate(x0, x1, jnp.ones(2)), x1 + flow.SIGMA_MIN * x0, rtol=1e-6, atol=1e-7
   )
   # Per example: example 0 at noise, example 1 at data.
   mixed = flow.interpolate(x0, x1, jnp.array([0.0, 1.0]))
@@ -95,7 +95,7 @@ def test_velocity_loss():
   np.testing.assert_allclose(loss, 9 / 4, rtol=1e-6)
   np.testing.assert_allclose(flow.velocity_loss(pred, target, jnp.array([1.0, 0.0])), 2.5)
   np.testing.assert_allclose(
-    flow.velocity_loss(pred, target, jnp.array([1.0, 3.0])), (2.5 + 3 * 2.0) / 4, rtol=1e-6
+      flow.velocity_loss(pred, target, jnp.array([1.0, 3.0])), (2.5 + 3 * 2.0) / 4, rtol=1e-6
   )
   np.testing.assert_allclose(flow.velocity_loss(pred, target, jnp.ones(2)), loss, rtol=1e-6)
   assert float(flow.velocity_loss(pred, target, jnp.zeros(2))) == 0.0
@@ -109,10 +109,10 @@ def test_velocity_loss():
 @pytest.mark.parametrize("num_steps", [1, 2, 3, 7, 10, 50, 100])
 def test_schedules_run_from_zero_to_one_strictly_increasing(num_steps):
   schedules = [
-    flow.linear_schedule(num_steps),
-    flow.linear_quadratic_schedule(num_steps, max(num_steps, 250)),
-    flow.linear_quadratic_schedule(num_steps, num_steps),
-    flow.make_schedule("linear_quadratic", num_steps, 4 * num_steps),
+      flow.linear_schedule(num_steps),
+      flow.linear_quadratic_schedule(num_steps, max(num_steps, 250)),
+      flow.linear_quadratic_schedule(num_steps, num_steps),
+      flow.make_schedule("linear_quadratic", num_steps, 4 * num_steps),
   ]
   for times in schedules:
     assert isinstance(times, np.ndarray) and times.dtype == np.float32
@@ -120,7 +120,7 @@ def test_schedules_run_from_zero_to_one_strictly_increasing(num_steps):
     assert times[0] == 0.0 and times[-1] == 1.0
     assert np.all(np.diff(times) > 0)
   np.testing.assert_array_equal(
-    flow.make_schedule("linear", num_steps), flow.linear_schedule(num_steps)
+      flow.make_schedule("linear", num_steps), flow.linear_schedule(num_steps)
   )
 
 
@@ -140,7 +140,7 @@ def test_linear_quadratic_matches_linear_250_then_grows_quadratically():
   np.testing.assert_allclose(steps[25], 0.004 + 0.8 / 625, rtol=1e-4)
   # With as many emulated steps as real ones it is the linear schedule.
   np.testing.assert_allclose(
-    flow.linear_quadratic_schedule(20, 20), flow.linear_schedule(20), atol=1e-7
+      flow.linear_quadratic_schedule(20, 20), flow.linear_schedule(20), atol=1e-7
   )
 
 
@@ -174,11 +174,11 @@ def test_single_steps_match_their_formulas():
   x = jnp.array([[1.0, 2.0]])
   velocity = lambda x, t: x * t[:, None] + 1.0  # t arrives as [B]
   np.testing.assert_allclose(
-    flow.euler_step(velocity, x, 0.5, 0.7), x + 0.2 * (0.5 * x + 1), rtol=1e-6
+      flow.euler_step(velocity, x, 0.5, 0.7), x + 0.2 * (0.5 * x + 1), rtol=1e-6
   )
   x_mid = x + 0.1 * (0.5 * x + 1)
   np.testing.assert_allclose(
-    flow.midpoint_step(velocity, x, 0.5, 0.7), x + 0.2 * (0.6 * x_mid + 1), rtol=1e-6
+      flow.midpoint_step(velocity, x, 0.5, 0.7), x + 0.2 * (0.6 * x_mid + 1), rtol=1e-6
   )
 
 
@@ -205,11 +205,11 @@ def test_solve_compiles_the_step_once_and_reports_progress():
     return -x
 
   flow.solve(
-    velocity,
-    jnp.ones((2, 3)),
-    flow.linear_quadratic_schedule(12, 60),
-    "midpoint",
-    step_callback=lambda i, n: progress.append((i, n)),
+      velocity,
+      jnp.ones((2, 3)),
+      flow.linear_quadratic_schedule(12, 60),
+      "midpoint",
+      step_callback=lambda i, n: progress.append((i, n)),
   )
   assert traces == [(2,), (2,)]  # one trace of the step, two evaluations inside it
   assert progress == [(i, 12) for i in range(1, 13)]
@@ -224,7 +224,7 @@ def test_solve_passes_args_as_arguments_not_constants():
     return rate * x
 
   out = flow.solve(
-    velocity, jnp.ones((2, 3)), flow.linear_schedule(10), "euler", args=(jnp.float32(-1.0),)
+      velocity, jnp.ones((2, 3)), flow.linear_schedule(10), "euler", args=(jnp.float32(-1.0),)
   )
   assert seen == [True]
   np.testing.assert_allclose(out, np.full((2, 3), 0.9**10), rtol=1e-5)
@@ -275,11 +275,11 @@ def test_batched_cfg_equals_separate_calls(scale):
 def test_cfg_velocity_fn_runs_inside_solve():
   x0 = jnp.ones((2, 1, 1))
   out = flow.solve(
-    flow.cfg_velocity_fn(
-      lambda x, t, c: jnp.where(c, 1.0, 0.0)[:, None, None] * jnp.ones_like(x), 3.0
-    ),
-    x0,
-    flow.linear_schedule(4),
+      flow.cfg_velocity_fn(
+          lambda x, t, c: jnp.where(c, 1.0, 0.0)[:, None, None] * jnp.ones_like(x), 3.0
+      ),
+      x0,
+      flow.linear_schedule(4),
   )
   np.testing.assert_allclose(out, x0 + 3.0, rtol=1e-6)  # guided velocity 0 + 3 * (1 - 0)
 
@@ -288,45 +288,44 @@ def test_cfg_velocity_fn_runs_inside_solve():
 
 
 @pytest.mark.parametrize(
-  "call, message",
-  [
-    (lambda: flow.drop_condition(jax.random.key(0), 4, 1.5), "drop_prob must be in"),
-    (lambda: flow.drop_condition(jax.random.key(0), 4, -0.1), "drop_prob must be in"),
-    (lambda: flow.sample_t(jax.random.key(0), 0), "batch_size must be a positive int"),
-    (lambda: flow.sample_t(jax.random.key(0), 4, std=-1.0), "std"),
-    (lambda: flow.linear_schedule(0), "num_steps must be an int >= 1"),
-    (lambda: flow.linear_schedule(2.5), "num_steps must be an int >= 1"),
-    (lambda: flow.linear_quadratic_schedule(50, 40), "emulated_linear_steps = 40 must be >="),
-    (lambda: flow.linear_quadratic_schedule(50, 25), "num_steps // 2 = 25 must be shorter"),
-    (lambda: flow.linear_quadratic_schedule(10, 0), "emulated_linear_steps must be an int"),
-    (
-      lambda: flow.make_schedule("cosine", 10),
-      r"valid names are \['linear', "
-      r"'linear_quadratic'\]",
-    ),
-    (
-      lambda: flow.solve(lambda x, t: x, jnp.ones((1, 2)), flow.linear_schedule(2), "rk4"),
-      r"valid methods are \['euler', 'midpoint'\]",
-    ),
-    (lambda: flow.solve(lambda x, t: x, jnp.ones((1, 2)), [0.0], "euler"), "at least 2 times"),
-    (
-      lambda: flow.interpolate(jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.ones(3)),
-      r"shape \[B\] = \[2\]",
-    ),
-    (lambda: flow.interpolate(jnp.ones((2, 3)), jnp.ones((2, 4)), jnp.ones(2)), "same shape"),
-    (
-      lambda: flow.velocity_loss(jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.ones(3)),
-      r"weight must have shape \[B\] = \[2\]",
-    ),
-    (
-      lambda: flow.training_example(jax.random.key(0), jnp.ones((2, 3), jnp.int32)),
-      "floating-point",
-    ),
-    (
-      lambda: flow.cfg_velocity_fn(lambda x, t, c: x, jnp.array(2.0)),
-      "scale must be a Python number",
-    ),
-  ],
+    "call, message",
+    [
+        (lambda: flow.drop_condition(jax.random.key(0), 4, 1.5), "drop_prob must be in"),
+        (lambda: flow.drop_condition(jax.random.key(0), 4, -0.1), "drop_prob must be in"),
+        (lambda: flow.sample_t(jax.random.key(0), 0), "batch_size must be a positive int"),
+        (lambda: flow.sample_t(jax.random.key(0), 4, std=-1.0), "std"),
+        (lambda: flow.linear_schedule(0), "num_steps must be an int >= 1"),
+        (lambda: flow.linear_schedule(2.5), "num_steps must be an int >= 1"),
+        (lambda: flow.linear_quadratic_schedule(50, 40), "emulated_linear_steps = 40 must be >="),
+        (lambda: flow.linear_quadratic_schedule(50, 25), "num_steps // 2 = 25 must be shorter"),
+        (lambda: flow.linear_quadratic_schedule(10, 0), "emulated_linear_steps must be an int"),
+        (
+            lambda: flow.make_schedule("cosine", 10),
+            r"valid names are \['linear', " r"'linear_quadratic'\]",
+        ),
+        (
+            lambda: flow.solve(lambda x, t: x, jnp.ones((1, 2)), flow.linear_schedule(2), "rk4"),
+            r"valid methods are \['euler', 'midpoint'\]",
+        ),
+        (lambda: flow.solve(lambda x, t: x, jnp.ones((1, 2)), [0.0], "euler"), "at least 2 times"),
+        (
+            lambda: flow.interpolate(jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.ones(3)),
+            r"shape \[B\] = \[2\]",
+        ),
+        (lambda: flow.interpolate(jnp.ones((2, 3)), jnp.ones((2, 4)), jnp.ones(2)), "same shape"),
+        (
+            lambda: flow.velocity_loss(jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.ones(3)),
+            r"weight must have shape \[B\] = \[2\]",
+        ),
+        (
+            lambda: flow.training_example(jax.random.key(0), jnp.ones((2, 3), jnp.int32)),
+            "floating-point",
+        ),
+        (
+            lambda: flow.cfg_velocity_fn(lambda x, t, c: x, jnp.array(2.0)),
+            "scale must be a Python number",
+        ),
+    ],
 )
 def test_bad_arguments_raise_clear_errors(call, message):
   with pytest.raises(ValueError, match=message):

@@ -36,7 +36,7 @@ def reference_ssim_frame(x: np.ndarray, y: np.ndarray, data_range: float = 2.0) 
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
-      (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
     )
     per_channel.append(ssim_map[crop].mean())
   return float(np.mean(per_channel))
@@ -66,8 +66,8 @@ def test_psnr_averages_frames_per_example():
   y[:, 1] += 0.2
   y[1] += 0.3  # second example: offsets 0.4 and 0.5
   expected = [
-    np.mean([10 * math.log10(4 / 0.1**2), 10 * math.log10(4 / 0.2**2)]),
-    np.mean([10 * math.log10(4 / 0.4**2), 10 * math.log10(4 / 0.5**2)]),
+      np.mean([10 * math.log10(4 / 0.1**2), 10 * math.log10(4 / 0.2**2)]),
+      np.mean([10 * math.log10(4 / 0.4**2), 10 * math.log10(4 / 0.5**2)]),
   ]
   np.testing.assert_allclose(np.asarray(psnr(x, y)), expected, rtol=1e-4)
 
@@ -93,22 +93,22 @@ def test_ssim_decreases_with_noise():
   x = random_video(rng, (1, 2, 24, 24, 3))
   noise = rng.normal(size=x.shape).astype(np.float32)
   scores = [
-    float(ssim(x, np.clip(x + sigma * noise, -1, 1))[0])
-    for sigma in (0.0, 0.02, 0.05, 0.1, 0.3, 1.0)
+      float(ssim(x, np.clip(x + sigma * noise, -1, 1))[0])
+      for sigma in (0.0, 0.02, 0.05, 0.1, 0.3, 1.0)
   ]
   assert scores[0] == pytest.approx(1.0, abs=1e-6)
   assert all(a > b for a, b in zip(scores, scores[1:])), scores
 
 
 @pytest.mark.parametrize(
-  "shape",
-  [
-    (2, 2, 16, 20, 3),  # full 11x11 window
-    (1, 3, 11, 11, 1),  # window exactly fits: one valid position
-    (3, 32, 24, 3),  # images [B, H, W, C]
-    (2, 2, 8, 7, 3),  # small frame: 7x7 window
-    (1, 2, 4, 16, 2),  # small along one axis only: 3x11 window
-  ],
+    "shape",
+    [
+        (2, 2, 16, 20, 3),  # full 11x11 window
+        (1, 3, 11, 11, 1),  # window exactly fits: one valid position
+        (3, 32, 24, 3),  # images [B, H, W, C]
+        (2, 2, 8, 7, 3),  # small frame: 7x7 window
+        (1, 2, 4, 16, 2),  # small along one axis only: 3x11 window
+    ],
 )
 def test_ssim_matches_scipy_reference(shape):
   rng = np.random.default_rng(sum(shape))
@@ -121,8 +121,8 @@ def test_ssim_matches_scipy_reference(shape):
   frames_x = x.reshape(shape[0], -1, height, width, channels)
   frames_y = y.reshape(shape[0], -1, height, width, channels)
   expected = [
-    np.mean([reference_ssim_frame(fx, fy) for fx, fy in zip(frames_x[b], frames_y[b])])
-    for b in range(shape[0])
+      np.mean([reference_ssim_frame(fx, fy) for fx, fy in zip(frames_x[b], frames_y[b])])
+      for b in range(shape[0])
   ]
   assert got.shape == (shape[0],)
   np.testing.assert_allclose(got, expected, atol=1e-4)

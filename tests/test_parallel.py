@@ -37,16 +37,16 @@ TEXT_LENGTH, TEXT_DIM = 12, 32
 def tiny_dit(context_attention="all_gather", attention_implementation="auto", remat="full"):
   # 8 heads so that tensor=8 splits them; remat + scan as in the large configs.
   return VideoDiT(
-    num_layers=2,
-    embed_dim=64,
-    mlp_dim=128,
-    num_heads=8,
-    max_frames=8,
-    max_height=8,
-    max_width=8,
-    remat_policy=remat,
-    context_attention=context_attention,
-    attention_implementation=attention_implementation,
+      num_layers=2,
+      embed_dim=64,
+      mlp_dim=128,
+      num_heads=8,
+      max_frames=8,
+      max_height=8,
+      max_width=8,
+      remat_policy=remat,
+      context_attention=context_attention,
+      attention_implementation=attention_implementation,
   )
 
 
@@ -63,10 +63,10 @@ class DiTFlowTask(Task):
   def init(self, rng):
     batch = make_batch()
     variables = self.dit.init(
-      rng,
-      batch["latent"][:1],
-      jnp.zeros((1,)),
-      {"ul2": (batch["text"][:1], batch["text_mask"][:1])},
+        rng,
+        batch["latent"][:1],
+        jnp.zeros((1,)),
+        {"ul2": (batch["text"][:1], batch["text_mask"][:1])},
     )
     return {"dit": variables["params"]}, {}
 
@@ -87,9 +87,9 @@ def make_batch():
   rng = np.random.default_rng(0)
   lengths = rng.integers(3, TEXT_LENGTH + 1, BATCH)
   return {
-    "latent": rng.standard_normal((BATCH, FRAMES, SIZE, SIZE, CHANNELS)).astype(np.float32),
-    "text": rng.standard_normal((BATCH, TEXT_LENGTH, TEXT_DIM)).astype(np.float32),
-    "text_mask": np.arange(TEXT_LENGTH)[None] < lengths[:, None],
+      "latent": rng.standard_normal((BATCH, FRAMES, SIZE, SIZE, CHANNELS)).astype(np.float32),
+      "text": rng.standard_normal((BATCH, TEXT_LENGTH, TEXT_DIM)).astype(np.float32),
+      "text_mask": np.arange(TEXT_LENGTH)[None] < lengths[:, None],
   }
 
 
@@ -106,7 +106,7 @@ def two_steps(config, devices, attention_implementation="auto", remat="full"):
 
   Two, because warmup makes the first step's learning rate 0."""
   task = DiTFlowTask(
-    config, tiny_dit(config.parallel.context_attention, attention_implementation, remat)
+      config, tiny_dit(config.parallel.context_attention, attention_implementation, remat)
   )
   mesh = mesh_lib.make_mesh(config.mesh.to_dict(), devices)
   rules = sharding_lib.rules_for(config)
@@ -132,7 +132,7 @@ def reference_step():
   init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)  # as train.make_init_fn
   initial = nn.meta.unbox(DiTFlowTask(config, tiny_dit()).init(init_rng)[0])
   moved = max(
-    np.abs(a - b).max() for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(initial))
+      np.abs(a - b).max() for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(initial))
   )
   assert moved > 1e-4  # the comparisons below are of weights that really changed
   return params, metrics
@@ -146,76 +146,76 @@ def leaf(tree, path):
 
 # name: (mesh, sequence_parallel, context_attention, {param path: spec}, HLO collective)
 LAYOUTS = {
-  "fsdp8": (
-    dict(fsdp=8),
-    False,
-    "all_gather",
-    {
-      "dit/layers/self_attention/query/kernel": P(None, "fsdp"),
-      "dit/layers/mlp/up/kernel": P(None, "fsdp", None),
-    },
-    None,
-  ),
-  "tensor8": (
-    dict(tensor=8),
-    False,
-    "all_gather",
-    {
-      "dit/layers/self_attention/query/kernel": P(None, None, "tensor"),
-      "dit/layers/mlp/up/kernel": P(None, None, "tensor"),
-      "dit/layers/mlp/down/kernel": P(None, "tensor", None),
-    },
-    "all-reduce",
-  ),
-  "fsdp2_tensor4": (
-    dict(fsdp=2, tensor=4),
-    False,
-    "all_gather",
-    {"dit/layers/mlp/up/kernel": P(None, "fsdp", "tensor")},
-    "all-reduce",
-  ),
-  "fsdp2_tensor4_sp": (
-    dict(fsdp=2, tensor=4),
-    True,
-    "all_gather",
-    {"dit/layers/mlp/up/kernel": P(None, "fsdp", "tensor")},
-    "all-gather",
-  ),
-  "context8": (
-    dict(context=8),
-    False,
-    "all_gather",
-    {"dit/layers/self_attention/query/kernel": P()},
-    "all-gather",
-  ),
-  "context8_ring": (
-    dict(context=8),
-    False,
-    "ring",
-    {"dit/layers/self_attention/query/kernel": P()},
-    "collective-permute",
-  ),
-  "fsdp2_context2_tensor2": (
-    dict(fsdp=2, context=2, tensor=2),
-    False,
-    "all_gather",
-    {"dit/layers/self_attention/query/kernel": P(None, "fsdp", "tensor")},
-    "all-gather",
-  ),
-  "data2_fsdp4": (
-    dict(data=2, fsdp=4),
-    False,
-    "all_gather",
-    {"dit/layers/mlp/up/kernel": P(None, "fsdp", None)},
-    None,
-  ),
-  "fsdp4_tensor2": (
-    dict(fsdp=4, tensor=2),
-    False,
-    "all_gather",
-    {"dit/layers/mlp/up/kernel": P(None, "fsdp", "tensor")},
-    None,
-  ),
+    "fsdp8": (
+        dict(fsdp=8),
+        False,
+        "all_gather",
+        {
+            "dit/layers/self_attention/query/kernel": P(None, "fsdp"),
+            "dit/layers/mlp/up/kernel": P(None, "fsdp", None),
+        },
+        None,
+    ),
+    "tensor8": (
+        dict(tensor=8),
+        False,
+        "all_gather",
+        {
+            "dit/layers/self_attention/query/kernel": P(None, None, "tensor"),
+            "dit/layers/mlp/up/kernel": P(None, None, "tensor"),
+            "dit/layers/mlp/down/kernel": P(None, "tensor", None),
+        },
+        "all-reduce",
+    ),
+    "fsdp2_tensor4": (
+        dict(fsdp=2, tensor=4),
+        False,
+        "all_gather",
+        {"dit/layers/mlp/up/kernel": P(None, "fsdp", "tensor")},
+        "all-reduce",
+    ),
+    "fsdp2_tensor4_sp": (
+        dict(fsdp=2, tensor=4),
+        True,
+        "all_gather",
+        {"dit/layers/mlp/up/kernel": P(None, "fsdp", "tensor")},
+        "all-gather",
+    ),
+    "context8": (
+        dict(context=8),
+        False,
+        "all_gather",
+        {"dit/layers/self_attention/query/kernel": P()},
+        "all-gather",
+    ),
+    "context8_ring": (
+        dict(context=8),
+        False,
+        "ring",
+        {"dit/layers/self_attention/query/kernel": P()},
+        "collective-permute",
+    ),
+    "fsdp2_context2_tensor2": (
+        dict(fsdp=2, context=2, tensor=2),
+        False,
+        "all_gather",
+        {"dit/layers/self_attention/query/kernel": P(None, "fsdp", "tensor")},
+        "all-gather",
+    ),
+    "data2_fsdp4": (
+        dict(data=2, fsdp=4),
+        False,
+        "all_gather",
+        {"dit/layers/mlp/up/kernel": P(None, "fsdp", None)},
+        None,
+    ),
+    "fsdp4_tensor2": (
+        dict(fsdp=4, tensor=2),
+        False,
+        "all_gather",
+        {"dit/layers/mlp/up/kernel": P(None, "fsdp", "tensor")},
+        None,
+    ),
 }
 
 
@@ -239,7 +239,7 @@ def test_train_step_matches_single_device(name):
   np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=2e-4)
   params = jax.device_get(state.params)
   for (path, got), want in zip(
-    jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(ref_params)
+      jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(ref_params)
   ):
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
@@ -274,12 +274,12 @@ def test_activation_shardings_follow_the_rules():
     mesh = mesh_lib.make_mesh(config.mesh.to_dict(), jax.devices()[:8])
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.rules_for(config)):
       specs = {
-        names: sharding_lib.activation_spec(names, shape)
-        for names, shape in (
-          (ACTIVATION_AXES, (8, 64, 32)),
-          (QKV_AXES, (8, 64, 4, 8)),
-          (MLP_AXES, (8, 64, 96)),
-        )
+          names: sharding_lib.activation_spec(names, shape)
+          for names, shape in (
+              (ACTIVATION_AXES, (8, 64, 32)),
+              (QKV_AXES, (8, 64, 4, 8)),
+              (MLP_AXES, (8, 64, 96)),
+          )
       }
     assert specs[ACTIVATION_AXES] == P(("data", "fsdp"), seq, None)
     assert specs[QKV_AXES] == P(("data", "fsdp"), "context", "tensor", None)
@@ -298,12 +298,12 @@ def test_context_parallel_attention_equals_plain_attention(mode):
     return jnp.sum(jnp.sin(attention_fn(q, k, v)))
 
   plain = jax.value_and_grad(functools.partial(loss, reference.attention), argnums=(0, 1, 2))(
-    q, k, v
+      q, k, v
   )
   parallel_fn = functools.partial(mesh_attention.self_attention, mode=mode)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.rules_for(config)):
     lowered = jax.jit(
-      jax.value_and_grad(functools.partial(loss, parallel_fn), argnums=(0, 1, 2))
+        jax.value_and_grad(functools.partial(loss, parallel_fn), argnums=(0, 1, 2))
     ).lower(q, k, v)
     parallel = lowered.compile()(q, k, v)
   for got, want in zip(jax.tree.leaves(parallel), jax.tree.leaves(plain)):
@@ -327,13 +327,13 @@ def test_fsdp_parameter_and_optimizer_bytes_per_device():
 
 
 @pytest.mark.parametrize(
-  "sizes, message",
-  [
-    (dict(fsdp=3), "has 3 devices but 8"),
-    (dict(fsdp=-1, tensor=3), "not divisible by the product 3"),
-    (dict(fsdp=-1, context=-1), "At most one mesh axis may be -1"),
-    (dict(pipeline=2), "Unknown mesh axes"),
-  ],
+    "sizes, message",
+    [
+        (dict(fsdp=3), "has 3 devices but 8"),
+        (dict(fsdp=-1, tensor=3), "not divisible by the product 3"),
+        (dict(fsdp=-1, context=-1), "At most one mesh axis may be -1"),
+        (dict(pipeline=2), "Unknown mesh axes"),
+    ],
 )
 def test_bad_mesh_sizes_are_rejected(sizes, message):
   with pytest.raises(ValueError, match=message):
@@ -372,19 +372,19 @@ def test_dcn_mesh_puts_slices_outermost():
   grid = mesh_lib.device_grid(dict(fsdp=2, tensor=2), devices, dict(fsdp=2))
   assert grid.shape == (1, 4, 1, 2)
   assert [[d.process_index for d in row] for row in grid[0, :, 0]] == [
-    [0, 0],
-    [0, 0],
-    [1, 1],
-    [1, 1],
+      [0, 0],
+      [0, 0],
+      [1, 1],
+      [1, 1],
   ]
 
 
 @pytest.mark.parametrize(
-  "implementation, mesh, mode, remat",
-  [
-    ("pallas_gpu", {}, "all_gather", "full"),
-    ("pallas_gpu", dict(fsdp=2, context=2, tensor=2), "ring", "full"),
-  ],
+    "implementation, mesh, mode, remat",
+    [
+        ("pallas_gpu", {}, "all_gather", "full"),
+        ("pallas_gpu", dict(fsdp=2, context=2, tensor=2), "ring", "full"),
+    ],
 )
 def test_dit_trains_with_the_pallas_kernels_like_xla(implementation, mesh, mode, remat):
   """The whole tiny DiT (self- and cross-attention, masks from text padding) through
@@ -392,7 +392,7 @@ def test_dit_trains_with_the_pallas_kernels_like_xla(implementation, mesh, mode,
   kernel on its shard and the ring merges the kernel's log-sum-exps."""
   devices = jax.devices()[: max(1, int(np.prod(list(mesh.values()) or [1])))]
   state, metrics, *_ = two_steps(
-    run_config(mesh, context_attention=mode), devices, implementation, remat
+      run_config(mesh, context_attention=mode), devices, implementation, remat
   )
   ref_params, ref_metrics = reference_step()
   np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-4)
@@ -412,7 +412,7 @@ def test_dit_trains_with_the_tpu_kernel_like_xla():
     task = DiTFlowTask(config, tiny_dit(attention_implementation=implementation, remat="none"))
     params = nn.meta.unbox(task.init(jax.random.key(0))[0])
     loss_and_grads = jax.jit(
-      jax.value_and_grad(lambda p, task=task: task.loss(p, {}, batch, rng, 0)[0])
+        jax.value_and_grad(lambda p, task=task: task.loss(p, {}, batch, rng, 0)[0])
     )
     _, grads = loss_and_grads(params)
     stepped = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)

@@ -43,12 +43,12 @@ SPEC = ExampleSpec(num_frames=8, height=16, width=16)
 def iterator(records, batch_size=4, seed=0, rows=None, max_skip_fraction=0.5, **options):
   stream = Stream("clips", len(records.records), LoadExample(records.records, SPEC), batch_size)
   return DataIterator(
-    [stream],
-    LoaderOptions(seed=seed, max_skip_fraction=max_skip_fraction, **options),
-    finish=lambda batch: batch,
-    rows_of=rows or (lambda b: slice(0, b)),
-    skipped_records=records.skipped,
-    num_records=len(records.records) + sum(records.skipped.values()),
+      [stream],
+      LoaderOptions(seed=seed, max_skip_fraction=max_skip_fraction, **options),
+      finish=lambda batch: batch,
+      rows_of=rows or (lambda b: slice(0, b)),
+      skipped_records=records.skipped,
+      num_records=len(records.records) + sum(records.skipped.values()),
   )
 
 
@@ -76,10 +76,10 @@ def test_same_seed_same_batches_and_a_restored_iterator_continues_identically(tm
     np.testing.assert_array_equal(x["pixels"], y["pixels"])
   # A fresh iterator started at that batch index sees the same too.
   started = DataIterator(
-    [Stream("clips", 6, LoadExample(records.records, SPEC), 4)],
-    LoaderOptions(seed=0),
-    lambda b: b,
-    start=4,
+      [Stream("clips", 6, LoadExample(records.records, SPEC), 4)],
+      LoaderOptions(seed=0),
+      lambda b: b,
+      start=4,
   )
   np.testing.assert_array_equal(next(started)["pixels"], expected[0]["pixels"])
   for it in (a, b, restored, started):
@@ -90,7 +90,7 @@ def test_two_processes_read_disjoint_rows_that_cover_the_data(tmp_path):
   records = read_manifest(make_manifest(tmp_path, 8))
   whole = iterator(records)
   halves = [
-    iterator(records, rows=lambda b, p=p: slice(p * b // 2, (p + 1) * b // 2)) for p in range(2)
+      iterator(records, rows=lambda b, p=p: slice(p * b // 2, (p + 1) * b // 2)) for p in range(2)
   ]
   seen = [[], []]
   for _ in range(2):  # one epoch: 8 examples in two batches of 4
@@ -137,7 +137,7 @@ def test_too_much_bad_input_stops_with_a_clear_error(tmp_path):
   with pytest.raises(DataQualityError, match=r"max_skip_fraction=0.1.*raise"):
     take(it, 10)
   (tmp_path / "m2.jsonl").write_text(
-    '{"video": 1}\n' * 3 + '{"video": "good_0.mp4", "caption": "ok"}\n'
+      '{"video": 1}\n' * 3 + '{"video": "good_0.mp4", ' '"caption": "ok"}\n'
   )
   with pytest.raises(DataQualityError, match="3 of 4 records are unusable"):
     iterator(read_manifest(str(tmp_path / "m2.jsonl")))
@@ -163,24 +163,24 @@ def test_buckets_give_one_shape_per_batch_and_keep_aspect_ratios(tmp_path):
       lines.append({"video": f"clip_{i}.mp4", "caption": f"clip {i}"})
   (tmp_path / "m.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
   buckets = buckets_from_config(
-    [("img", 1, 32, 32, 2), ("sq", 8, 32, 32, 2), ("wide", 8, 32, 56, 2), ("tall", 8, 56, 32, 2)]
+      [("img", 1, 32, 32, 2), ("sq", 8, 32, 32, 2), ("wide", 8, 32, 56, 2), ("tall", 8, 56, 32, 2)]
   )
   groups, skipped = group_by_bucket(
-    read_manifest(str(tmp_path / "m.jsonl")).records, buckets, fps=16.0
+      read_manifest(str(tmp_path / "m.jsonl")).records, buckets, fps=16.0
   )
   assert {k: len(v) for k, v in groups.items()} == {"img": 1, "sq": 1, "wide": 2, "tall": 1}
   assert not skipped
   for bucket in buckets:
     spec = ExampleSpec(
-      bucket.num_frames,
-      bucket.height,
-      bucket.width,
-      fps=16.0,
-      scale_to=(bucket.height, bucket.width),
+        bucket.num_frames,
+        bucket.height,
+        bucket.width,
+        fps=16.0,
+        scale_to=(bucket.height, bucket.width),
     )
     load = LoadExample(groups[bucket.name], spec)
     it = DataIterator(
-      [Stream(bucket.name, len(groups[bucket.name]), load, 2)], LoaderOptions(), lambda b: b
+        [Stream(bucket.name, len(groups[bucket.name]), load, 2)], LoaderOptions(), lambda b: b
     )
     for batch in take(it, 2):
       assert batch["pixels"].shape == (2, bucket.num_frames, bucket.height, bucket.width, 3)

@@ -209,7 +209,7 @@ def test_heldout_combinations():
 
 def test_dataset_split_follows_heldout_combinations(tmp_path):
   manifest = shapes.make_dataset(
-    tmp_path, 60, seed=2, num_frames=2, height=16, width=16, num_images=20
+      tmp_path, 60, seed=2, num_frames=2, height=16, width=16, num_images=20
   )
   heldout = shapes.heldout_combinations(2, 0.15)
   records = [json.loads(line) for line in open(manifest)]

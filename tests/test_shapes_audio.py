@@ -51,7 +51,7 @@ def test_bounce_frames_are_where_the_path_turns(bouncing):
       assert np.any((np.minimum(xy[f] - lo, hi - xy[f]) <= step + 1e-9) & (sides >= 0))
   assert total > len(bouncing)  # Some clips bounce on both axes.
   np.testing.assert_allclose(
-    sa.bounce_times(bouncing[0], 32, 16), sa.bounce_frames(bouncing[0], 32) / 16
+      sa.bounce_times(bouncing[0], 32, 16), sa.bounce_frames(bouncing[0], 32) / 16
   )
   for motion in ("left", "right", "up", "down", "still"):
     spec = specs_with_motion(motion, 1)[0]
@@ -61,7 +61,7 @@ def test_bounce_frames_are_where_the_path_turns(bouncing):
 def test_a_hand_made_bounce():
   """Starts 0.1 short of the right wall (x = 0.9) moving +0.4 per clip: it turns at u = 0.25."""
   spec = dataclasses.replace(
-    specs_with_motion("bouncing", 1)[0], size=0.2, start=(0.8, 0.5), velocity=(0.4, 0.0)
+      specs_with_motion("bouncing", 1)[0], size=0.2, start=(0.8, 0.5), velocity=(0.4, 0.0)
   )
   assert sa.bounce_frames(spec, 41).tolist() == [10]  # u = 10 / 40 touches the wall.
   assert sa.bounce_frames(spec, 9).tolist() == [2]  # u = 2 / 8 too.
@@ -137,10 +137,12 @@ def test_sync_score_counts_hits_and_false_onsets():
 def test_data_set_files_survive_aac_with_their_clicks(tmp_path):
   # The first seed whose 8 clips include >= 2 bouncing ones (seed 5 at the time of writing).
   seed = next(
-    s
-    for s in range(100)
-    if sum(shapes.sample_spec(np.random.default_rng([s, i])).motion == "bouncing" for i in range(8))
-    >= 2
+      s
+      for s in range(100)
+      if sum(
+          shapes.sample_spec(np.random.default_rng([s, i])).motion == "bouncing" for i in range(8)
+      )
+      >= 2
   )
   manifest = sa.make_dataset(tmp_path, num_videos=8, seed=seed, sample_rate=RATE)
   records = sa.read_manifest(manifest)
@@ -174,14 +176,14 @@ def test_a_set_of_one_motion(tmp_path):
   """motion="bouncing": every clip bounces, redrawn from its own generator, so the set is
   the same each time; a set of any motion does not match its parameters."""
   manifest = sa.ensure_dataset(
-    tmp_path,
-    num_videos=3,
-    seed=sa.BOUNCING_SEED,
-    sample_rate=RATE,
-    num_frames=16,
-    height=32,
-    width=32,
-    motion="bouncing",
+      tmp_path,
+      num_videos=3,
+      seed=sa.BOUNCING_SEED,
+      sample_rate=RATE,
+      num_frames=16,
+      height=32,
+      width=32,
+      motion="bouncing",
   )
   records = sa.read_manifest(manifest)
   specs = [sa.clip_spec(sa.BOUNCING_SEED, i, "bouncing") for i in range(3)]
@@ -190,7 +192,7 @@ def test_a_set_of_one_motion(tmp_path):
   assert all(r["bounce_times"] for r in records)
   assert sa.clip_spec(0, 5) == shapes.sample_spec(np.random.default_rng([0, 5]))
   assert not sa.is_complete(
-    tmp_path, sa._dataset_params(3, sa.BOUNCING_SEED, RATE, 16, 16, 32, 32, 0.15, "s16")
+      tmp_path, sa._dataset_params(3, sa.BOUNCING_SEED, RATE, 16, 16, 32, 32, 0.15, "s16")
   )
   with pytest.raises(ValueError, match="motion='spinning'"):
     sa.make_dataset(tmp_path, 1, 0, motion="spinning")

@@ -39,12 +39,12 @@ def blank_clip(spec: shapes.ClipSpec, num_frames: int, side: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def specs():
   random = [
-    shapes.sample_spec(np.random.default_rng([seed, i]))
-    for seed in SEEDS
-    for i in range(CLIPS_PER_SEED)
+      shapes.sample_spec(np.random.default_rng([seed, i]))
+      for seed in SEEDS
+      for i in range(CLIPS_PER_SEED)
   ]
   lanes = [
-    shapes.sample_spec(np.random.default_rng([9, i]), "lanes") for i in range(CLIPS_PER_SEED)
+      shapes.sample_spec(np.random.default_rng([9, i]), "lanes") for i in range(CLIPS_PER_SEED)
   ]
   return random + lanes
 
@@ -53,8 +53,8 @@ def specs():
 def clips(specs):
   """name -> list of uint8 [T, H, W, 3], one per spec."""
   return {
-    name: [shapes.render_clip(s, frames, side, side) for s in specs]
-    for name, (frames, side) in SIZES.items()
+      name: [shapes.render_clip(s, frames, side, side) for s in specs]
+      for name, (frames, side) in SIZES.items()
   }
 
 
@@ -160,10 +160,10 @@ def test_blank_video_reads_none_and_scores_zero(specs, noise):
 def test_odd_content_never_crashes():
   rng = np.random.default_rng(0)
   videos = [
-    rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8),  # Colour noise.
-    np.zeros((3, 8, 8, 3), np.uint8),  # Black.
-    np.full((2, 16, 16, 3), (220, 40, 40), np.uint8),  # All red: no background.
-    np.full((1, 1, 1, 3), 128, np.uint8),  # One pixel.
+      rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8),  # Colour noise.
+      np.zeros((3, 8, 8, 3), np.uint8),  # Black.
+      np.full((2, 16, 16, 3), (220, 40, 40), np.uint8),  # All red: no background.
+      np.full((1, 1, 1, 3), 128, np.uint8),  # One pixel.
   ]
   for video in videos:
     reading = checker.read_video(video)
@@ -171,14 +171,14 @@ def test_odd_content_never_crashes():
 
 
 @pytest.mark.parametrize(
-  "bad",
-  [
-    np.zeros((16, 16, 3), np.uint8),  # An image without the frame axis.
-    np.zeros((2, 4, 16, 16, 3), np.uint8),  # A batch.
-    np.zeros((4, 16, 16, 4), np.uint8),  # RGBA.
-    np.zeros((0, 16, 16, 3), np.uint8),  # No frames.
-    np.zeros((4, 16, 16, 3), np.float32),  # Floats, not uint8.
-  ],
+    "bad",
+    [
+        np.zeros((16, 16, 3), np.uint8),  # An image without the frame axis.
+        np.zeros((2, 4, 16, 16, 3), np.uint8),  # A batch.
+        np.zeros((4, 16, 16, 4), np.uint8),  # RGBA.
+        np.zeros((0, 16, 16, 3), np.uint8),  # No frames.
+        np.zeros((4, 16, 16, 3), np.float32),  # Floats, not uint8.
+    ],
 )
 def test_malformed_input_raises(bad):
   with pytest.raises(ValueError):

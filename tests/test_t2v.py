@@ -38,12 +38,12 @@ def tiny_t2v_config(tae_workdir, num_steps, clip_path=""):
     config.text.encoders.metaclip.update(path=clip_path, model=ml_collections.ConfigDict())
   config.tae.workdir = tae_workdir
   config.data.update(
-    name="shapes",
-    dir=os.path.join(os.path.dirname(tae_workdir), "shapes"),
-    buckets=(("image", 1, SIZE, SIZE, 8), ("video", NUM_FRAMES, SIZE, SIZE, 8)),
+      name="shapes",
+      dir=os.path.join(os.path.dirname(tae_workdir), "shapes"),
+      buckets=(("image", 1, SIZE, SIZE, 8), ("video", NUM_FRAMES, SIZE, SIZE, 8)),
   )
   config.data.shapes.update(
-    num_videos=24, num_frames=NUM_FRAMES, height=SIZE, width=SIZE, num_images=8
+      num_videos=24, num_frames=NUM_FRAMES, height=SIZE, width=SIZE, num_images=8
   )  # the set the TAE trained on
   config.eval.update(num_prompts_per_bucket=2, num_steps=2, num_videos_to_write=1)
   config.train.update(num_steps=num_steps, log_every=1, checkpoint_every=num_steps)
@@ -78,11 +78,11 @@ def test_training_logs_metrics_and_evaluates_prompt_following(trained):
     assert row["grad_norm"] > 0 and row["tokens_per_second"] > 0
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   for key in (
-    "shapes_color",
-    "shapes_shape",
-    "shapes_motion",
-    "shapes_score",
-    "shapes_color_motion",
+      "shapes_color",
+      "shapes_shape",
+      "shapes_motion",
+      "shapes_score",
+      "shapes_color_motion",
   ):
     assert 0.0 <= eval_metrics[key] <= 1.0
   color, motion = eval_metrics["shapes_color"], eval_metrics["shapes_motion"]
@@ -106,7 +106,7 @@ def test_latents_are_precomputed_into_shards_with_their_statistics(trained):
   train_videos = read_manifest(os.path.join(shapes_dir, "manifest.jsonl"), "train").records
   assert len(video) == len(train_videos) > 12
   assert len(LatentShards(latents, "train", "image")) == len(
-    read_manifest(os.path.join(shapes_dir, "images.jsonl"), "train").records
+      read_manifest(os.path.join(shapes_dir, "images.jsonl"), "train").records
   )
   assert video[3]["latent"].shape == (2, 4, 4, 16)  # 16 frames, 32 px -> 8x in T, H, W
   assert all(video[i]["caption"].startswith("FPS-16 ") for i in range(len(video)))
@@ -114,12 +114,12 @@ def test_latents_are_precomputed_into_shards_with_their_statistics(trained):
     stats = json.load(f)
   assert len(stats["mean"]) == 16 and min(stats["std"]) > 0
   everything = np.concatenate(
-    [
-      shards[i]["latent"].reshape(-1, 16)
-      for bucket in ("video", "image")
-      for shards in [LatentShards(latents, "train", bucket)]
-      for i in range(len(shards))
-    ]
+      [
+          shards[i]["latent"].reshape(-1, 16)
+          for bucket in ("video", "image")
+          for shards in [LatentShards(latents, "train", bucket)]
+          for i in range(len(shards))
+      ]
   )
   np.testing.assert_allclose(stats["mean"], everything.mean(0), rtol=1e-4, atol=1e-5)
 
@@ -132,9 +132,9 @@ def test_shards_on_the_fly_encoding_and_precomputed_text_give_the_same_losses(tr
   root = os.path.dirname(workdir)
   losses = {}
   for name, data in (
-    ("shards", {}),
-    ("on_the_fly", dict(encode_on_the_fly=True)),
-    ("text", dict(precompute_text=True)),
+      ("shards", {}),
+      ("on_the_fly", dict(encode_on_the_fly=True)),
+      ("text", dict(precompute_text=True)),
   ):
     config = tiny_t2v_config(os.path.join(root, "tae"), 2, os.path.join(root, "hf", "clip"))
     config.data.update(random_clip_start=False, stats_examples=1000, **data)
@@ -149,7 +149,7 @@ def test_shards_on_the_fly_encoding_and_precomputed_text_give_the_same_losses(tr
   assert example["metaclip_emb"].shape[-1:] == (16,) and example["metaclip_mask"].dtype == bool
   assert "ul2_emb" not in example  # trainable: computed in the step
   assert (
-    "metaclip_emb" not in LatentShards(str(tmp_path / "shards" / "latents"), "train", "video")[0]
+      "metaclip_emb" not in LatentShards(str(tmp_path / "shards" / "latents"), "train", "video")[0]
   )
 
 
@@ -158,29 +158,29 @@ def test_precompute_command_splits_work_across_processes_and_resumes(trained, tm
   root = os.path.dirname(workdir)
   out = str(tmp_path / "latents")
   command = [
-    sys.executable,
-    "-m",
-    "mgjax.data.precompute",
-    "--config=experiments/t2v.py:tiny",
-    f"--config.tae.workdir={root}/tae",
-    "--config.data.name=manifest",
-    f"--config.data.dir={root}/shapes",
-    "--config.data.shard_size=8",
-    "--config.data.buckets=(('image',1,32,32,8),('video',16,32,32,8))",
-    f"--out={out}",
-    "--splits=train",
-    "--process_count=2",
+      sys.executable,
+      "-m",
+      "mgjax.data.precompute",
+      "--config=experiments/t2v.py:tiny",
+      f"--config.tae.workdir={root}/tae",
+      "--config.data.name=manifest",
+      f"--config.data.dir={root}/shapes",
+      "--config.data.shard_size=8",
+      "--config.data.buckets=(('image',1,32,32,8),('video',16,32,32,8))",
+      f"--out={out}",
+      "--splits=train",
+      "--process_count=2",
   ]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
   workers = [
-    subprocess.Popen(
-      command + [f"--process_index={i}"],
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(2)
+      subprocess.Popen(
+          command + [f"--process_index={i}"],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(2)
   ]
   for worker in workers:
     output = worker.communicate(timeout=600)[0]
@@ -196,7 +196,7 @@ def test_precompute_command_splits_work_across_processes_and_resumes(trained, tm
   os.remove(os.path.join(video_dir, "shard-00001.json"))
   before = {f: os.path.getmtime(os.path.join(video_dir, f)) for f in os.listdir(video_dir)}
   done = subprocess.run(
-    command[:-1] + ["--process_count=1"], env=env, capture_output=True, text=True, timeout=600
+      command[:-1] + ["--process_count=1"], env=env, capture_output=True, text=True, timeout=600
   )
   assert done.returncode == 0, done.stderr[-3000:]
   after = {f: os.path.getmtime(os.path.join(video_dir, f)) for f in os.listdir(video_dir)}
@@ -214,7 +214,7 @@ def test_sample_cli_writes_videos_and_contact_sheet(trained, tmp_path):
   assert len(prompts) == 3  # blank lines skipped
   out = tmp_path / "out"
   paths = sample_lib.sample(
-    workdir, prompts, str(out), num_steps=3, schedule="linear", cfg_scale=2.0, batch_size=2
+      workdir, prompts, str(out), num_steps=3, schedule="linear", cfg_scale=2.0, batch_size=2
   )
   assert [os.path.splitext(p)[1] for p in paths] == [".mp4"] * 3
   for path in paths:
@@ -229,13 +229,13 @@ def test_sample_cli_writes_videos_and_contact_sheet(trained, tmp_path):
 def test_one_frame_samples_an_image(trained, tmp_path):
   workdir, _ = trained
   paths = sample_lib.sample(
-    workdir,
-    ["a yellow circle"],
-    str(tmp_path),
-    num_steps=2,
-    num_frames=1,
-    height=SIZE,
-    width=2 * SIZE,
+      workdir,
+      ["a yellow circle"],
+      str(tmp_path),
+      num_steps=2,
+      num_frames=1,
+      height=SIZE,
+      width=2 * SIZE,
   )
   assert paths[0].endswith(".png")
   image = np.asarray(Image.open(paths[0]))
@@ -247,12 +247,12 @@ def test_sampling_is_deterministic_for_a_seed(trained):
   workdir, _ = trained
   _, task, state = train_lib.restore_train_state(workdir)
   kwargs = dict(
-    num_frames=NUM_FRAMES,
-    height=SIZE,
-    width=SIZE,
-    num_steps=2,
-    schedule="linear_quadratic",
-    cfg_scale=3.0,
+      num_frames=NUM_FRAMES,
+      height=SIZE,
+      width=SIZE,
+      num_steps=2,
+      schedule="linear_quadratic",
+      cfg_scale=3.0,
   )
   prompts = ["FPS-16 a red square moves down"]
   first = task.generate(state.eval_params(), state.frozen, prompts, seed=1, **kwargs)
@@ -281,25 +281,25 @@ def test_bad_prompts_and_sizes_are_clear_errors(trained, tmp_path):
 def test_cli_reports_bad_input_in_one_line(trained):
   workdir, _ = trained
   result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "mgjax.sample",
-      f"--workdir={workdir}",
-      "--prompt=a red circle",
-      "--height=40",
-      "--num_steps=1",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      [
+          sys.executable,
+          "-m",
+          "mgjax.sample",
+          f"--workdir={workdir}",
+          "--prompt=a red circle",
+          "--height=40",
+          "--num_steps=1",
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )
   assert result.returncode == 2
   assert (
-    result.stderr.strip()
-    .splitlines()[-1]
-    .startswith("mgjax.sample: Height and width must be multiples of 16")
+      result.stderr.strip()
+      .splitlines()[-1]
+      .startswith("mgjax.sample: Height and width must be multiples of 16")
   )
   assert "Traceback" not in result.stderr
 
@@ -338,23 +338,23 @@ def test_manifest_without_eval_split_evaluates_nothing(trained, monkeypatch):
 
   read = sources.read_records
   monkeypatch.setattr(
-    sources,
-    "read_records",
-    lambda data, workdir, split: Records([]) if split == "eval" else read(data, workdir, split),
+      sources,
+      "read_records",
+      lambda data, workdir, split: (Records([]) if split == "eval" else read(data, workdir, split)),
   )
   assert task.evaluate(state.eval_params(), state.frozen, 0) == {}
 
 
 @pytest.mark.parametrize(
-  "mesh, sequence_parallel, message",
-  [
-    (dict(tensor=4), False, r"tensor=4 does not divide model.num_heads=2"),
-    (dict(context=3), False, r"context = 3 do not divide the 4 tokens of bucket 'image'"),
-    (dict(context=4, tensor=2), True, r"tensor \(sequence_parallel\) = 8 do not divide the 4"),
-  ],
+    "mesh, sequence_parallel, message",
+    [
+        (dict(tensor=4), False, r"tensor=4 does not divide model.num_heads=2"),
+        (dict(context=3), False, r"context = 3 do not divide the 4 tokens of bucket 'image'"),
+        (dict(context=4, tensor=2), True, r"tensor \(sequence_parallel\) = 8 do not divide the 4"),
+    ],
 )
 def test_mesh_that_does_not_divide_the_model_is_rejected(
-  trained, tmp_path, mesh, sequence_parallel, message
+    trained, tmp_path, mesh, sequence_parallel, message
 ):
   workdir, _ = trained
   config = tiny_t2v_config(os.path.join(os.path.dirname(workdir), "tae"), 1)
@@ -399,7 +399,8 @@ def test_inspect_reads_a_run_its_parameters_metrics_and_samples(trained, tmp_pat
   # A run resumed from step 1 logs step 2 again; a kill cut the last line short.
   resumed = tmp_path / "metrics.jsonl"
   resumed.write_text(
-    '{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo'
+      '{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.0}\n'
+      '{"step": 2, "loss": 1.5}\n{"step": 3, "lo'
   )
   steps, losses = inspect_lib.read_metrics(str(resumed))["loss"]
   assert (steps.tolist(), losses.tolist()) == ([1, 2], [3.0, 1.5])
@@ -446,34 +447,34 @@ def test_inspect_notebook_runs_headless_on_a_tiny_checkpoint(trained, tmp_path, 
   code = [c for c in notebook.cells if c.cell_type == "code"]
   assert not any(c.outputs or c.execution_count for c in code), "clear the notebook's outputs"
   parameters = next(
-    i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])
+      i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])
   )
   notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell("NUM_STEPS = 2"))
   # A kernel spec naming this interpreter, whatever other "python3" kernels exist.
   kernel_dir = tmp_path / "jupyter" / "kernels" / "mgjax-test"
   kernel_dir.mkdir(parents=True)
   (kernel_dir / "kernel.json").write_text(
-    json.dumps(
-      dict(
-        argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        display_name="mgjax test",
-        language="python",
+      json.dumps(
+          dict(
+              argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+              display_name="mgjax test",
+              language="python",
+          )
       )
-    )
   )
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
   monkeypatch.setenv("MGJAX_WORKDIR", workdir)
   monkeypatch.setenv(
-    "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+      "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
   )
   NotebookClient(
-    notebook, timeout=300, kernel_name="mgjax-test", resources={"metadata": {"path": root}}
+      notebook, timeout=300, kernel_name="mgjax-test", resources={"metadata": {"path": root}}
   ).execute()
 
   def outputs(snippet):  # the outputs of the code cell whose source holds snippet
     cell = next(c for c in notebook.cells if c.cell_type == "code" and snippet in c.source)
     text = "".join(
-      o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.outputs
+        o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.outputs
     )
     return text, {mime for o in cell.outputs for mime in o.get("data", {})}, cell.outputs
 

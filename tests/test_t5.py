@@ -25,14 +25,14 @@ VOCAB = 300
 LENGTHS = (40, 27, 9)  # one full row, two padded; 40 > max_distance 32 reaches the far bucket
 TOLERANCE = 1e-4
 TINY = dict(
-  vocab_size=VOCAB,
-  d_model=48,
-  d_kv=16,
-  num_heads=4,
-  d_ff=80,
-  num_layers=2,
-  relative_attention_num_buckets=32,
-  dropout_rate=0.0,
+    vocab_size=VOCAB,
+    d_model=48,
+    d_kv=16,
+    num_heads=4,
+    d_ff=80,
+    num_layers=2,
+    relative_attention_num_buckets=32,
+    dropout_rate=0.0,
 )
 
 
@@ -65,12 +65,12 @@ def _assert_parity(model: torch.nn.Module, directory) -> tuple[T5Config, dict]:
   ids, mask = _batch()
   abstract = jax.eval_shape(encoder.init, jax.random.key(0), ids, mask)["params"]
   assert jax.tree.map(lambda x: x.shape, nn.unbox(abstract)) == jax.tree.map(
-    lambda x: x.shape, params
+      lambda x: x.shape, params
   )
   ours = np.asarray(jax.jit(encoder.apply)({"params": params}, ids, mask))
   with torch.no_grad():
     theirs = _torch_encoder(model)(
-      input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+        input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
     )
   theirs = theirs.last_hidden_state.numpy()
   assert ours.shape == theirs.shape == (len(LENGTHS), max(LENGTHS), config.d_model)
@@ -84,13 +84,13 @@ def _assert_parity(model: torch.nn.Module, directory) -> tuple[T5Config, dict]:
 def test_bucket_matches_transformers(num_buckets, max_distance):
   relative = np.arange(-700, 701)
   expected = T5Attention._relative_position_bucket(  # pylint: disable=protected-access
-    torch.from_numpy(relative),
-    bidirectional=True,
-    num_buckets=num_buckets,
-    max_distance=max_distance,
+      torch.from_numpy(relative),
+      bidirectional=True,
+      num_buckets=num_buckets,
+      max_distance=max_distance,
   ).numpy()
   np.testing.assert_array_equal(
-    relative_position_bucket(relative, num_buckets, max_distance), expected
+      relative_position_bucket(relative, num_buckets, max_distance), expected
   )
 
 
@@ -98,9 +98,11 @@ def test_bucket_matches_transformers(num_buckets, max_distance):
 def test_t5_v1_0_relu_parity(tmp_path, weights):
   torch.manual_seed(0)
   model = _randomize(
-    transformers.T5EncoderModel(
-      transformers.T5Config(**TINY, feed_forward_proj="relu", relative_attention_max_distance=128)
-    )
+      transformers.T5EncoderModel(
+          transformers.T5Config(
+              **TINY, feed_forward_proj="relu", relative_attention_max_distance=128
+          )
+      )
   )
   model.save_pretrained(tmp_path)
   if weights == "bin":  # save_pretrained only writes safetensors in transformers 5
@@ -112,24 +114,24 @@ def test_t5_v1_0_relu_parity(tmp_path, weights):
 
 
 @pytest.mark.parametrize(
-  "model_cls,feed_forward_proj",
-  [
-    (transformers.T5EncoderModel, "gated-gelu"),  # T5 v1.1, ByT5
-    (transformers.T5ForConditionalGeneration, "gated-gelu"),  # full seq2seq checkpoint
-    (transformers.T5EncoderModel, "gated-silu"),  # UL2
-  ],
+    "model_cls,feed_forward_proj",
+    [
+        (transformers.T5EncoderModel, "gated-gelu"),  # T5 v1.1, ByT5
+        (transformers.T5ForConditionalGeneration, "gated-gelu"),  # full seq2seq checkpoint
+        (transformers.T5EncoderModel, "gated-silu"),  # UL2
+    ],
 )
 def test_t5_v1_1_gated_parity(tmp_path, model_cls, feed_forward_proj):
   torch.manual_seed(1)
   model = _randomize(
-    model_cls(
-      transformers.T5Config(
-        **TINY,
-        feed_forward_proj=feed_forward_proj,
-        tie_word_embeddings=False,
-        relative_attention_max_distance=32,
+      model_cls(
+          transformers.T5Config(
+              **TINY,
+              feed_forward_proj=feed_forward_proj,
+              tie_word_embeddings=False,
+              relative_attention_max_distance=32,
+          )
       )
-    )
   )
   model.save_pretrained(tmp_path)
   config, params = _assert_parity(model, tmp_path)
@@ -141,11 +143,11 @@ def test_t5_v1_1_gated_parity(tmp_path, model_cls, feed_forward_proj):
 def test_umt5_per_layer_bias_parity(tmp_path):
   torch.manual_seed(2)
   model = _randomize(
-    transformers.UMT5EncoderModel(
-      transformers.UMT5Config(
-        **TINY, feed_forward_proj="gated-gelu", relative_attention_max_distance=32
+      transformers.UMT5EncoderModel(
+          transformers.UMT5Config(
+              **TINY, feed_forward_proj="gated-gelu", relative_attention_max_distance=32
+          )
       )
-    )
   )
   model.save_pretrained(tmp_path)
   config, params = _assert_parity(model, tmp_path)
@@ -163,20 +165,20 @@ def test_umt5_per_layer_bias_parity(tmp_path):
 
 def test_params_carry_logical_axis_names():
   config = T5Config(
-    vocab_size=VOCAB,
-    d_model=16,
-    d_kv=4,
-    d_ff=24,
-    num_layers=1,
-    num_heads=2,
-    is_gated_act=True,
-    dense_act_fn="gelu_new",
-    per_layer_position_bias=True,
+      vocab_size=VOCAB,
+      d_model=16,
+      d_kv=4,
+      d_ff=24,
+      num_layers=1,
+      num_heads=2,
+      is_gated_act=True,
+      dense_act_fn="gelu_new",
+      per_layer_position_bias=True,
   )
   ids, mask = _batch()
   boxed = jax.eval_shape(T5Encoder(config).init, jax.random.key(0), ids, mask)["params"]
   names = jax.tree.map(
-    lambda box: box.names, boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+      lambda box: box.names, boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)
   )
   layer = names["layer_0"]
   assert names["token_embed"]["embedding"] == ("vocab", "embed")
@@ -211,20 +213,20 @@ def test_wrong_shape_names_tensor_and_expected_shape(tmp_path):
     json.dump(hf, f)
   # The first FFN tensor read is wo, torch layout [d_model, d_ff].
   with pytest.raises(
-    ValueError,
-    match=re.escape("'encoder.block.0.layer.1.DenseReluDense.wo.weight'") + r".*\(48, 96\)",
+      ValueError,
+      match=re.escape("'encoder.block.0.layer.1.DenseReluDense.wo.weight'") + r".*\(48, 96\)",
   ):
     load_t5_encoder(str(tmp_path))
 
 
 @pytest.mark.parametrize(
-  "change,key",
-  [
-    ({"feed_forward_proj": "gated-tanhh"}, "feed_forward_proj"),
-    ({"feed_forward_proj": "double-gated-gelu"}, "feed_forward_proj"),
-    ({"model_type": "bert"}, "model_type"),
-    ({"d_kv": None}, "d_kv"),
-  ],
+    "change,key",
+    [
+        ({"feed_forward_proj": "gated-tanhh"}, "feed_forward_proj"),
+        ({"feed_forward_proj": "double-gated-gelu"}, "feed_forward_proj"),
+        ({"model_type": "bert"}, "model_type"),
+        ({"d_kv": None}, "d_kv"),
+    ],
 )
 def test_from_hf_rejects_unsupported_configs(change, key):
   hf = dict(TINY, model_type="t5", feed_forward_proj="relu")

@@ -10,10 +10,10 @@ import pytest
 
 from mgjax.models.tae import TAE, frame_counts
 from mgjax.models.tae_blocks import (
-  depth_to_space,
-  downsample_shortcut,
-  space_to_depth,
-  upsample_shortcut,
+    depth_to_space,
+    downsample_shortcut,
+    space_to_depth,
+    upsample_shortcut,
 )
 from tests.tiny_models import perturb, tiny_tae
 
@@ -44,11 +44,11 @@ def test_space_to_depth_round_trips(temporal, num_frames):
   x = jax.random.normal(jax.random.key(0), (2, num_frames, 4, 6, 3))
   folded = space_to_depth(x, temporal)
   assert folded.shape == (
-    2,
-    -(-num_frames // 2) if temporal else num_frames,
-    2,
-    3,
-    3 * (8 if temporal else 4),
+      2,
+      -(-num_frames // 2) if temporal else num_frames,
+      2,
+      3,
+      3 * (8 if temporal else 4),
   )
   np.testing.assert_array_equal(depth_to_space(folded, temporal, num_frames), x)
 

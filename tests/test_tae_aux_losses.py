@@ -13,10 +13,10 @@ from scipy import ndimage
 
 from mgjax.models.discriminator import PatchDiscriminator3D, hinge_d_loss, hinge_g_loss
 from mgjax.models.perceptual import (
-  PerceptualNetwork,
-  load_perceptual_params,
-  perceptual_distance,
-  save_perceptual_params,
+    PerceptualNetwork,
+    load_perceptual_params,
+    perceptual_distance,
+    save_perceptual_params,
 )
 
 SMALL_DISCRIMINATOR = dict(channels=(8, 16), norm_groups=4)
@@ -53,14 +53,14 @@ def discriminator_params():
 
 
 @pytest.mark.parametrize(
-  "frames, temporal_strides, expected_shape",
-  [
-    (1, None, (2, 1, 4, 4, 1)),
-    (1, (2, 2), (2, 1, 4, 4, 1)),
-    (8, None, (2, 8, 4, 4, 1)),
-    (8, (2, 1), (2, 4, 4, 4, 1)),
-    (8, (2, 2), (2, 2, 4, 4, 1)),
-  ],
+    "frames, temporal_strides, expected_shape",
+    [
+        (1, None, (2, 1, 4, 4, 1)),
+        (1, (2, 2), (2, 1, 4, 4, 1)),
+        (8, None, (2, 8, 4, 4, 1)),
+        (8, (2, 1), (2, 4, 4, 4, 1)),
+        (8, (2, 2), (2, 2, 4, 4, 1)),
+    ],
 )
 def test_discriminator_output_shape(discriminator_params, frames, temporal_strides, expected_shape):
   disc = PatchDiscriminator3D(temporal_strides=temporal_strides, **SMALL_DISCRIMINATOR)
@@ -86,9 +86,9 @@ def test_discriminator_without_norm_and_config_errors():
   assert not any("norm" in name for name in params)
   with pytest.raises(ValueError, match="temporal_strides"):
     jax.eval_shape(
-      PatchDiscriminator3D(channels=(8, 16), temporal_strides=(2,), norm_groups=None).init,
-      key,
-      video,
+        PatchDiscriminator3D(channels=(8, 16), temporal_strides=(2,), norm_groups=None).init,
+        key,
+        video,
     )
   with pytest.raises(ValueError, match="norm_groups"):
     jax.eval_shape(PatchDiscriminator3D(channels=(8, 12), norm_groups=8).init, key, video)
@@ -163,8 +163,8 @@ def test_perceptual_distance_positive_and_grows_with_noise(perceptual):
   x = smooth_videos(2)
   noise = gaussian_noise(3)
   distances = [
-    np.asarray(perceptual.distance(perceptual.params, x, jnp.clip(x + sigma * noise, -1, 1)))
-    for sigma in (0.05, 0.2, 0.5)
+      np.asarray(perceptual.distance(perceptual.params, x, jnp.clip(x + sigma * noise, -1, 1)))
+      for sigma in (0.05, 0.2, 0.5)
   ]
   assert np.all(distances[0] > 0)
   assert np.all(distances[1] > distances[0]) and np.all(distances[2] > distances[1]), distances
@@ -175,8 +175,8 @@ def test_perceptual_distance_accepts_apply_fn_images_and_averages_frames(percept
   video = np.asarray(perceptual.distance(perceptual.params, x, y))
   # Images [B, H, W, C] through the apply function instead of the module.
   per_frame = [
-    np.asarray(perceptual_distance(perceptual.net.apply, perceptual.params, x[:, t], y[:, t]))
-    for t in range(2)
+      np.asarray(perceptual_distance(perceptual.net.apply, perceptual.params, x[:, t], y[:, t]))
+      for t in range(2)
   ]
   np.testing.assert_allclose(video, np.mean(per_frame, axis=0), rtol=1e-5)
 
@@ -185,7 +185,7 @@ def test_perceptual_distance_gradients_finite(perceptual):
   net, params = perceptual.net, perceptual.params
   x, y = smooth_videos(6), smooth_videos(7)
   grad_fn = jax.jit(
-    jax.grad(lambda a, b: perceptual_distance(net, params, a, b).sum(), argnums=(0, 1))
+      jax.grad(lambda a, b: perceptual_distance(net, params, a, b).sum(), argnums=(0, 1))
   )
   grad_x, grad_y = grad_fn(x, y)
   assert np.all(np.isfinite(np.asarray(grad_x))) and np.all(np.isfinite(np.asarray(grad_y)))
@@ -198,13 +198,13 @@ def test_perceptual_distance_gradients_finite(perceptual):
 def test_perceptual_without_linear_weights_equals_ones_weights(perceptual):
   plain = PerceptualNetwork(use_linear_weights=False, **SMALL_PERCEPTUAL)
   plain_params = {
-    name: value for name, value in perceptual.params.items() if not name.startswith("lin_")
+      name: value for name, value in perceptual.params.items() if not name.startswith("lin_")
   }
   x, y = smooth_videos(8), smooth_videos(9)
   np.testing.assert_allclose(
-    np.asarray(jax.jit(lambda p: perceptual_distance(plain, p, x, y))(plain_params)),
-    np.asarray(perceptual.distance(perceptual.params, x, y)),
-    rtol=1e-5,
+      np.asarray(jax.jit(lambda p: perceptual_distance(plain, p, x, y))(plain_params)),
+      np.asarray(perceptual.distance(perceptual.params, x, y)),
+      rtol=1e-5,
   )
 
 
@@ -224,7 +224,7 @@ def test_perceptual_params_npz_round_trip(perceptual, tmp_path):
 
   x = smooth_videos(10)
   np.testing.assert_array_equal(
-    np.asarray(perceptual.distance(loaded, x, -x)), np.asarray(perceptual.distance(params, x, -x))
+      np.asarray(perceptual.distance(loaded, x, -x)), np.asarray(perceptual.distance(params, x, -x))
   )
 
 
@@ -238,15 +238,15 @@ def test_default_template_loads_default_network(tmp_path):
   save_perceptual_params(str(path), params)
   loaded = load_perceptual_params(str(path))
   np.testing.assert_array_equal(
-    np.asarray(loaded["stage_1"]["conv"]["kernel"]), params["stage_1"]["conv"]["kernel"]
+      np.asarray(loaded["stage_1"]["conv"]["kernel"]), params["stage_1"]["conv"]["kernel"]
   )
 
 
 def test_perceptual_load_reports_missing_key_and_shape_mismatch(perceptual, tmp_path):
   flat = {
-    "stage_0/conv/kernel": np.zeros((3, 3, 3, 8), np.float32),
-    "stage_0/conv/bias": np.zeros((7,), np.float32),  # wrong shape
-    "stage_9/conv/kernel": np.zeros((1,), np.float32),  # not in the network
+      "stage_0/conv/kernel": np.zeros((3, 3, 3, 8), np.float32),
+      "stage_0/conv/bias": np.zeros((7,), np.float32),  # wrong shape
+      "stage_9/conv/kernel": np.zeros((1,), np.float32),  # not in the network
   }
   path = tmp_path / "broken.npz"
   np.savez(path, **flat)
@@ -255,7 +255,7 @@ def test_perceptual_load_reports_missing_key_and_shape_mismatch(perceptual, tmp_
   message = str(excinfo.value)
   assert str(path) in message
   assert (
-    "missing keys" in message and "stage_1/conv/kernel" in message and "lin_0/kernel" in message
+      "missing keys" in message and "stage_1/conv/kernel" in message and "lin_0/kernel" in message
   )
   assert "unexpected keys" in message and "stage_9/conv/kernel" in message
   assert "stage_0/conv/bias" in message and "(7,)" in message and "(8,)" in message

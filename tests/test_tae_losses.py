@@ -64,13 +64,13 @@ def test_training_with_opl_lowers_the_latent_norm_ratio():
   dotted = train(params, plant, 15)
   start = float(latent_norm_ratio(encode(dotted)).mean())
   with_opl = train(
-    dotted, lambda p: reconstruction(p) + 10.0 * outlier_penalty(encode(p)).mean(), 30
+      dotted, lambda p: reconstruction(p) + 10.0 * outlier_penalty(encode(p)).mean(), 30
   )
   without_opl = train(dotted, reconstruction, 30)
   ratio = lambda p: float(latent_norm_ratio(encode(p)).mean())
   print(
-    f"latent max/mean norm ratio: planted {start:.2f}; after 30 steps with OPL "
-    f"{ratio(with_opl):.2f}, without {ratio(without_opl):.2f}"
+      f"latent max/mean norm ratio: planted {start:.2f}; after 30 steps with OPL "
+      f"{ratio(with_opl):.2f}, without {ratio(without_opl):.2f}"
   )
   assert float(outlier_penalty(encode(dotted)).mean()) > 0
   assert ratio(with_opl) < 0.6 * start

@@ -23,14 +23,14 @@ BYTE_VOCAB = 384  # ByT5's tokenizer: 3 specials + 256 bytes + 125 extra ids
 
 def tiny_section(trainable: bool = False) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
-    dict(encoders=t2v_config.tiny_text_encoders(width=16, trainable=trainable))
+      dict(encoders=t2v_config.tiny_text_encoders(width=16, trainable=trainable))
   )
 
 
 def test_visual_text_is_the_quoted_spans():
   assert (
-    visual_text('a sign that reads "OPEN" next to \u201cCAF\u00c9 24h\u201d')
-    == "OPEN CAF\u00c9 24h"
+      visual_text('a sign that reads "OPEN" next to \u201cCAF\u00c9 24h\u201d')
+      == "OPEN CAF\u00c9 24h"
   )
   assert visual_text("no quotes here") == ""
   assert visual_text('an empty "" quote') == ""
@@ -116,16 +116,16 @@ def test_no_two_words_of_the_shapes_captions_share_an_id_in_the_demo():
   from mgjax.text.tokenizers import HashedWordTokenizer
 
   texts = (
-    shapes.CLIP_TEMPLATES
-    + shapes.IMAGE_TEMPLATES
-    + ("FPS-16",)
-    + tuple(shapes.COLORS)
-    + shapes.SHAPES
-    + shapes.BACKGROUNDS
-    + sum(shapes.MOTION_PHRASES.values(), ())
+      shapes.CLIP_TEMPLATES
+      + shapes.IMAGE_TEMPLATES
+      + ("FPS-16",)
+      + tuple(shapes.COLORS)
+      + shapes.SHAPES
+      + shapes.BACKGROUNDS
+      + sum(shapes.MOTION_PHRASES.values(), ())
   )
   words = {
-    w for text in texts for w in re.findall(r"\w+|[^\w\s]", re.sub(r"{\w+}", "", text.lower()))
+      w for text in texts for w in re.findall(r"\w+|[^\w\s]", re.sub(r"{\w+}", "", text.lower()))
   }
   assert {"left", "right", "up", "down", "red", "cyan", "fps"} <= words
   tokenizer = HashedWordTokenizer(2048)
@@ -136,28 +136,28 @@ def save_tiny_hf_encoders(directory) -> dict[str, str]:
   """Tiny random transformers T5 and CLIP text encoders on the byte vocabulary."""
   torch.manual_seed(0)
   t5 = transformers.T5EncoderModel(
-    transformers.T5Config(
-      vocab_size=BYTE_VOCAB,
-      d_model=16,
-      d_kv=4,
-      d_ff=32,
-      num_layers=2,
-      num_heads=4,
-      feed_forward_proj="gated-gelu",
-      dropout_rate=0.0,
-    )
+      transformers.T5Config(
+          vocab_size=BYTE_VOCAB,
+          d_model=16,
+          d_kv=4,
+          d_ff=32,
+          num_layers=2,
+          num_heads=4,
+          feed_forward_proj="gated-gelu",
+          dropout_rate=0.0,
+      )
   ).eval()
   clip = transformers.CLIPTextModel(
-    transformers.CLIPTextConfig(
-      vocab_size=BYTE_VOCAB,
-      hidden_size=16,
-      intermediate_size=32,
-      num_hidden_layers=2,
-      num_attention_heads=4,
-      max_position_embeddings=77,
-      bos_token_id=None,
-      eos_token_id=1,
-    )
+      transformers.CLIPTextConfig(
+          vocab_size=BYTE_VOCAB,
+          hidden_size=16,
+          intermediate_size=32,
+          num_hidden_layers=2,
+          num_attention_heads=4,
+          max_position_embeddings=77,
+          bos_token_id=None,
+          eos_token_id=1,
+      )
   ).eval()
   paths = {}
   for name, model in (("t5", t5), ("clip", clip)):
@@ -184,8 +184,8 @@ def test_pretrained_encoders_embed_like_transformers(tmp_path):
       n = tokens[f"{name}_mask"].sum(1).max()  # pads after it change no valid output
       ids, mask = tokens[f"{name}_ids"][:, :n], tokens[f"{name}_mask"][:, :n]
       reference = model(
-        input_ids=torch.tensor(ids, dtype=torch.long),
-        attention_mask=torch.tensor(mask, dtype=torch.long),
+          input_ids=torch.tensor(ids, dtype=torch.long),
+          attention_mask=torch.tensor(mask, dtype=torch.long),
       ).last_hidden_state
       diff = np.abs(np.asarray(out[name][0])[:, :n] - reference.numpy())[mask]
       assert diff.max() < 1e-4, (name, diff.max())
@@ -199,10 +199,10 @@ def save_word_tokenizer(directory):
   tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
   tokenizer.post_processor = processors.TemplateProcessing(
-    single="$A </s>", special_tokens=[("</s>", 1)]
+      single="$A </s>", special_tokens=[("</s>", 1)]
   )
   transformers.PreTrainedTokenizerFast(
-    tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+      tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
   ).save_pretrained(directory)
 
 
@@ -211,7 +211,7 @@ def test_tokenizer_is_read_from_the_encoder_directory(tmp_path):
   save_word_tokenizer(paths["t5"])
   section = tiny_section()
   section.encoders.ul2.update(
-    path=paths["t5"], model=ml_collections.ConfigDict(), tokenizer="", max_length=4
+      path=paths["t5"], model=ml_collections.ConfigDict(), tokenizer="", max_length=4
   )
   conditioner = TextConditioner(section)
   tokens = conditioner.tokenize(["a red circle", "a red circle moves left"])
@@ -236,22 +236,22 @@ def test_precompute_matches_embed_and_runs_as_a_command(tmp_path):
   captions_file.write_text("a red circle\n\n  \na blue square\n")
   out_file = tmp_path / "emb.npz"
   command = [
-    sys.executable,
-    "-m",
-    "mgjax.text.precompute",
-    "--config=experiments/t2v.py:tiny",
-    f"--captions={captions_file}",
-    f"--out={out_file}",
-    "--config.text.encoders.ul2.trainable=False",
-    "--config.text.encoders.metaclip.trainable=False",
-    "--config.text.encoders.byt5.trainable=False",
+      sys.executable,
+      "-m",
+      "mgjax.text.precompute",
+      "--config=experiments/t2v.py:tiny",
+      f"--captions={captions_file}",
+      f"--out={out_file}",
+      "--config.text.encoders.ul2.trainable=False",
+      "--config.text.encoders.metaclip.trainable=False",
+      "--config.text.encoders.byt5.trainable=False",
   ]
   result = subprocess.run(
-    command,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=os.path.dirname(os.path.dirname(__file__)),
+      command,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      cwd=os.path.dirname(os.path.dirname(__file__)),
   )
   assert result.returncode == 0, result.stderr[-2000:]
   saved = precompute_lib.load_embeddings(str(out_file))

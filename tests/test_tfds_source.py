@@ -42,16 +42,16 @@ class MgjaxTinyCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def _info(self):
     # DatasetInfo directly: dataset_info_from_configs wants a package folder of metadata.
     return tfds.core.DatasetInfo(
-      builder=self,
-      disable_shuffling=True,  # keep generator order: example i is key i
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Image(shape=(H, W, 3)),
-          "grey": tfds.features.Image(shape=(H, W, 1)),
-          "frames": tfds.features.Sequence(tfds.features.Image(shape=(H, W, 3)), length=T),
-          "caption": tfds.features.Text(),
-        }
-      ),
+        builder=self,
+        disable_shuffling=True,  # keep generator order: example i is key i
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(H, W, 3)),
+                "grey": tfds.features.Image(shape=(H, W, 1)),
+                "frames": tfds.features.Sequence(tfds.features.Image(shape=(H, W, 3)), length=T),
+                "caption": tfds.features.Text(),
+            }
+        ),
     )
 
   def _split_generators(self, dl_manager):
@@ -59,15 +59,12 @@ class MgjaxTinyCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   def _generate_examples(self):
     for k in range(NUM):
-      yield (
-        k,
-        {
+      yield k, {
           "image": Image.fromarray(pixels(k)),
           "grey": Image.fromarray(pixels(k, 1)[..., 0]),
           "frames": [Image.fromarray(f) for f in frames(k)],
           "caption": f"example {k} é",
-        },
-      )
+      }
 
 
 @pytest.fixture(scope="module")

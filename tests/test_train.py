@@ -32,7 +32,10 @@ def tiny_config(num_steps, images=False, **mesh):
   config.model.update(base_channels=8, channel_multipliers=(1, 2, 2, 2), num_groups=4)
   config.data.shapes.update(num_videos=24, num_frames=16, height=32, width=32, num_images=0)
   config.data.update(
-    num_frames=8, height=16, width=16, image_fraction=config.data.image_fraction if images else 0.0
+      num_frames=8,
+      height=16,
+      width=16,
+      image_fraction=config.data.image_fraction if images else 0.0,
   )
   config.eval.update(num_clips=2, num_frames=16, batch_size=2, num_videos_to_write=1)
   config.train.update(num_steps=num_steps, batch_size=8, log_every=1, checkpoint_every=3)
@@ -82,17 +85,17 @@ def test_two_processes_train_like_one(straight_run, tmp_path):
   straight, eval_metrics = straight_run
   workdir = str(tmp_path / "2x4")
   command = [
-    sys.executable,
-    "-m",
-    "mgjax.launch.local",
-    "--num_processes=2",
-    "--devices_per_process=4",
-    "--",
-    sys.executable,
-    "-m",
-    "mgjax.train",
-    "--config=tests/configs/tae_tiny.py:6",
-    f"--workdir={workdir}",
+      sys.executable,
+      "-m",
+      "mgjax.launch.local",
+      "--num_processes=2",
+      "--devices_per_process=4",
+      "--",
+      sys.executable,
+      "-m",
+      "mgjax.train",
+      "--config=tests/configs/tae_tiny.py:6",
+      f"--workdir={workdir}",
   ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-4000:]
@@ -121,7 +124,7 @@ def test_non_finite_update_stops_the_run_or_is_skipped(tmp_path, monkeypatch):
   config = tiny_config(4)
   config.train.update(checkpoint_every=1, keep_checkpoints=4, ema_decay=0.5)
   with pytest.raises(
-    FloatingPointError, match="at step 2. Last complete checkpoint: 1.*skip_non_finite=N"
+      FloatingPointError, match="at step 2. Last complete checkpoint: 1.*" "skip_non_finite=N"
   ):
     train_lib.train(config, str(tmp_path / "stop"))
   assert os.listdir(tmp_path / "stop" / "checkpoints") == ["1"]  # nothing non-finite saved
@@ -133,7 +136,7 @@ def test_non_finite_update_stops_the_run_or_is_skipped(tmp_path, monkeypatch):
   assert np.isnan(rows[2]["loss"]) and np.isfinite(rows[3]["loss"])
   assert rows[4]["skipped_updates"] == 1 and rows[4]["non_finite_in_a_row"] == 0
   states = {
-    step: train_lib.restore_train_state(str(tmp_path / "skip"), step)[2] for step in (1, 2, 3)
+      step: train_lib.restore_train_state(str(tmp_path / "skip"), step)[2] for step in (1, 2, 3)
   }
   for name in ("params", "ema_params"):
     after = [jax.tree.leaves(getattr(states[step], name)) for step in (1, 2, 3)]
@@ -163,7 +166,7 @@ train.train(tiny_config(6), sys.argv[1])
 def _run_until(command, marker: str, timeout: float = 600):
   """Starts `command` and returns (process, output so far) once a line has `marker`."""
   process = subprocess.Popen(
-    command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+      command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
   )
   output, start = [], time.time()
   for line in process.stdout:
@@ -178,7 +181,7 @@ def test_kill_during_async_save_resumes_from_last_complete_step(straight_run, tm
   straight, _ = straight_run
   workdir = str(tmp_path / "run")
   process, _ = _run_until(
-    [sys.executable, "-c", _STALL_SAVE_OF_STEP_6, workdir], "COMMITTING STEP 6"
+      [sys.executable, "-c", _STALL_SAVE_OF_STEP_6, workdir], "COMMITTING STEP 6"
   )
   process.kill()  # SIGKILL, with step 6's checkpoint written but not committed
   process.wait(timeout=60)
@@ -223,7 +226,7 @@ def test_preempted_first_stage_stops_the_whole_run(tmp_path, monkeypatch):
   unfinished TAE's latents."""
   monkeypatch.setattr(train_lib.PreemptionWatch, "reached", lambda self, step: step == 2)
   tae_section = ml_collections.ConfigDict(
-    dict(train_config=os.path.join(ROOT, "tests", "configs", "tae_tiny.py") + ":6", train_steps=0)
+      dict(train_config=os.path.join(ROOT, "tests", "configs", "tae_tiny.py") + ":6", train_steps=0)
   )
   tae_workdir = str(tmp_path / "tae")
   with pytest.raises(StopRequested, match="stopped at step 2 of 6"):

@@ -79,13 +79,13 @@ def test_native_fps_reads_consecutive_frames(index_video):
 
 
 @pytest.mark.parametrize(
-  "fps, expected",
-  [
-    (16, list(range(0, 32, 2))),
-    (8, list(range(0, 32, 4))),
-    (64, [0, 0, 1, 1, 2, 2, 3, 3]),
-    (12, [int(i * 32 / 12) for i in range(12)]),  # Non-integer ratio: nearest previous.
-  ],
+    "fps, expected",
+    [
+        (16, list(range(0, 32, 2))),
+        (8, list(range(0, 32, 4))),
+        (64, [0, 0, 1, 1, 2, 2, 3, 3]),
+        (12, [int(i * 32 / 12) for i in range(12)]),  # Non-integer ratio: nearest previous.
+    ],
 )
 def test_fps_resampling(index_video, fps, expected):
   clip = video.read_clip(index_video, len(expected), fps=fps)
@@ -248,13 +248,13 @@ def _bad_files(tmp_path, index_video):
   index_at_end = str(tmp_path / "index_at_end.mp4")
   _write_with_index_at_end(index_at_end, _noisy_clip(), 24)
   return {
-    "missing": [str(tmp_path / "does_not_exist.mp4"), str(tmp_path)],
-    "empty": [str(empty)],
-    "truncated": [
-      _truncated_copy(index_video, str(tmp_path / "cut.mp4")),
-      _truncated_copy(index_at_end, str(tmp_path / "cut_index_at_end.mp4")),
-    ],
-    "undecodable": [str(random_bytes), str(text)],
+      "missing": [str(tmp_path / "does_not_exist.mp4"), str(tmp_path)],
+      "empty": [str(empty)],
+      "truncated": [
+          _truncated_copy(index_video, str(tmp_path / "cut.mp4")),
+          _truncated_copy(index_at_end, str(tmp_path / "cut_index_at_end.mp4")),
+      ],
+      "undecodable": [str(random_bytes), str(text)],
   }
 
 
@@ -262,9 +262,9 @@ def test_bad_files_raise_their_kind(tmp_path, index_video):
   for kind, paths in _bad_files(tmp_path, index_video).items():
     for path in paths:
       for read in (
-        video.probe,
-        lambda p: video.read_clip(p, 4),
-        lambda p: video.read_clip(p, 2, fps=4, size=(8, 8)),
+          video.probe,
+          lambda p: video.read_clip(p, 4),
+          lambda p: video.read_clip(p, 2, fps=4, size=(8, 8)),
       ):
         with pytest.raises(VideoDecodeError) as info:
           read(path)
@@ -311,10 +311,10 @@ def test_bad_images_raise_their_kind(tmp_path):
   empty = tmp_path / "empty.png"
   empty.write_bytes(b"")
   cases = {
-    "missing": tmp_path / "nope.png",
-    "empty": empty,
-    "truncated": cut,
-    "undecodable": junk,
+      "missing": tmp_path / "nope.png",
+      "empty": empty,
+      "truncated": cut,
+      "undecodable": junk,
   }
   for kind, path in cases.items():
     with pytest.raises(ImageDecodeError) as info:

@@ -66,19 +66,19 @@ _DB_FLOOR = -200.0  # rms_db of all-zero audio instead of -inf.
 AAC_BIT_RATE_PER_CHANNEL = 96_000
 # Sample rates the AAC bitstream can signal directly.
 AAC_SAMPLE_RATES = (
-  96000,
-  88200,
-  64000,
-  48000,
-  44100,
-  32000,
-  24000,
-  22050,
-  16000,
-  12000,
-  11025,
-  8000,
-  7350,
+    96000,
+    88200,
+    64000,
+    48000,
+    44100,
+    32000,
+    24000,
+    22050,
+    16000,
+    12000,
+    11025,
+    8000,
+    7350,
 )
 # Video codecs whose packets the .mp4 muxer accepts as they are; others are
 # decoded and re-encoded with video.write_video (H.264).
@@ -111,12 +111,12 @@ def _as_audio_array(audio, name: str = "audio") -> np.ndarray:
     audio = audio[:, None]  # [T, 1]
   if audio.ndim != 2 or audio.shape[0] < 1 or audio.shape[1] < 1:
     raise ValueError(
-      f"{name} must have shape [T>=1] or [T>=1, C>=1] (samples, channels), got {audio.shape}"
+        f"{name} must have shape [T>=1] or [T>=1, C>=1] (samples, channels), " f"got {audio.shape}"
     )
   if not np.issubdtype(audio.dtype, np.floating):
     raise ValueError(
-      f"{name} must be floating point in [-1, 1], got {audio.dtype}; "
-      "divide integer PCM by its full scale (32768 for int16)"
+        f"{name} must be floating point in [-1, 1], got {audio.dtype}; "
+        "divide integer PCM by its full scale (32768 for int16)"
     )
   audio = audio.astype(np.float32, copy=False)
   if not np.all(np.isfinite(audio)):
@@ -150,8 +150,8 @@ def convert_channels(audio: np.ndarray, channels: int) -> np.ndarray:
     return audio
   if have not in SUPPORTED_CHANNELS:
     raise ValueError(
-      f"audio has {have} channels; only {SUPPORTED_CHANNELS} convert, "
-      "downmix it to stereo first (e.g. ffmpeg -ac 2)"
+        f"audio has {have} channels; only {SUPPORTED_CHANNELS} convert, "
+        "downmix it to stereo first (e.g. ffmpeg -ac 2)"
     )
   if channels == 1:
     return audio.mean(axis=1, keepdims=True)  # [T, 1]
@@ -229,29 +229,29 @@ def _open_audio(path: str):
     container = av.open(path, mode="r")
   except (av.FFmpegError, OSError, ValueError, UnicodeError) as e:
     raise AudioDecodeError(
-      path,
-      "undecodable",
-      f"not an audio or video file FFmpeg can read ({e}); pass a .wav or a video "
-      "with sound, or re-encode it",
+        path,
+        "undecodable",
+        f"not an audio or video file FFmpeg can read ({e}); pass a .wav or a video "
+        "with sound, or re-encode it",
     ) from e
   if not container.streams.audio:
     kinds = sorted({s.type for s in container.streams}) or ["no streams"]
     container.close()
     raise AudioDecodeError(
-      path,
-      "no_audio",
-      f"the file has no audio stream (it holds: {', '.join(kinds)}); pass a file with "
-      "sound, e.g. mux one in with mgjax.data.audio.mux_audio",
+        path,
+        "no_audio",
+        f"the file has no audio stream (it holds: {', '.join(kinds)}); pass a file with "
+        "sound, e.g. mux one in with mgjax.data.audio.mux_audio",
     )
   stream = container.streams.audio[0]
   channels = stream.codec_context.channels
   if channels not in SUPPORTED_CHANNELS:
     container.close()
     raise AudioDecodeError(
-      path,
-      "channels",
-      f"the audio stream has {channels} channels; only mono or stereo is supported, "
-      "downmix it first (ffmpeg -i IN -ac 2 OUT.wav)",
+        path,
+        "channels",
+        f"the audio stream has {channels} channels; only mono or stereo is supported, "
+        "downmix it first (ffmpeg -i IN -ac 2 OUT.wav)",
     )
   return container, stream
 
@@ -272,7 +272,7 @@ def probe_audio(path: str | os.PathLike) -> AudioInfo:
     rate = int(stream.codec_context.sample_rate)
     samples = _declared_samples(stream)
     return AudioInfo(
-      rate, int(stream.codec_context.channels), samples, samples / rate if rate else 0.0
+        rate, int(stream.codec_context.channels), samples, samples / rate if rate else 0.0
     )
   finally:
     container.close()
@@ -335,9 +335,9 @@ def _decode_stream(path: str, container, stream) -> np.ndarray:
   except av.FFmpegError as e:
     decoded = sum(c.shape[1] for c in chunks)
     raise AudioDecodeError(
-      path,
-      "undecodable",
-      f"audio decoding failed after {decoded / rate:.3f}s ({e}); re-encode or remove the file",
+        path,
+        "undecodable",
+        f"audio decoding failed after {decoded / rate:.3f}s ({e}); re-encode or remove " "the file",
     ) from e
   channels = stream.codec_context.channels
   if not chunks:
@@ -355,9 +355,9 @@ def _decode_stream(path: str, container, stream) -> np.ndarray:
 
 
 def read_audio(
-  path: str | os.PathLike,
-  sample_rate: int | None = None,
-  channels: int | None = None,
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    channels: int | None = None,
 ) -> np.ndarray:
   """Decodes a file's first audio stream as float32 [T, C].
 
@@ -380,7 +380,7 @@ def read_audio(
     container.close()
   if audio.shape[0] == 0:
     raise AudioDecodeError(
-      path, "empty", "the audio stream holds zero samples; remove the file or write it again"
+        path, "empty", "the audio stream holds zero samples; remove the file or write it again"
     )
   if channels is not None:
     audio = convert_channels(audio, channels)
@@ -415,10 +415,10 @@ def _quantize_s16(audio: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def write_wav(
-  path: str | os.PathLike,
-  audio: np.ndarray,
-  sample_rate: int,
-  sample_format: str = "s16",
+    path: str | os.PathLike,
+    audio: np.ndarray,
+    sample_rate: int,
+    sample_format: str = "s16",
 ) -> int:
   """Writes float [T, C] (or mono [T]) audio as a .wav; returns the clipped-sample count.
 
@@ -443,11 +443,11 @@ def write_wav(
   else:
     data, fmt = audio, "flt"
   with (
-    video.atomic_write(path) as temp,
-    av.open(temp, mode="w", format="wav", options={"fflags": "+bitexact"}) as container,
+      video.atomic_write(path) as temp,
+      av.open(temp, mode="w", format="wav", options={"fflags": "+bitexact"}) as container,
   ):
     stream = container.add_stream(
-      WAV_FORMATS[sample_format], rate=sample_rate, layout=_LAYOUTS[audio.shape[1]]
+        WAV_FORMATS[sample_format], rate=sample_rate, layout=_LAYOUTS[audio.shape[1]]
     )
     for frame in _frames_for_encoding(data, sample_rate, fmt):
       for packet in stream.encode(frame):
@@ -488,7 +488,7 @@ def _copy_video_with_audio(video_path: str, audio: np.ndarray, sample_rate: int,
         video_packets.append(packet)
       if not video_packets:
         raise video.VideoDecodeError(
-          video_path, "empty", "the video stream contains no frames; remove the file"
+            video_path, "empty", "the video stream contains no frames; remove the file"
         )
       # Muxed in time order, so players need not seek between streams.
       merged = sorted(video_packets + audio_packets, key=_packet_time)
@@ -506,22 +506,22 @@ def _decode_all_frames(video_path: str) -> tuple[np.ndarray, float]:
     frames = [f.to_ndarray(format="rgb24") for f in source.decode(stream)]
   except av.FFmpegError as e:
     raise video.VideoDecodeError(
-      video_path, "undecodable", f"cannot decode its frames ({e}); re-encode the file"
+        video_path, "undecodable", f"cannot decode its frames ({e}); re-encode the file"
     ) from e
   finally:
     source.close()
   if not frames:
     raise video.VideoDecodeError(
-      video_path, "empty", "the video stream contains no frames; remove the file"
+        video_path, "empty", "the video stream contains no frames; remove the file"
     )
   return np.stack(frames), info.fps
 
 
 def mux_audio(
-  video_path: str | os.PathLike,
-  audio: np.ndarray,
-  sample_rate: int,
-  out_path: str | os.PathLike,
+    video_path: str | os.PathLike,
+    audio: np.ndarray,
+    sample_rate: int,
+    out_path: str | os.PathLike,
 ) -> None:
   """Writes out_path (.mp4): the video stream of video_path plus `audio` as AAC.
 
@@ -542,8 +542,8 @@ def mux_audio(
   sample_rate = _check_rate(sample_rate, "sample_rate")
   if sample_rate not in AAC_SAMPLE_RATES:
     raise ValueError(
-      f"sample_rate={sample_rate} cannot be stored as AAC; resample to one of "
-      f"{AAC_SAMPLE_RATES} first (mgjax.data.audio.resample)"
+        f"sample_rate={sample_rate} cannot be stored as AAC; resample to one of "
+        f"{AAC_SAMPLE_RATES} first (mgjax.data.audio.resample)"
     )
   source, stream = video._open_video(video_path)
   codec = stream.codec_context.name

@@ -41,9 +41,9 @@ def read_records(manifest: str, split: str) -> list[dict]:
   """Manifest lines of one split with absolute "video_path" / "audio_path"."""
   if not os.path.exists(manifest):
     raise FileNotFoundError(
-      f"Manifest {manifest} does not exist; write one JSON object per "
-      'line with a "video" (and optional "audio") path, or use '
-      "data.name='shapes_audio' for the synthetic set."
+        f"Manifest {manifest} does not exist; write one JSON object per "
+        'line with a "video" (and optional "audio") path, or use '
+        "data.name='shapes_audio' for the synthetic set."
     )
   base = os.path.dirname(os.path.abspath(manifest))
   records = []
@@ -63,12 +63,12 @@ def clip_lengths(clip_seconds: float, fps: float, sample_rate: int) -> tuple[int
 
 
 def load_clip(
-  record: dict,
-  clip_seconds: float,
-  fps: float,
-  size: tuple[int, int],
-  sample_rate: int,
-  channels: int,
+    record: dict,
+    clip_seconds: float,
+    fps: float,
+    size: tuple[int, int],
+    sample_rate: int,
+    channels: int,
 ) -> tuple[np.ndarray, np.ndarray]:
   """(frames uint8 [Tv, H, W, 3], audio float32 [S, C]); raises MediaDecodeError with
   kind video_* / audio_*."""
@@ -84,10 +84,10 @@ def load_clip(
     raise MediaDecodeError(e.path, f"audio_{e.kind}", e.detail) from e
   if waveform.shape[0] < num_samples - sample_rate // 100:  # 10 ms of slack for codecs
     raise MediaDecodeError(
-      path,
-      "audio_too_short",
-      f"{waveform.shape[0] / sample_rate:.3f} s of sound, the clip needs "
-      f"{clip_seconds} s (data.clip_seconds)",
+        path,
+        "audio_too_short",
+        f"{waveform.shape[0] / sample_rate:.3f} s of sound, the clip needs "
+        f"{clip_seconds} s (data.clip_seconds)",
     )
   waveform = waveform[:num_samples]
   waveform = np.pad(waveform, ((0, num_samples - waveform.shape[0]), (0, 0)))
@@ -95,7 +95,7 @@ def load_clip(
 
 
 def load_clips(
-  records: Sequence[dict], limit: int | None = None, **clip_args
+    records: Sequence[dict], limit: int | None = None, **clip_args
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict], collections.Counter]:
   """Up to `limit` usable clips of `records`, their records, and the skipped by kind."""
   clips, kept, skipped = [], [], collections.Counter()
@@ -113,12 +113,12 @@ def load_clips(
 
 
 def cache_clips(
-  path: str,
-  records: Sequence[dict],
-  fingerprint: dict,
-  encode: Callable[[np.ndarray], np.ndarray],
-  batch_size: int = 16,
-  **clip_args,
+    path: str,
+    records: Sequence[dict],
+    fingerprint: dict,
+    encode: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 16,
+    **clip_args,
 ) -> dict:
   """Decodes and VAE-encodes `records` into `path` (.npz) unless a cache with the same
   fingerprint is there; returns {frames [N, Tv, H, W, 3] uint8, latent [N, T, C]
@@ -132,24 +132,24 @@ def cache_clips(
   clips, kept, skipped = load_clips(records, **clip_args)
   if not clips:
     raise ValueError(
-      f"None of the {len(records)} clips could be used (skipped by kind: "
-      f"{dict(skipped)}); check the data set's files."
+        f"None of the {len(records)} clips could be used (skipped by kind: "
+        f"{dict(skipped)}); check the data set's files."
     )
   frames = np.stack([c[0] for c in clips])  # [N, Tv, H, W, 3]
   waveforms = np.stack([c[1] for c in clips])  # [N, S, C]
   latents = np.concatenate(
-    [
-      np.asarray(encode(waveforms[i : i + batch_size]))
-      for i in range(0, len(waveforms), batch_size)
-    ]
+      [
+          np.asarray(encode(waveforms[i : i + batch_size]))
+          for i in range(0, len(waveforms), batch_size)
+      ]
   )  # [N, T, C]
   arrays = dict(
-    frames=frames,
-    latent=latents.astype(np.float32),
-    caption=np.array([r.get("caption", "") for r in kept]),
-    records=np.array(json.dumps(kept)),
-    skipped=np.array(json.dumps(skipped)),
-    fingerprint=np.array(json.dumps(fingerprint)),
+      frames=frames,
+      latent=latents.astype(np.float32),
+      caption=np.array([r.get("caption", "") for r in kept]),
+      records=np.array(json.dumps(kept)),
+      skipped=np.array(json.dumps(skipped)),
+      fingerprint=np.array(json.dumps(fingerprint)),
   )
   os.makedirs(os.path.dirname(path), exist_ok=True)
   temp = path + ".tmp.npz"

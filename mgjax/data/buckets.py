@@ -45,7 +45,7 @@ def buckets_from_config(entries: Sequence[Sequence]) -> list[Bucket]:
   for entry in entries:
     if len(entry) != 5:
       raise ValueError(
-        f"Bucket {tuple(entry)} needs 5 fields: (name, num_frames, height, width, batch_size)."
+          f"Bucket {tuple(entry)} needs 5 fields: (name, num_frames, height, " "width, batch_size)."
       )
     bucket = Bucket(str(entry[0]), *(int(v) for v in entry[1:]))
     if min(bucket.num_frames, bucket.height, bucket.width, bucket.batch_size) < 1:
@@ -81,11 +81,11 @@ def assign_bucket(record: dict, buckets: Sequence[Bucket], fps: float | None) ->
 
 
 def group_by_bucket(
-  records: Sequence[dict],
-  buckets: Sequence[Bucket],
-  fps: float | None,
-  min_fps: float = 0.0,
-  num_threads: int = 16,
+    records: Sequence[dict],
+    buckets: Sequence[Bucket],
+    fps: float | None,
+    min_fps: float = 0.0,
+    num_threads: int = 16,
 ) -> tuple[dict[str, list[dict]], collections.Counter]:
   """({bucket name: records}, skipped by kind) of a record list.
 
@@ -117,6 +117,6 @@ def group_by_bucket(
       groups[bucket.name].append(record)
   if skipped["no_bucket"]:
     logging.warning(
-      "%d records fit no bucket (too short, or no bucket of their kind).", skipped["no_bucket"]
+        "%d records fit no bucket (too short, or no bucket of their kind).", skipped["no_bucket"]
     )
   return groups, skipped

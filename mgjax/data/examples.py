@@ -55,11 +55,11 @@ def video_info(record: dict) -> VideoInfo:
   """A video record's metadata: from the record when complete, else from the file."""
   if all(record.get(k) for k in ("fps", "num_frames", "width", "height")):
     return VideoInfo(
-      fps=float(record["fps"]),
-      num_frames=int(record["num_frames"]),
-      width=int(record["width"]),
-      height=int(record["height"]),
-      duration=record["num_frames"] / record["fps"],
+        fps=float(record["fps"]),
+        num_frames=int(record["num_frames"]),
+        width=int(record["width"]),
+        height=int(record["height"]),
+        duration=record["num_frames"] / record["fps"],
     )
   return probe(record["video"])
 
@@ -70,21 +70,21 @@ def with_metadata(record: dict) -> dict:
   if "video" in record:
     info = video_info(record)
     return {
-      **record,
-      "fps": info.fps,
-      "num_frames": info.num_frames,
-      "width": info.width,
-      "height": info.height,
+        **record,
+        "fps": info.fps,
+        "num_frames": info.num_frames,
+        "width": info.width,
+        "height": info.height,
     }
   if record.get("width") and record.get("height"):
     return record
   if "pixels" in record:  # decoded (TFDS): [H, W, 3] or [T, H, W, 3]
     shape = np.shape(record["pixels"])
     return {
-      **record,
-      "height": shape[-3],
-      "width": shape[-2],
-      **({"num_frames": shape[0]} if len(shape) == 4 else {}),
+        **record,
+        "height": shape[-3],
+        "width": shape[-2],
+        **({"num_frames": shape[0]} if len(shape) == 4 else {}),
     }
   height, width, _ = read_image(record["image"]).shape
   return {**record, "width": width, "height": height}
@@ -96,15 +96,17 @@ def _scale_cover(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   if frames.shape[1:3] == (height, width):
     return frames
   return np.stack(
-    [
-      np.asarray(ImageOps.fit(Image.fromarray(f), (width, height), method=Image.Resampling.BICUBIC))
-      for f in frames
-    ]
+      [
+          np.asarray(
+              ImageOps.fit(Image.fromarray(f), (width, height), method=Image.Resampling.BICUBIC)
+          )
+          for f in frames
+      ]
   )
 
 
 def load_pixels(
-  record: dict, spec: ExampleSpec, rng: np.random.Generator
+    record: dict, spec: ExampleSpec, rng: np.random.Generator
 ) -> tuple[np.ndarray, float | None]:
   """(uint8 [T, H, W, 3], the clip's frame rate or None for stills) of one record.
 
@@ -117,7 +119,7 @@ def load_pixels(
     frames = frames[None] if frames.ndim == 3 else frames  # [T0, H0, W0, 3]
     if len(frames) < spec.num_frames:
       raise MediaDecodeError(
-        record.get("id", "<tfds>"), "too_short", f"{len(frames)} frames, {spec.num_frames} needed"
+          record.get("id", "<tfds>"), "too_short", f"{len(frames)} frames, {spec.num_frames} needed"
       )
     first = int(rng.integers(len(frames) - spec.num_frames + 1)) if spec.random_start else 0
     frames = frames[first : first + spec.num_frames]
@@ -126,8 +128,8 @@ def load_pixels(
   elif record.get("image"):
     if spec.num_frames != 1:
       raise ValueError(
-        f"Image {record['image']} cannot make a {spec.num_frames}-frame clip; "
-        "images belong in 1-frame buckets."
+          f"Image {record['image']} cannot make a {spec.num_frames}-frame clip; "
+          "images belong in 1-frame buckets."
       )
     frames = read_image(record["image"], size=spec.scale_to)[None]
   else:
@@ -136,7 +138,7 @@ def load_pixels(
     slack = max(info.duration - spec.num_frames / fps, 0.0)
     start = float(rng.uniform(0.0, slack)) if spec.random_start else 0.0
     frames = read_clip(
-      record["video"], spec.num_frames, fps=fps, size=spec.scale_to, start_time=start
+        record["video"], spec.num_frames, fps=fps, size=spec.scale_to, start_time=start
     )
     if spec.num_frames == 1:
       fps = None  # a still taken from a video trains as an image
@@ -144,16 +146,16 @@ def load_pixels(
 
 
 def _crop(
-  frames: np.ndarray, spec: ExampleSpec, rng: np.random.Generator, record: dict
+    frames: np.ndarray, spec: ExampleSpec, rng: np.random.Generator, record: dict
 ) -> np.ndarray:
   _, h0, w0, _ = frames.shape
   if spec.height > h0 or spec.width > w0:
     path = record.get("video") or record.get("image") or record.get("id", "<tfds>")
     raise MediaDecodeError(
-      path,
-      "too_small",
-      f"frames are {h0}x{w0}, smaller than the "
-      f"{spec.height}x{spec.width} crop; set data.scale_to to scale them",
+        path,
+        "too_small",
+        f"frames are {h0}x{w0}, smaller than the "
+        f"{spec.height}x{spec.width} crop; set data.scale_to to scale them",
     )
   if spec.random_crop:
     top, left = int(rng.integers(h0 - spec.height + 1)), int(rng.integers(w0 - spec.width + 1))
@@ -185,13 +187,13 @@ class LoadExample:
         index = rng.integers(len(self.records))
         continue
       return {
-        "pixels": pixels,
-        "caption": tagged_caption(record.get("caption", ""), fps),
-        "skipped": skipped,
+          "pixels": pixels,
+          "caption": tagged_caption(record.get("caption", ""), fps),
+          "skipped": skipped,
       }
     raise RuntimeError(
-      f"{self.max_attempts} records in a row could not be read "
-      f"({[s[:2] for s in skipped]}); the data set looks broken."
+        f"{self.max_attempts} records in a row could not be read "
+        f"({[s[:2] for s in skipped]}); the data set looks broken."
     )
 
 

@@ -41,19 +41,19 @@ FINGERPRINT_FILE = "fingerprint.json"
 
 
 def bucket_spec(
-  bucket: Bucket, fps: float | None, min_fps: float, random_clip: bool
+    bucket: Bucket, fps: float | None, min_fps: float, random_clip: bool
 ) -> ExampleSpec:
   """Pixels of a bucket's example: scaled to cover its size, centre-cropped; the clip
   starts at a random time (random_clip) or at the start."""
   return ExampleSpec(
-    bucket.num_frames,
-    bucket.height,
-    bucket.width,
-    fps=fps,
-    min_fps=min_fps,
-    scale_to=(bucket.height, bucket.width),
-    random_crop=False,
-    random_start=random_clip,
+      bucket.num_frames,
+      bucket.height,
+      bucket.width,
+      fps=fps,
+      min_fps=min_fps,
+      scale_to=(bucket.height, bucket.width),
+      random_crop=False,
+      random_start=random_clip,
   )
 
 
@@ -69,9 +69,9 @@ def check_fingerprint(root: str, fingerprint: dict) -> bool:
       if json.load(f) == fingerprint:
         return True
     logging.warning(
-      "Latents in %s were made by something else (TAE, data or buckets "
-      "changed); encoding them again.",
-      root,
+        "Latents in %s were made by something else (TAE, data or buckets "
+        "changed); encoding them again.",
+        root,
     )
     for old in glob.glob(os.path.join(root, "*", "*", "shard-*")):
       os.remove(old)
@@ -83,34 +83,34 @@ def check_fingerprint(root: str, fingerprint: dict) -> bool:
 
 
 def write_bucket(
-  root: str,
-  split: str,
-  bucket: Bucket,
-  records: Sequence[dict],
-  spec: ExampleSpec,
-  encode: Callable[[np.ndarray], np.ndarray],
-  *,
-  embed_text: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
-  shard_size: int = 256,
-  batch_size: int = 8,
-  num_threads: int = 8,
-  process_index: int = 0,
-  process_count: int = 1,
+    root: str,
+    split: str,
+    bucket: Bucket,
+    records: Sequence[dict],
+    spec: ExampleSpec,
+    encode: Callable[[np.ndarray], np.ndarray],
+    *,
+    embed_text: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
+    shard_size: int = 256,
+    batch_size: int = 8,
+    num_threads: int = 8,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> None:
   """Encodes this process's unfinished shards of one bucket."""
   out_dir = shard_dir(root, split, bucket.name)
   os.makedirs(out_dir, exist_ok=True)
   shards = [
-    k
-    for k in range(-(-len(records) // shard_size))
-    if k % process_count == process_index
-    and not os.path.exists(os.path.join(out_dir, f"shard-{k:05d}.json"))
+      k
+      for k in range(-(-len(records) // shard_size))
+      if k % process_count == process_index
+      and not os.path.exists(os.path.join(out_dir, f"shard-{k:05d}.json"))
   ]
   rng = np.random.default_rng(0)  # unused by a spec without random choices
   progress = tqdm.tqdm(
-    total=sum(len(records[k * shard_size : (k + 1) * shard_size]) for k in shards),
-    unit="clip",
-    desc=f"{split}/{bucket.name}",
+      total=sum(len(records[k * shard_size : (k + 1) * shard_size]) for k in shards),
+      unit="clip",
+      desc=f"{split}/{bucket.name}",
   )
 
   def read(record):
@@ -173,18 +173,18 @@ class ChannelSums:
 
   def to_json(self) -> dict:
     return {
-      "values": self.values,
-      "sum": [] if self.total is None else self.total.tolist(),
-      "sum_sq": [] if self.total is None else self.total_sq.tolist(),
+        "values": self.values,
+        "sum": [] if self.total is None else self.total.tolist(),
+        "sum_sq": [] if self.total is None else self.total_sq.tolist(),
     }
 
   @classmethod
   def from_json(cls, markers: Sequence[dict]) -> ChannelSums:
     markers = [m for m in markers if m["values"]]
     return cls(
-      sum(m["values"] for m in markers),
-      np.sum([m["sum"] for m in markers], 0),
-      np.sum([m["sum_sq"] for m in markers], 0),
+        sum(m["values"] for m in markers),
+        np.sum([m["sum"] for m in markers], 0),
+        np.sum([m["sum_sq"] for m in markers], 0),
     )
 
   def mean_std(self) -> tuple[np.ndarray, np.ndarray]:

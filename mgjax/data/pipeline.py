@@ -97,21 +97,21 @@ def stream_batches(stream: Stream, seed: int, rows: slice) -> grain.MapDataset:
   if stream.size < 1:
     raise ValueError(f"Bucket {stream.name!r} has no examples.")
   examples = (
-    grain.MapDataset.range(stream.size)
-    .shuffle(seed=seed)
-    .repeat()
-    .random_map(stream.load, seed=seed)
+      grain.MapDataset.range(stream.size)
+      .shuffle(seed=seed)
+      .repeat()
+      .random_map(stream.load, seed=seed)
   )
   local = ProcessRows(examples, stream.batch_size, rows)
   return local.batch(rows.stop - rows.start, drop_remainder=True, batch_fn=collate)
 
 
 def mixed_batches(
-  streams: Sequence[Stream], seed: int, rows_of: Callable[[int], slice]
+    streams: Sequence[Stream], seed: int, rows_of: Callable[[int], slice]
 ) -> grain.MapDataset:
   """Batch s of the run (this process's rows), each from one stream."""
   per_stream = [
-    stream_batches(s, seed + 7919 * i, rows_of(s.batch_size)) for i, s in enumerate(streams)
+      stream_batches(s, seed + 7919 * i, rows_of(s.batch_size)) for i, s in enumerate(streams)
   ]
   if len(per_stream) == 1:
     return per_stream[0]
@@ -130,15 +130,15 @@ class DataIterator:
   """
 
   def __init__(
-    self,
-    streams: Sequence[Stream],
-    options: LoaderOptions,
-    finish: Callable[[dict], dict],
-    *,
-    rows_of: Callable[[int], slice] = all_rows,
-    skipped_records: collections.Counter | None = None,
-    num_records: int = 0,
-    start: int = 0,
+      self,
+      streams: Sequence[Stream],
+      options: LoaderOptions,
+      finish: Callable[[dict], dict],
+      *,
+      rows_of: Callable[[int], slice] = all_rows,
+      skipped_records: collections.Counter | None = None,
+      num_records: int = 0,
+      start: int = 0,
   ):
     self._batches = mixed_batches(streams, options.seed, rows_of)
     self._options = options
@@ -156,10 +156,10 @@ class DataIterator:
   def get_state(self) -> dict:
     """JSON-able: everything needed to continue exactly where this iterator is."""
     return {
-      "next_batch": self._next,
-      "examples": self._examples,
-      "skipped_draws": self._skipped_draws,
-      "bad_files": {k: sorted(v) for k, v in self._bad_files.items()},
+        "next_batch": self._next,
+        "examples": self._examples,
+        "skipped_draws": self._skipped_draws,
+        "bad_files": {k: sorted(v) for k, v in self._bad_files.items()},
     }
 
   def set_state(self, state: dict) -> None:
@@ -168,19 +168,19 @@ class DataIterator:
     self._examples = int(state["examples"])
     self._skipped_draws = int(state["skipped_draws"])
     self._bad_files = collections.defaultdict(
-      set, {k: set(v) for k, v in state["bad_files"].items()}
+        set, {k: set(v) for k, v in state["bad_files"].items()}
     )
 
   # --------------------------------------------------------------- iterating
   def _start(self):
     dataset = self._batches.slice(slice(self._next, None)).to_iter_dataset(
-      grain.ReadOptions(
-        num_threads=self._options.num_threads, prefetch_buffer_size=self._options.prefetch
-      )
+        grain.ReadOptions(
+            num_threads=self._options.num_threads, prefetch_buffer_size=self._options.prefetch
+        )
     )
     if self._options.num_workers > 0:
       dataset = dataset.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=self._options.num_workers)
+          grain.MultiprocessingOptions(num_workers=self._options.num_workers)
       )
     self._iterator = iter(dataset)
 
@@ -231,14 +231,14 @@ class DataIterator:
   def _check_draws(self):
     tried = self._skipped_draws + self._examples
     if tried >= MIN_TRIED_FOR_THRESHOLD and (
-      self._skipped_draws / tried > self._options.max_skip_fraction
+        self._skipped_draws / tried > self._options.max_skip_fraction
     ):
       self._fail(f"{self._skipped_draws} of {tried} examples read were unusable files")
 
   def _fail(self, what: str):
     self.close()
     raise DataQualityError(
-      f"{what} (skipped by kind: {self.skipped_by_kind()}), more than "
-      f"data.max_skip_fraction={self._options.max_skip_fraction}. Fix or remove the bad "
-      "files (each was logged with its path), or raise data.max_skip_fraction."
+        f"{what} (skipped by kind: {self.skipped_by_kind()}), more than "
+        f"data.max_skip_fraction={self._options.max_skip_fraction}. Fix or remove the bad "
+        "files (each was logged with its path), or raise data.max_skip_fraction."
     )

@@ -27,7 +27,7 @@ from mgjax.tasks.t2v import T2VTask
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-  "config", None, "A text-to-video config (experiments/t2v.py).", lock_config=True
+    "config", None, "A text-to-video config (experiments/t2v.py).", lock_config=True
 )
 flags.DEFINE_string("out", None, "Directory of the shards (the trainer's data.latents_dir).")
 flags.DEFINE_list("splits", ["train"], 'Splits to encode (the trainer reads "train").')
@@ -52,7 +52,8 @@ def main(argv):
     raise app.UsageError(f"--config is a {config.task!r} config; precompute needs a t2v one.")
   if not 0 <= FLAGS.process_index < FLAGS.process_count:
     raise app.UsageError(
-      f"--process_index={FLAGS.process_index} is not in [0, --process_count={FLAGS.process_count})."
+        f"--process_index={FLAGS.process_index} is not in "
+        f"[0, --process_count={FLAGS.process_count})."
     )
   out = os.path.abspath(FLAGS.out)
   with config.unlocked():
@@ -65,8 +66,8 @@ def main(argv):
   for split in FLAGS.splits:
     task.precompute_latents(split, FLAGS.process_index, FLAGS.process_count)
   counts = {
-    split: {name: len(shards) for name, shards in _shards(task, split).items()}
-    for split in FLAGS.splits
+      split: {name: len(shards) for name, shards in _shards(task, split).items()}
+      for split in FLAGS.splits
   }
   logging.info("Latents in %s: %s", out, counts)
   print(f"Encoded into {out}: " + json.dumps(counts))

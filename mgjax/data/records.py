@@ -28,14 +28,14 @@ from absl import logging
 
 # field -> accepted types (bool is excluded from the numeric fields below)
 FIELD_TYPES = {
-  "video": str,
-  "image": str,
-  "caption": str,
-  "split": str,
-  "width": int,
-  "height": int,
-  "num_frames": int,
-  "fps": (int, float),
+    "video": str,
+    "image": str,
+    "caption": str,
+    "split": str,
+    "width": int,
+    "height": int,
+    "num_frames": int,
+    "fps": (int, float),
 }
 RECORD_KINDS = ("bad_json", "bad_field", "no_media", "empty_caption")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -80,9 +80,9 @@ def read_manifest(path: str, split: str | None = None) -> Records:
   """Usable records of a JSONL manifest (optionally of one split), paths made absolute."""
   if not os.path.exists(path):
     raise FileNotFoundError(
-      f"Manifest {path} does not exist; make one (one JSON object per "
-      "line with a 'video' or 'image' path and a 'caption'), or use "
-      "data.name='shapes' for the synthetic data set."
+        f"Manifest {path} does not exist; make one (one JSON object per "
+        "line with a 'video' or 'image' path and a 'caption'), or use "
+        "data.name='shapes' for the synthetic data set."
     )
   base = os.path.dirname(os.path.abspath(path))
   out = Records([])
@@ -121,8 +121,8 @@ def read_image_folder(folder: str) -> Records:
   """
   if not os.path.isdir(folder):
     raise FileNotFoundError(
-      f"Image folder {folder} does not exist; point data.dir at a folder "
-      "of images with a caption .txt beside each."
+        f"Image folder {folder} does not exist; point data.dir at a folder "
+        "of images with a caption .txt beside each."
     )
   out = Records([])
   for root, _, files in sorted(os.walk(folder)):

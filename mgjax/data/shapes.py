@@ -45,12 +45,12 @@ SHAPES = ("circle", "square", "triangle")
 # Exact shape colours; a pixel checker imports this table. Pairwise RGB
 # distance >= 120 so nearest-colour classification survives compression.
 COLORS: dict[str, tuple[int, int, int]] = {
-  "red": (220, 40, 40),
-  "green": (40, 180, 60),
-  "blue": (40, 75, 225),
-  "yellow": (230, 210, 40),
-  "purple": (165, 50, 205),
-  "cyan": (30, 195, 205),
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 75, 225),
+    "yellow": (230, 210, 40),
+    "purple": (165, 50, 205),
+    "cyan": (30, 195, 205),
 }
 
 MOTIONS = ("left", "right", "up", "down", "still", "bouncing")
@@ -59,13 +59,13 @@ BACKGROUNDS = ("plain", "striped", "checkered", "dotted", "gradient")
 # Muted, near-grey base colours for backgrounds (chroma <= 20); each clip
 # jitters its base by up to BACKGROUND_JITTER per channel.
 BACKGROUND_BASES: dict[str, tuple[int, int, int]] = {
-  "grey": (128, 128, 128),
-  "slate": (108, 116, 126),
-  "sand": (150, 142, 128),
-  "sage": (118, 130, 114),
-  "mauve": (136, 120, 128),
-  "stone": (164, 160, 152),
-  "charcoal": (92, 94, 100),
+    "grey": (128, 128, 128),
+    "slate": (108, 116, 126),
+    "sand": (150, 142, 128),
+    "sage": (118, 130, 114),
+    "mauve": (136, 120, 128),
+    "stone": (164, 160, 152),
+    "charcoal": (92, 94, 100),
 }
 BACKGROUND_JITTER = 6
 
@@ -98,24 +98,24 @@ MIN_TEXTURE_PERIOD = 8.0
 TEXTURE_CONTRAST_RANGE = (8.0, 14.0)
 
 MOTION_PHRASES: dict[str, tuple[str, ...]] = {
-  "left": ("moves to the left", "slides left", "drifts to the left"),
-  "right": ("moves to the right", "slides right", "drifts to the right"),
-  "up": ("moves up", "slides up", "drifts up"),
-  "down": ("moves down", "slides down", "drifts down"),
-  "still": ("stays still", "sits still", "holds still"),
-  "bouncing": ("is bouncing around", "keeps bouncing off the edges", "is bouncing off the walls"),
+    "left": ("moves to the left", "slides left", "drifts to the left"),
+    "right": ("moves to the right", "slides right", "drifts to the right"),
+    "up": ("moves up", "slides up", "drifts up"),
+    "down": ("moves down", "slides down", "drifts down"),
+    "still": ("stays still", "sits still", "holds still"),
+    "bouncing": ("is bouncing around", "keeps bouncing off the edges", "is bouncing off the walls"),
 }
 CLIP_TEMPLATES = (
-  "a {color} {shape} {motion} on a {background} background",
-  "a {color} {shape} {motion} against a {background} background",
-  "on a {background} background, a {color} {shape} {motion}",
-  "a {background} background where a {color} {shape} {motion}",
+    "a {color} {shape} {motion} on a {background} background",
+    "a {color} {shape} {motion} against a {background} background",
+    "on a {background} background, a {color} {shape} {motion}",
+    "a {background} background where a {color} {shape} {motion}",
 )
 IMAGE_TEMPLATES = (
-  "a {color} {shape} on a {background} background",
-  "a {color} {shape} against a {background} background",
-  "a {background} background with a {color} {shape}",
-  "a picture of a {color} {shape} on a {background} background",
+    "a {color} {shape} on a {background} background",
+    "a {color} {shape} against a {background} background",
+    "a {background} background with a {color} {shape}",
+    "a picture of a {color} {shape} on a {background} background",
 )
 
 # Bumped whenever rendering or sampling changes, so ensure_dataset rebuilds.
@@ -148,25 +148,25 @@ class ClipSpec:
 
   def __post_init__(self):
     for name, value, allowed in (
-      ("shape", self.shape, SHAPES),
-      ("color", self.color, tuple(COLORS)),
-      ("motion", self.motion, MOTIONS),
-      ("background", self.background, BACKGROUNDS),
+        ("shape", self.shape, SHAPES),
+        ("color", self.color, tuple(COLORS)),
+        ("motion", self.motion, MOTIONS),
+        ("background", self.background, BACKGROUNDS),
     ):
       if value not in allowed:
         raise ValueError(f"ClipSpec {name}={value!r} is not one of {allowed}")
     if not 0 < self.size < 1:
       raise ValueError(
-        f"ClipSpec size={self.size!r} must be a fraction of the shorter side in (0, 1)"
+          f"ClipSpec size={self.size!r} must be a fraction of the shorter side in (0, 1)"
       )
 
   @property
   def attributes(self) -> dict[str, str]:
     return {
-      "shape": self.shape,
-      "color": self.color,
-      "motion": self.motion,
-      "background": self.background,
+        "shape": self.shape,
+        "color": self.color,
+        "motion": self.motion,
+        "background": self.background,
     }
 
 
@@ -249,20 +249,20 @@ def sample_spec(rng: np.random.Generator, paths: str = "random") -> ClipSpec:
   start, velocity = path(rng, motion, size)
 
   return ClipSpec(
-    shape=shape,
-    color=color,
-    motion=motion,
-    background=background,
-    background_color=background_color,
-    size=size,
-    start=start,
-    velocity=velocity,
-    texture_scale=float(rng.uniform(*TEXTURE_SCALE_RANGE)),
-    texture_angle=float(rng.uniform(0, math.pi)),
-    texture_phase=float(rng.uniform(0, 1)),
-    texture_contrast=float(rng.uniform(*TEXTURE_CONTRAST_RANGE)),
-    caption_template=int(rng.integers(len(CLIP_TEMPLATES))),
-    motion_phrase=int(rng.integers(3)),
+      shape=shape,
+      color=color,
+      motion=motion,
+      background=background,
+      background_color=background_color,
+      size=size,
+      start=start,
+      velocity=velocity,
+      texture_scale=float(rng.uniform(*TEXTURE_SCALE_RANGE)),
+      texture_angle=float(rng.uniform(0, math.pi)),
+      texture_phase=float(rng.uniform(0, 1)),
+      texture_contrast=float(rng.uniform(*TEXTURE_CONTRAST_RANGE)),
+      caption_template=int(rng.integers(len(CLIP_TEMPLATES))),
+      motion_phrase=int(rng.integers(3)),
   )
 
 
@@ -280,10 +280,10 @@ def caption(spec: ClipSpec) -> str:
   phrases = MOTION_PHRASES[spec.motion]
   template = CLIP_TEMPLATES[spec.caption_template % len(CLIP_TEMPLATES)]
   return template.format(
-    color=spec.color,
-    shape=spec.shape,
-    motion=phrases[spec.motion_phrase % len(phrases)],
-    background=spec.background,
+      color=spec.color,
+      shape=spec.shape,
+      motion=phrases[spec.motion_phrase % len(phrases)],
+      background=spec.background,
   )
 
 
@@ -294,10 +294,10 @@ def image_caption(spec: ClipSpec) -> str:
 
 
 _ATTRIBUTE_WORDS = {
-  "shape": SHAPES,
-  "color": tuple(COLORS),
-  "motion": MOTIONS,
-  "background": BACKGROUNDS,
+    "shape": SHAPES,
+    "color": tuple(COLORS),
+    "motion": MOTIONS,
+    "background": BACKGROUNDS,
 }
 
 
@@ -336,7 +336,7 @@ def centers(spec: ClipSpec, num_frames: int) -> np.ndarray:
 
 
 def _signed_distance(
-  shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, side: float
+    shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, side: float
 ) -> np.ndarray:
   """Pixel-unit distance to the shape's edge, negative inside. [H, W]"""
   dx, dy = x - cx, y - cy
@@ -401,7 +401,7 @@ def render_clip(spec: ClipSpec, num_frames: int, height: int, width: int) -> np.
   """
   if num_frames < 1 or height < 1 or width < 1:
     raise ValueError(
-      f"render_clip needs num_frames, height, width >= 1, got {num_frames}, {height}, {width}"
+        "render_clip needs num_frames, height, width >= 1, " f"got {num_frames}, {height}, {width}"
     )
   background = _background(spec, height, width)  # [H, W, 3]
   color = np.asarray(COLORS[spec.color], np.float32)
@@ -477,21 +477,21 @@ def jsonl_text(records: list[dict]) -> str:
 
 
 def dataset_params(
-  num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction, paths
+    num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction, paths
 ) -> dict:
   """Validated parameters, as stored in shapes.json."""
   for name, value, minimum in (
-    ("num_videos", num_videos, 0),
-    ("num_frames", num_frames, 1),
-    ("height", height, 16),
-    ("width", width, 16),
-    ("num_images", num_images, 0),
+      ("num_videos", num_videos, 0),
+      ("num_frames", num_frames, 1),
+      ("height", height, 16),
+      ("width", width, 16),
+      ("num_images", num_images, 0),
   ):
     if int(value) != value or value < minimum:
       raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
   if height % 2 or width % 2:
     raise ValueError(
-      f"height={height} and width={width} must be even (H.264 4:2:0 needs even sizes)"
+        f"height={height} and width={width} must be even (H.264 4:2:0 needs even sizes)"
     )
   if not fps > 0:
     raise ValueError(f"fps={fps!r} must be positive")
@@ -500,16 +500,16 @@ def dataset_params(
   if paths not in PATHS:
     raise ValueError(f"paths={paths!r} is not one of {PATHS}")
   return {
-    "version": DATASET_VERSION,
-    "num_videos": int(num_videos),
-    "seed": int(seed),
-    "fps": float(fps),
-    "num_frames": int(num_frames),
-    "height": int(height),
-    "width": int(width),
-    "num_images": int(num_images),
-    "eval_fraction": float(eval_fraction),
-    "paths": paths,
+      "version": DATASET_VERSION,
+      "num_videos": int(num_videos),
+      "seed": int(seed),
+      "fps": float(fps),
+      "num_frames": int(num_frames),
+      "height": int(height),
+      "width": int(width),
+      "num_images": int(num_images),
+      "eval_fraction": float(eval_fraction),
+      "paths": paths,
   }
 
 
@@ -529,16 +529,16 @@ def _remove_stale(out_dir: str) -> None:
 
 
 def make_dataset(
-  out_dir: str | os.PathLike,
-  num_videos: int,
-  seed: int,
-  fps: float = 16,
-  num_frames: int = 32,
-  height: int = 64,
-  width: int = 64,
-  num_images: int = 8,
-  eval_fraction: float = 0.15,
-  paths: str = "random",
+    out_dir: str | os.PathLike,
+    num_videos: int,
+    seed: int,
+    fps: float = 16,
+    num_frames: int = 32,
+    height: int = 64,
+    width: int = 64,
+    num_images: int = 8,
+    eval_fraction: float = 0.15,
+    paths: str = "random",
 ) -> str:
   """Writes the data set under out_dir and returns the manifest path.
 
@@ -553,7 +553,7 @@ def make_dataset(
   """
   out_dir = os.fspath(out_dir)
   params = dataset_params(
-    num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction, paths
+      num_videos, seed, fps, num_frames, height, width, num_images, eval_fraction, paths
   )
   heldout = heldout_combinations(params["seed"], params["eval_fraction"])
   os.makedirs(out_dir, exist_ok=True)
@@ -569,16 +569,16 @@ def make_dataset(
     video.write_video(os.path.join(out_dir, relative), frames, params["fps"])
     split = "eval" if (spec.color, spec.shape, spec.motion) in heldout else "train"
     records.append(
-      {
-        "video": relative,
-        "caption": caption(spec),
-        "fps": params["fps"],
-        "num_frames": params["num_frames"],
-        "width": params["width"],
-        "height": params["height"],
-        "split": split,
-        "attributes": spec.attributes,
-      }
+        {
+            "video": relative,
+            "caption": caption(spec),
+            "fps": params["fps"],
+            "num_frames": params["num_frames"],
+            "width": params["width"],
+            "height": params["height"],
+            "split": split,
+            "attributes": spec.attributes,
+        }
     )
 
   image_records = []
@@ -590,14 +590,14 @@ def make_dataset(
     split = "eval" if (spec.color, spec.shape, "still") in heldout else "train"
     attributes = {"shape": spec.shape, "color": spec.color, "background": spec.background}
     image_records.append(
-      {
-        "image": relative,
-        "caption": image_caption(spec),
-        "width": params["width"],
-        "height": params["height"],
-        "split": split,
-        "attributes": attributes,
-      }
+        {
+            "image": relative,
+            "caption": image_caption(spec),
+            "width": params["width"],
+            "height": params["height"],
+            "split": split,
+            "attributes": attributes,
+        }
     )
 
   write_text_atomic(os.path.join(out_dir, IMAGES_MANIFEST), jsonl_text(image_records))
@@ -614,10 +614,10 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def holds_finished_set(
-  out_dir: str | os.PathLike,
-  params_file: str,
-  params: dict,
-  manifests: dict[str, tuple[int, tuple[str, ...]]],
+    out_dir: str | os.PathLike,
+    params_file: str,
+    params: dict,
+    manifests: dict[str, tuple[int, tuple[str, ...]]],
 ) -> bool:
   """Whether out_dir holds a finished set made with exactly `params`: params_file
   records them, and each manifest {name: (records, keys)} has that many records,
@@ -633,7 +633,7 @@ def holds_finished_set(
   for name, (count, keys) in manifests.items():
     records = listed[name]
     if len(records) != count or not all(
-      os.path.isfile(os.path.join(out_dir, r[key])) for r in records for key in keys
+        os.path.isfile(os.path.join(out_dir, r[key])) for r in records for key in keys
     ):
       return False
   return True
@@ -642,27 +642,27 @@ def holds_finished_set(
 def is_complete(out_dir: str | os.PathLike, params: dict) -> bool:
   """Whether out_dir holds a finished data set made with exactly `params`."""
   return holds_finished_set(
-    out_dir,
-    PARAMS_FILE,
-    params,
-    {
-      MANIFEST: (params["num_videos"], ("video",)),
-      IMAGES_MANIFEST: (params["num_images"], ("image",)),
-    },
+      out_dir,
+      PARAMS_FILE,
+      params,
+      {
+          MANIFEST: (params["num_videos"], ("video",)),
+          IMAGES_MANIFEST: (params["num_images"], ("image",)),
+      },
   )
 
 
 def ensure_dataset(
-  out_dir: str | os.PathLike,
-  num_videos: int,
-  seed: int,
-  fps: float = 16,
-  num_frames: int = 32,
-  height: int = 64,
-  width: int = 64,
-  num_images: int = 8,
-  eval_fraction: float = 0.15,
-  paths: str = "random",
+    out_dir: str | os.PathLike,
+    num_videos: int,
+    seed: int,
+    fps: float = 16,
+    num_frames: int = 32,
+    height: int = 64,
+    width: int = 64,
+    num_images: int = 8,
+    eval_fraction: float = 0.15,
+    paths: str = "random",
 ) -> str:
   """Returns the manifest of a complete matching set, making it if needed.
 
@@ -670,15 +670,15 @@ def ensure_dataset(
   run has no manifest (or mismatching parameters) and is rebuilt.
   """
   args = dict(
-    num_videos=num_videos,
-    seed=seed,
-    fps=fps,
-    num_frames=num_frames,
-    height=height,
-    width=width,
-    num_images=num_images,
-    eval_fraction=eval_fraction,
-    paths=paths,
+      num_videos=num_videos,
+      seed=seed,
+      fps=fps,
+      num_frames=num_frames,
+      height=height,
+      width=width,
+      num_images=num_images,
+      eval_fraction=eval_fraction,
+      paths=paths,
   )
   if is_complete(out_dir, dataset_params(**args)):
     return os.path.join(os.fspath(out_dir), MANIFEST)
@@ -703,7 +703,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("width", 64, "Frame width in pixels (even).")
   flags.DEFINE_integer("num_images", 8, "Number of still images.")
   flags.DEFINE_float(
-    "eval_fraction", 0.15, "Fraction of (color, shape, motion) triples held out for eval."
+      "eval_fraction", 0.15, "Fraction of (color, shape, motion) triples held out for eval."
   )
   flags.DEFINE_enum("paths", "random", PATHS, "How shapes' paths are drawn (see PATHS).")
 
@@ -715,15 +715,15 @@ def _main(argv) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; all options are --flags")
   f = flags.FLAGS
   args = dict(
-    num_videos=f.num_videos,
-    seed=f.seed,
-    fps=f.fps,
-    num_frames=f.num_frames,
-    height=f.height,
-    width=f.width,
-    num_images=f.num_images,
-    eval_fraction=f.eval_fraction,
-    paths=f.paths,
+      num_videos=f.num_videos,
+      seed=f.seed,
+      fps=f.fps,
+      num_frames=f.num_frames,
+      height=f.height,
+      width=f.width,
+      num_images=f.num_images,
+      eval_fraction=f.eval_fraction,
+      paths=f.paths,
   )
   try:
     reused = is_complete(f.out, dataset_params(**args))
@@ -734,9 +734,9 @@ def _main(argv) -> None:
   images = read_jsonl(os.path.join(os.path.dirname(manifest), IMAGES_MANIFEST))
   count = lambda rs, split: sum(r["split"] == split for r in rs)  # noqa: E731
   print(
-    f"shapes: {'found' if reused else 'wrote'} {len(videos)} videos "
-    f"({count(videos, 'train')} train, {count(videos, 'eval')} eval) and {len(images)} "
-    f"images ({count(images, 'train')} train, {count(images, 'eval')} eval) in {manifest}"
+      f"shapes: {'found' if reused else 'wrote'} {len(videos)} videos "
+      f"({count(videos, 'train')} train, {count(videos, 'eval')} eval) and {len(images)} "
+      f"images ({count(images, 'train')} train, {count(images, 'eval')} eval) in {manifest}"
   )
 
 

@@ -35,13 +35,13 @@ import numpy as np
 
 from mgjax.data import audio, shapes, video
 from mgjax.data.shapes import (
-  caption,
-  centers,
-  heldout_combinations,
-  jsonl_text,
-  render_clip,
-  sample_spec,
-  write_text_atomic,
+    caption,
+    centers,
+    heldout_combinations,
+    jsonl_text,
+    render_clip,
+    sample_spec,
+    write_text_atomic,
 )
 from mgjax.data.shapes import read_jsonl as read_manifest  # the records of a manifest.jsonl
 
@@ -49,12 +49,12 @@ DEFAULT_SAMPLE_RATE = 48_000  # The paper's audio rate.
 
 # Tone pitch per colour (Hz), ~1.46x apart; see the module docstring.
 TONE_HZ: dict[str, float] = {
-  "red": 300.0,
-  "green": 440.0,
-  "blue": 640.0,
-  "yellow": 940.0,
-  "purple": 1370.0,
-  "cyan": 2000.0,
+    "red": 300.0,
+    "green": 440.0,
+    "blue": 640.0,
+    "yellow": 940.0,
+    "purple": 1370.0,
+    "cyan": 2000.0,
 }
 TONE_AMPLITUDE = 0.25
 TONE_FADE_OUT_S = 0.005  # Ends the tone without a broadband cut-off click.
@@ -90,8 +90,8 @@ def tone_frequency(color: str) -> float:
   """The tone's pitch (Hz) for a shapes colour."""
   if color not in TONE_HZ:
     raise ValueError(
-      f"colour {color!r} has no tone; add it to shapes_audio.TONE_HZ "
-      f"(tones exist for {sorted(TONE_HZ)})"
+        f"colour {color!r} has no tone; add it to shapes_audio.TONE_HZ "
+        f"(tones exist for {sorted(TONE_HZ)})"
     )
   return TONE_HZ[color]
 
@@ -147,7 +147,7 @@ def tone(color: str, length: int, sample_rate: int) -> np.ndarray:
 
 
 def render_audio(
-  spec, num_frames: int, fps: float, sample_rate: int = DEFAULT_SAMPLE_RATE
+    spec, num_frames: int, fps: float, sample_rate: int = DEFAULT_SAMPLE_RATE
 ) -> np.ndarray:
   """The clip's sound: float32 [S, 1] mono, S = num_samples(num_frames, fps, sample_rate)."""
   if num_frames < 1 or not fps > 0:
@@ -207,10 +207,10 @@ def onset_strength(waveform: np.ndarray, sample_rate: int) -> tuple[np.ndarray, 
 
 
 def detect_onsets(
-  waveform: np.ndarray,
-  sample_rate: int,
-  threshold_db: float = ONSET_THRESHOLD_DB,
-  min_gap_s: float = ONSET_MIN_GAP_S,
+    waveform: np.ndarray,
+    sample_rate: int,
+    threshold_db: float = ONSET_THRESHOLD_DB,
+    min_gap_s: float = ONSET_MIN_GAP_S,
 ) -> np.ndarray:
   """Onset times (s) of sudden broadband sounds such as the clicks: float [K].
 
@@ -290,35 +290,35 @@ DATASET_VERSION = 1
 
 
 def _dataset_params(
-  num_videos,
-  seed,
-  sample_rate,
-  fps,
-  num_frames,
-  height,
-  width,
-  eval_fraction,
-  wav_format,
-  motion="",
-  motion_share=1.0,
-) -> dict:
-  """Validated parameters, as stored in shapes_audio.json: the videos' checked by
-  mgjax.data.shapes (same rules), plus the sound's."""
-  params = shapes.dataset_params(
     num_videos,
     seed,
+    sample_rate,
     fps,
     num_frames,
     height,
     width,
-    num_images=0,
-    eval_fraction=eval_fraction,
-    paths="random",
+    eval_fraction,
+    wav_format,
+    motion="",
+    motion_share=1.0,
+) -> dict:
+  """Validated parameters, as stored in shapes_audio.json: the videos' checked by
+  mgjax.data.shapes (same rules), plus the sound's."""
+  params = shapes.dataset_params(
+      num_videos,
+      seed,
+      fps,
+      num_frames,
+      height,
+      width,
+      num_images=0,
+      eval_fraction=eval_fraction,
+      paths="random",
   )
   if sample_rate not in audio.AAC_SAMPLE_RATES:
     raise ValueError(
-      f"sample_rate={sample_rate!r} cannot be muxed as AAC; use one of "
-      f"{audio.AAC_SAMPLE_RATES} (48000 like the paper, 16000 for fast CPU runs)"
+        f"sample_rate={sample_rate!r} cannot be muxed as AAC; use one of "
+        f"{audio.AAC_SAMPLE_RATES} (48000 like the paper, 16000 for fast CPU runs)"
     )
   if wav_format not in audio.WAV_FORMATS:
     raise ValueError(f"wav_format={wav_format!r} is not one of {sorted(audio.WAV_FORMATS)}")
@@ -340,7 +340,7 @@ def bouncing_args(share: float) -> dict:
 
 
 def clip_spec(
-  seed: int, index: int, motion: str = "", motion_share: float = 1.0
+    seed: int, index: int, motion: str = "", motion_share: float = 1.0
 ) -> shapes.ClipSpec:
   """Clip `index` of a set: shapes.sample_spec(default_rng([seed, index])), the clip
   mgjax.data.shapes draws. With `motion` set, `motion_share` of the clips (evenly
@@ -374,35 +374,35 @@ def _write_clip(out_dir: str, index: int, spec, params: dict) -> dict:
       os.remove(silent)
   frame_ids = bounce_frames(spec, frames_n)
   return {
-    "video": mp4_rel,
-    "audio": wav_rel,
-    "caption": caption(spec),
-    "sample_rate": rate,
-    "num_samples": int(sound.shape[0]),
-    "fps": fps,
-    "num_frames": frames_n,
-    "width": params["width"],
-    "height": params["height"],
-    "attributes": spec.attributes,
-    "tone_hz": tone_frequency(spec.color),
-    "bounce_frames": [int(f) for f in frame_ids],
-    "bounce_times": [float(f) / fps for f in frame_ids],
+      "video": mp4_rel,
+      "audio": wav_rel,
+      "caption": caption(spec),
+      "sample_rate": rate,
+      "num_samples": int(sound.shape[0]),
+      "fps": fps,
+      "num_frames": frames_n,
+      "width": params["width"],
+      "height": params["height"],
+      "attributes": spec.attributes,
+      "tone_hz": tone_frequency(spec.color),
+      "bounce_frames": [int(f) for f in frame_ids],
+      "bounce_times": [float(f) / fps for f in frame_ids],
   }
 
 
 def make_dataset(
-  out_dir: str | os.PathLike,
-  num_videos: int,
-  seed: int,
-  sample_rate: int = DEFAULT_SAMPLE_RATE,
-  fps: float = 16,
-  num_frames: int = 32,
-  height: int = 64,
-  width: int = 64,
-  eval_fraction: float = 0.15,
-  wav_format: str = "s16",
-  motion: str = "",
-  motion_share: float = 1.0,
+    out_dir: str | os.PathLike,
+    num_videos: int,
+    seed: int,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    fps: float = 16,
+    num_frames: int = 32,
+    height: int = 64,
+    width: int = 64,
+    eval_fraction: float = 0.15,
+    wav_format: str = "s16",
+    motion: str = "",
+    motion_share: float = 1.0,
 ) -> str:
   """Writes shapes clips with sound under out_dir; returns the manifest path.
 
@@ -418,17 +418,17 @@ def make_dataset(
   """
   out_dir = os.fspath(out_dir)
   params = _dataset_params(
-    num_videos,
-    seed,
-    sample_rate,
-    fps,
-    num_frames,
-    height,
-    width,
-    eval_fraction,
-    wav_format,
-    motion,
-    motion_share,
+      num_videos,
+      seed,
+      sample_rate,
+      fps,
+      num_frames,
+      height,
+      width,
+      eval_fraction,
+      wav_format,
+      motion,
+      motion_share,
   )
   heldout = heldout_combinations(params["seed"], params["eval_fraction"])
   for sub in ("audio", "videos"):
@@ -443,7 +443,7 @@ def make_dataset(
     record["split"] = "eval" if (spec.color, spec.shape, spec.motion) in heldout else "train"
     records.append(record)
   write_text_atomic(
-    os.path.join(out_dir, PARAMS_FILE), json.dumps(params, sort_keys=True, indent=1) + "\n"
+      os.path.join(out_dir, PARAMS_FILE), json.dumps(params, sort_keys=True, indent=1) + "\n"
   )
   manifest = os.path.join(out_dir, MANIFEST)
   write_text_atomic(manifest, jsonl_text(records))
@@ -453,23 +453,23 @@ def make_dataset(
 def is_complete(out_dir: str | os.PathLike, params: dict) -> bool:
   """Whether out_dir holds a finished set made with exactly `params`."""
   return shapes.holds_finished_set(
-    out_dir, PARAMS_FILE, params, {MANIFEST: (params["num_videos"], ("video", "audio"))}
+      out_dir, PARAMS_FILE, params, {MANIFEST: (params["num_videos"], ("video", "audio"))}
   )
 
 
 def ensure_dataset(
-  out_dir: str | os.PathLike,
-  num_videos: int,
-  seed: int,
-  sample_rate: int = DEFAULT_SAMPLE_RATE,
-  fps: float = 16,
-  num_frames: int = 32,
-  height: int = 64,
-  width: int = 64,
-  eval_fraction: float = 0.15,
-  wav_format: str = "s16",
-  motion: str = "",
-  motion_share: float = 1.0,
+    out_dir: str | os.PathLike,
+    num_videos: int,
+    seed: int,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    fps: float = 16,
+    num_frames: int = 32,
+    height: int = 64,
+    width: int = 64,
+    eval_fraction: float = 0.15,
+    wav_format: str = "s16",
+    motion: str = "",
+    motion_share: float = 1.0,
 ) -> str:
   """The manifest of a complete matching set under out_dir, made first if missing.
 
@@ -477,15 +477,15 @@ def ensure_dataset(
   no manifest and is made again.
   """
   args = dict(
-    sample_rate=sample_rate,
-    fps=fps,
-    num_frames=num_frames,
-    height=height,
-    width=width,
-    eval_fraction=eval_fraction,
-    wav_format=wav_format,
-    motion=motion,
-    motion_share=motion_share,
+      sample_rate=sample_rate,
+      fps=fps,
+      num_frames=num_frames,
+      height=height,
+      width=width,
+      eval_fraction=eval_fraction,
+      wav_format=wav_format,
+      motion=motion,
+      motion_share=motion_share,
   )
   if is_complete(out_dir, _dataset_params(num_videos, seed, **args)):
     return os.path.join(os.fspath(out_dir), MANIFEST)
@@ -509,10 +509,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer("height", 64, "Frame height in pixels (even).")
   flags.DEFINE_integer("width", 64, "Frame width in pixels (even).")
   flags.DEFINE_float(
-    "eval_fraction", 0.15, "Fraction of (color, shape, motion) triples held out for eval."
+      "eval_fraction", 0.15, "Fraction of (color, shape, motion) triples held out for eval."
   )
   flags.DEFINE_enum(
-    "wav_format", "s16", sorted(audio.WAV_FORMATS), "Sample format of the .wav files."
+      "wav_format", "s16", sorted(audio.WAV_FORMATS), "Sample format of the .wav files."
   )
   flags.DEFINE_string("motion", "", "Give clips this motion (e.g. bouncing); '' none.")
   flags.DEFINE_float("motion_share", 1.0, "Share of the clips given --motion.")
@@ -525,15 +525,15 @@ def _main(argv) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; all options are --flags")
   f = flags.FLAGS
   kwargs = dict(
-    sample_rate=f.sample_rate,
-    fps=f.fps,
-    num_frames=f.num_frames,
-    height=f.height,
-    width=f.width,
-    eval_fraction=f.eval_fraction,
-    wav_format=f.wav_format,
-    motion=f.motion,
-    motion_share=f.motion_share,
+      sample_rate=f.sample_rate,
+      fps=f.fps,
+      num_frames=f.num_frames,
+      height=f.height,
+      width=f.width,
+      eval_fraction=f.eval_fraction,
+      wav_format=f.wav_format,
+      motion=f.motion,
+      motion_share=f.motion_share,
   )
   try:
     reused = is_complete(f.out, _dataset_params(f.num_videos, f.seed, **kwargs))
@@ -544,10 +544,10 @@ def _main(argv) -> None:
   bounces = sum(len(r["bounce_frames"]) for r in records)
   bouncing = sum(bool(r["bounce_frames"]) for r in records)
   print(
-    f"shapes_audio: {'found' if reused else 'wrote'} {len(records)} clips with sound at "
-    f"{f.sample_rate} Hz "
-    f"({sum(r['split'] == 'eval' for r in records)} eval; {bounces} bounces in "
-    f"{bouncing} clips) to {manifest}"
+      f"shapes_audio: {'found' if reused else 'wrote'} {len(records)} clips with sound at "
+      f"{f.sample_rate} Hz "
+      f"({sum(r['split'] == 'eval' for r in records)} eval; {bounces} bounces in "
+      f"{bouncing} clips) to {manifest}"
   )
 
 

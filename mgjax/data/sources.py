@@ -25,18 +25,18 @@ def prepare_manifest(data_config, workdir: str) -> str:
   if data_config.name == "shapes":
     s = data_config.shapes
     return distributed.first_process_first(
-      "shapes",
-      lambda: shapes.ensure_dataset(
-        data_dir(data_config, workdir),
-        num_videos=s.num_videos,
-        seed=s.seed,
-        fps=s.fps,
-        num_frames=s.num_frames,
-        height=s.height,
-        width=s.width,
-        num_images=s.num_images,
-        paths=s.paths,
-      ),
+        "shapes",
+        lambda: shapes.ensure_dataset(
+            data_dir(data_config, workdir),
+            num_videos=s.num_videos,
+            seed=s.seed,
+            fps=s.fps,
+            num_frames=s.num_frames,
+            height=s.height,
+            width=s.width,
+            num_images=s.num_images,
+            paths=s.paths,
+        ),
     )
   if data_config.name == "manifest":
     return os.path.join(data_dir(data_config, workdir), "manifest.jsonl")
@@ -60,13 +60,13 @@ def read_records(data_config, workdir: str, split: str) -> Records:
     if split != "train":
       return Records([])
     return Records(
-      TfdsRecords(
-        t.name,
-        split=t.split,
-        data_dir=t.data_dir or None,
-        media_key=t.media_key,
-        caption_key=t.caption_key,
-      )
+        TfdsRecords(
+            t.name,
+            split=t.split,
+            data_dir=t.data_dir or None,
+            media_key=t.media_key,
+            caption_key=t.caption_key,
+        )
     )
   manifest = prepare_manifest(data_config, workdir)
   records = read_manifest(manifest, split=split)
@@ -78,9 +78,9 @@ def read_records(data_config, workdir: str, split: str) -> Records:
 
 def loader_options(data_config, seed: int) -> LoaderOptions:
   return LoaderOptions(
-    seed=seed,
-    num_threads=data_config.num_threads,
-    num_workers=data_config.num_workers,
-    prefetch=data_config.prefetch,
-    max_skip_fraction=data_config.max_skip_fraction,
+      seed=seed,
+      num_threads=data_config.num_threads,
+      num_workers=data_config.num_workers,
+      prefetch=data_config.prefetch,
+      max_skip_fraction=data_config.max_skip_fraction,
   )

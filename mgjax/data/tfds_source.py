@@ -29,9 +29,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 PREPARE_HINT = (
-  "prepare it in array_record format first: `tfds build {name} --data_dir={dir} "
-  "--file_format=array_record`, or in Python tfds.builder({name!r}, data_dir="
-  '{dir!r}).download_and_prepare(file_format="array_record")'
+    "prepare it in array_record format first: `tfds build {name} --data_dir={dir} "
+    "--file_format=array_record`, or in Python tfds.builder({name!r}, data_dir="
+    '{dir!r}).download_and_prepare(file_format="array_record")'
 )
 
 
@@ -48,12 +48,12 @@ class TfdsRecords(Sequence):
   """
 
   def __init__(
-    self,
-    name: str,
-    split: str = "train",
-    data_dir: str | None = None,
-    media_key: str = "image",
-    caption_key: str = "caption",
+      self,
+      name: str,
+      split: str = "train",
+      data_dir: str | None = None,
+      media_key: str = "image",
+      caption_key: str = "caption",
   ):
     self.name = name
     self.split = split
@@ -71,36 +71,36 @@ class TfdsRecords(Sequence):
       builder = tfds.builder(self.name, data_dir=self.data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
       raise FileNotFoundError(
-        f"TFDS data set {self.name!r} is neither prepared in data_dir "
-        f"{shown_dir} nor a registered TFDS builder; {hint}."
+          f"TFDS data set {self.name!r} is neither prepared in data_dir "
+          f"{shown_dir} nor a registered TFDS builder; {hint}."
       ) from e
     except ModuleNotFoundError as e:
       if e.name != "tensorflow":
         raise
       raise ImportError(
-        f"TFDS data set {self.name!r} has a feature TFDS cannot load without TensorFlow "
-        "(tfds.features.Video does this); install tensorflow-cpu to read it, or prepare "
-        "the frames as tfds.features.Sequence(tfds.features.Image(...))."
+          f"TFDS data set {self.name!r} has a feature TFDS cannot load without TensorFlow "
+          "(tfds.features.Video does this); install tensorflow-cpu to read it, or prepare "
+          "the frames as tfds.features.Sequence(tfds.features.Image(...))."
       ) from e
     if not builder.is_prepared():
       raise FileNotFoundError(
-        f"TFDS data set {self.name!r} is not prepared in data_dir "
-        f"{shown_dir} (no {builder.data_dir}); {hint}."
+          f"TFDS data set {self.name!r} is not prepared in data_dir "
+          f"{shown_dir} (no {builder.data_dir}); {hint}."
       )
     file_format = builder.info.file_format
     if file_format not in tfds.core.FileFormat.with_random_access():
       raise FileNotFoundError(
-        f"TFDS data set {self.name!r} in {builder.data_dir} is stored "
-        f"as {file_format}, which has no random access; {hint}."
+          f"TFDS data set {self.name!r} in {builder.data_dir} is stored "
+          f"as {file_format}, which has no random access; {hint}."
       )
     features = builder.info.features
     self._check_features(features)
     # Other images are left encoded: decoding them would only cost time. (Not sequences:
     # TFDS's numpy decoding cannot skip those.)
     skip = {
-      k: tfds.decode.SkipDecoding()
-      for k, f in features.items()
-      if k not in (self.media_key, self.caption_key) and isinstance(f, tfds.features.Image)
+        k: tfds.decode.SkipDecoding()
+        for k, f in features.items()
+        if k not in (self.media_key, self.caption_key) and isinstance(f, tfds.features.Image)
     }
     return builder.as_data_source(split=self.split, decoders=skip or None)
 
@@ -109,17 +109,19 @@ class TfdsRecords(Sequence):
     frame = _frame_feature(features[self.media_key]) if self.media_key in features else None
     if frame is None or np.dtype(frame.np_dtype) != np.uint8 or frame.shape[-1] not in (1, 3):
       raise ValueError(
-        f"media_key={self.media_key!r} is not a uint8 image ([H, W, 1|3]) or "
-        f"video ([T, H, W, 1|3]) feature of TFDS data set {self.name!r}; its "
-        f"features are {listing}."
+          f"media_key={self.media_key!r} is not a uint8 image ([H, W, 1|3]) or "
+          f"video ([T, H, W, 1|3]) feature of TFDS data set {self.name!r}; its "
+          f"features are {listing}."
       )
     caption = features[self.caption_key] if self.caption_key in features else None
     if (
-      caption is None or tuple(caption.shape) != () or np.dtype(caption.np_dtype).kind not in "OSU"
+        caption is None
+        or tuple(caption.shape) != ()
+        or np.dtype(caption.np_dtype).kind not in "OSU"
     ):
       raise ValueError(
-        f"caption_key={self.caption_key!r} is not a text feature of TFDS data "
-        f"set {self.name!r}; its features are {listing}."
+          f"caption_key={self.caption_key!r} is not a text feature of TFDS data "
+          f"set {self.name!r}; its features are {listing}."
       )
 
   def __len__(self) -> int:
@@ -152,7 +154,7 @@ def _frame_feature(feature):
   if isinstance(feature, tfds.features.Image):
     return feature
   if isinstance(feature, tfds.features.Sequence) and isinstance(
-    feature.feature, tfds.features.Image
+      feature.feature, tfds.features.Image
   ):
     return feature.feature
   return None

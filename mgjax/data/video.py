@@ -132,8 +132,8 @@ def _iso_bmff_truncation(path: str) -> str | None:
         seen_moov = True
       if offset + box_size > size:
         return (
-          f"box '{box_type.decode('latin-1')}' at offset {offset} declares "
-          f"{box_size} bytes but only {size - offset} remain in the file"
+            f"box '{box_type.decode('latin-1')}' at offset {offset} declares "
+            f"{box_size} bytes but only {size - offset} remain in the file"
         )
       offset += box_size
   if not seen_moov:
@@ -155,7 +155,7 @@ def _open_video(path: str):
     container = av.open(path, mode="r")
   except (av.FFmpegError, OSError, ValueError, UnicodeError) as e:
     raise VideoDecodeError(
-      path, "undecodable", f"FFmpeg cannot open it ({e}); re-encode or remove the file"
+        path, "undecodable", f"FFmpeg cannot open it ({e}); re-encode or remove the file"
     ) from e
   if not container.streams.video:
     container.close()
@@ -186,7 +186,7 @@ def _info_from_stream(path: str, container, stream) -> VideoInfo:
     fps = num_frames / duration
   if fps is None:
     raise VideoDecodeError(
-      path, "undecodable", "the video stream has no frame rate; re-encode the file"
+        path, "undecodable", "the video stream has no frame rate; re-encode the file"
     )
   if not num_frames and duration:
     num_frames = int(round(duration * fps))
@@ -195,14 +195,14 @@ def _info_from_stream(path: str, container, stream) -> VideoInfo:
   width, height = stream.codec_context.width, stream.codec_context.height
   if not width or not height:
     raise VideoDecodeError(
-      path, "undecodable", "the video stream has no frame size; re-encode the file"
+        path, "undecodable", "the video stream has no frame size; re-encode the file"
     )
   return VideoInfo(
-    fps=fps,
-    num_frames=int(num_frames),
-    width=int(width),
-    height=int(height),
-    duration=float(duration),
+      fps=fps,
+      num_frames=int(num_frames),
+      width=int(width),
+      height=int(height),
+      duration=float(duration),
   )
 
 
@@ -258,7 +258,7 @@ def _frame_to_rgb(frame, size, resize: str) -> np.ndarray:
   else:
     out_h, out_w = _cover_size(frame.height, frame.width, height, width)
   rgb = frame.reformat(
-    width=out_w, height=out_h, format="rgb24", interpolation="BICUBIC"
+      width=out_w, height=out_h, format="rgb24", interpolation="BICUBIC"
   ).to_ndarray()
   return np.ascontiguousarray(_center_crop(rgb, height, width))
 
@@ -337,12 +337,12 @@ class _Picker:
 
 
 def read_clip(
-  path: str | os.PathLike,
-  num_frames: int,
-  fps: float | None = None,
-  size: tuple[int, int] | None = None,
-  start_time: float = 0.0,
-  resize: str = "crop",
+    path: str | os.PathLike,
+    num_frames: int,
+    fps: float | None = None,
+    size: tuple[int, int] | None = None,
+    start_time: float = 0.0,
+    resize: str = "crop",
 ) -> np.ndarray:
   """Decodes `num_frames` RGB frames as uint8 [T, H, W, 3].
 
@@ -423,10 +423,10 @@ def _decode_clip(request: _ClipRequest, seek: bool) -> np.ndarray | None:
     if stream.start_time is not None and stream.time_base:
       origin = float(stream.start_time * stream.time_base)
     picker = _Picker(
-      request.targets(),
-      request.num_frames,
-      request.start_time,
-      lambda frame: _frame_to_rgb(frame, request.size, request.resize),
+        request.targets(),
+        request.num_frames,
+        request.start_time,
+        lambda frame: _frame_to_rgb(frame, request.size, request.resize),
     )
     if seek:
       offset = int((request.start_time + origin) / stream.time_base)
@@ -454,37 +454,37 @@ def _decode_clip(request: _ClipRequest, seek: bool) -> np.ndarray | None:
     if last_time is None:
       if decode_error is not None:
         raise VideoDecodeError(
-          path,
-          "undecodable",
-          f"no frame could be decoded{cause}; re-encode or remove the file",
+            path,
+            "undecodable",
+            f"no frame could be decoded{cause}; re-encode or remove the file",
         )
       raise VideoDecodeError(path, "empty", "the video stream contains no frames; remove the file")
     last_end = last_time + frame_dur
     declared_end = _declared_stream_end(container, stream, info.fps)
     if declared_end is not None and last_end < declared_end - 1.5 * frame_dur:
       raise VideoDecodeError(
-        path,
-        "truncated",
-        f"decoding stopped at {last_end:.3f}s (about {round(last_end * info.fps)} "
-        f"frames) but the file declares {declared_end:.3f}s "
-        f"({round(declared_end * info.fps)} frames){cause}; "
-        "re-encode or remove the file",
+          path,
+          "truncated",
+          f"decoding stopped at {last_end:.3f}s (about {round(last_end * info.fps)} "
+          f"frames) but the file declares {declared_end:.3f}s "
+          f"({round(declared_end * info.fps)} frames){cause}; "
+          "re-encode or remove the file",
       )
     if decode_error is not None:
       raise VideoDecodeError(
-        path,
-        "undecodable",
-        f"decoding failed at {last_end:.3f}s{cause}; re-encode or remove the file",
+          path,
+          "undecodable",
+          f"decoding failed at {last_end:.3f}s{cause}; re-encode or remove the file",
       )
     if picker.finish(last_end):
       available = max(0.0, last_end - request.start_time)
       raise VideoDecodeError(
-        path,
-        "too_short",
-        f"only {available:.3f}s (about {round(available * info.fps)} frames at "
-        f"{info.fps:g} fps) remain after start_time {request.start_time:g}s but "
-        f"{request.describe()} were requested; "
-        "ask for fewer frames, a lower fps or an earlier start_time",
+          path,
+          "too_short",
+          f"only {available:.3f}s (about {round(available * info.fps)} frames at "
+          f"{info.fps:g} fps) remain after start_time {request.start_time:g}s but "
+          f"{request.describe()} were requested; "
+          "ask for fewer frames, a lower fps or an earlier start_time",
       )
     return np.stack(picker.out)
   finally:
@@ -527,11 +527,11 @@ def _pad_to_even(frames: np.ndarray) -> np.ndarray:
 
 
 def write_video(
-  path: str | os.PathLike,
-  frames: np.ndarray,
-  fps: float,
-  crf: int = DEFAULT_CRF,
-  preset: str = "medium",
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float,
+    crf: int = DEFAULT_CRF,
+    preset: str = "medium",
 ) -> None:
   """Writes uint8 [T, H, W, 3] RGB frames as an H.264 (libx264, yuv420p) .mp4.
 
@@ -561,8 +561,8 @@ def write_video(
   rate = fractions.Fraction(fps).limit_denominator(1001)
 
   with (
-    atomic_write(path) as temp,
-    av.open(temp, mode="w", format="mp4", options={"movflags": "+faststart"}) as container,
+      atomic_write(path) as temp,
+      av.open(temp, mode="w", format="mp4", options={"movflags": "+faststart"}) as container,
   ):
     stream = container.add_stream("libx264", rate=rate)
     stream.width = width
@@ -570,10 +570,10 @@ def write_video(
     stream.pix_fmt = "yuv420p"
     stream.codec_context.thread_count = 1
     stream.options = {
-      "crf": str(crf),
-      "preset": preset,
-      "threads": "1",
-      "x264-params": "threads=1:lookahead-threads=1:mbtree=0",
+        "crf": str(crf),
+        "preset": preset,
+        "threads": "1",
+        "x264-params": "threads=1:lookahead-threads=1:mbtree=0",
     }
     for i, rgb in enumerate(frames):
       frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -596,7 +596,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
   ext = os.path.splitext(path)[1].lower()
   if ext not in _IMAGE_FORMATS:
     raise ValueError(
-      f"cannot tell the image format of {path!r}; use one of {sorted(_IMAGE_FORMATS)}"
+        f"cannot tell the image format of {path!r}; use one of {sorted(_IMAGE_FORMATS)}"
     )
   image = np.asarray(image)
   if image.dtype != np.uint8:
@@ -610,9 +610,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def read_image(
-  path: str | os.PathLike,
-  size: tuple[int, int] | None = None,
-  resize: str = "crop",
+    path: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    resize: str = "crop",
 ) -> np.ndarray:
   """Reads a still as uint8 [H, W, 3] RGB (alpha dropped, grey expanded).
 
@@ -627,11 +627,11 @@ def read_image(
     img = Image.open(path)
   except UnidentifiedImageError as e:
     raise ImageDecodeError(
-      path, "undecodable", "not an image format Pillow can read; pass a PNG or JPEG file"
+        path, "undecodable", "not an image format Pillow can read; pass a PNG or JPEG file"
     ) from e
   except (OSError, ValueError, SyntaxError) as e:
     raise ImageDecodeError(
-      path, "undecodable", f"cannot read the image header ({e}); re-encode or remove it"
+        path, "undecodable", f"cannot read the image header ({e}); re-encode or remove it"
     ) from e
   with img:
     try:
@@ -640,9 +640,9 @@ def read_image(
       message = str(e)
       cut_off = "truncated" in message or isinstance(e, EOFError)
       raise ImageDecodeError(
-        path,
-        "truncated" if cut_off else "undecodable",
-        f"pixel data cannot be decoded ({message}); re-encode or remove the file",
+          path,
+          "truncated" if cut_off else "undecodable",
+          f"pixel data cannot be decoded ({message}); re-encode or remove the file",
       ) from e
     img = img.convert("RGB")
     if size is not None and img.size != (size[1], size[0]):

@@ -31,7 +31,7 @@ def _as_frames(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     raise ValueError(f"metric inputs must have equal shapes, got {x.shape} and {y.shape}")
   if x.ndim < 4:
     raise ValueError(
-      f"metric inputs must be [B, ..., H, W, C] with a leading batch axis, got shape {x.shape}"
+        f"metric inputs must be [B, ..., H, W, C] with a leading batch axis, got shape {x.shape}"
     )
   x, y = jnp.asarray(x), jnp.asarray(y)
   dtype = jnp.promote_types(jnp.result_type(x, y), jnp.float32)  # ints -> float32
@@ -115,13 +115,13 @@ def ssim(x: jax.Array, y: jax.Array, max_value: float = DEFAULT_MAX_VALUE) -> ja
   num_maps = moments.shape[-1]
   kernel = jnp.broadcast_to(window[:, :, None, None], (window_h, window_w, 1, num_maps))
   filtered = jax.lax.conv_general_dilated(
-    moments,
-    kernel,
-    window_strides=(1, 1),
-    padding="VALID",
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    feature_group_count=num_maps,
-    precision=jax.lax.Precision.HIGHEST,
+      moments,
+      kernel,
+      window_strides=(1, 1),
+      padding="VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=num_maps,
+      precision=jax.lax.Precision.HIGHEST,
   )  # [N, H', W', 5C]
   mu_x, mu_y, mean_xx, mean_yy, mean_xy = jnp.split(filtered, 5, axis=-1)  # each [N, H', W', C]
   var_x = mean_xx - mu_x * mu_x

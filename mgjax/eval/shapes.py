@@ -118,8 +118,8 @@ def _check_video(video) -> np.ndarray:
     raise ValueError(f"read_video needs T, H, W >= 1, got shape {video.shape}")
   if video.dtype != np.uint8:
     raise ValueError(
-      f"read_video needs uint8 pixels in [0, 255], got dtype {video.dtype}; "
-      "convert [-1, 1] floats with mgjax.tasks.tae.to_uint8 first"
+        f"read_video needs uint8 pixels in [0, 255], got dtype {video.dtype}; "
+        "convert [-1, 1] floats with mgjax.tasks.tae.to_uint8 first"
     )
   return video
 
@@ -177,7 +177,7 @@ def _interior(mask: np.ndarray) -> np.ndarray:
 
 
 def _coverage(
-  chroma: np.ndarray, blob: np.ndarray, background: float, shape_level: float
+    chroma: np.ndarray, blob: np.ndarray, background: float, shape_level: float
 ) -> np.ndarray:
   """Soft shape coverage in [0, 1] around the blob, 0 elsewhere: [H, W].
 
@@ -285,7 +285,7 @@ def classify_shape(fill: float, asymmetry: float, flatness: float) -> str:
   if asymmetry > TRIANGLE_ASYMMETRY:
     return "triangle"
   squareness = (fill - SQUARE_FILL) / (1.0 - math.pi / 4) + (flatness - SQUARE_FLATNESS) / (
-    1 / 120 - 1 / (16 * math.pi**2)
+      1 / 120 - 1 / (16 * math.pi**2)
   )
   return "square" if squareness > 0 else "circle"
 
@@ -330,12 +330,12 @@ def classify_motion(track: np.ndarray) -> str | None:
 
 def _empty_reading(num_frames: int, contrast: float) -> ShapeReading:
   return ShapeReading(
-    color=None,
-    shape=None,
-    motion=None,
-    track=np.full((num_frames, 2), np.nan),
-    foreground=np.zeros(num_frames),
-    contrast=contrast,
+      color=None,
+      shape=None,
+      motion=None,
+      track=np.full((num_frames, 2), np.nan),
+      foreground=np.zeros(num_frames),
+      contrast=contrast,
   )
 
 
@@ -379,17 +379,17 @@ def read_video(video) -> ShapeReading:
   fill, asymmetry, flatness = np.median(np.array(inside or touching), axis=0)  # [3]
 
   return ShapeReading(
-    color=classify_color(rgb),
-    shape=classify_shape(fill, asymmetry, flatness),
-    motion=classify_motion(track) if num_frames > 1 else None,
-    track=track,
-    foreground=foreground,
-    fill=float(fill),
-    asymmetry=float(asymmetry),
-    flatness=float(flatness),
-    rgb=tuple(float(c) for c in rgb),
-    hue=_hue(rgb),
-    contrast=contrast,
+      color=classify_color(rgb),
+      shape=classify_shape(fill, asymmetry, flatness),
+      motion=classify_motion(track) if num_frames > 1 else None,
+      track=track,
+      foreground=foreground,
+      fill=float(fill),
+      asymmetry=float(asymmetry),
+      flatness=float(flatness),
+      rgb=tuple(float(c) for c in rgb),
+      hue=_hue(rgb),
+      contrast=contrast,
   )
 
 
@@ -404,9 +404,9 @@ def _expected(prompt) -> dict[str, str]:
 
 
 def score_attributes(
-  readings: Sequence[ShapeReading],
-  expected: Sequence[dict],
-  num_frames: Sequence[int] | None = None,
+    readings: Sequence[ShapeReading],
+    expected: Sequence[dict],
+    num_frames: Sequence[int] | None = None,
 ) -> dict:
   """Accuracy of readings against expected attribute dicts (one per video).
 
@@ -431,13 +431,13 @@ def score_attributes(
     for a, ok in correct.items():
       hits[a].append(ok)
     details.append(
-      {
-        "expected": wanted,
-        "read": got,
-        "correct": correct,
-        "fill": reading.fill,
-        "hue": reading.hue,
-      }
+        {
+            "expected": wanted,
+            "read": got,
+            "correct": correct,
+            "fill": reading.fill,
+            "hue": reading.hue,
+        }
     )
   result = {a: (float(np.mean(h)) if h else None) for a, h in hits.items()}
   scored = [v for v in result.values() if v is not None]

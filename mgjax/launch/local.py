@@ -26,10 +26,10 @@ from mgjax.parallel import distributed
 
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "Processes to start.")
 DEVICES_PER_PROCESS = flags.DEFINE_integer(
-  "devices_per_process", 4, "CPU devices each process sees."
+    "devices_per_process", 4, "CPU devices each process sees."
 )
 DRY_RUN = flags.DEFINE_bool(
-  "dry_run", False, "Print each process's environment and command; start nothing."
+    "dry_run", False, "Print each process's environment and " "command; start nothing."
 )
 
 
@@ -43,18 +43,18 @@ def process_env(index: int, num_processes: int, devices: int, port: int) -> dict
   """The environment of process `index`: coordinator, identity and its CPU devices."""
   env = dict(os.environ)
   xla_flags = " ".join(
-    flag
-    for flag in env.get("XLA_FLAGS", "").split()
-    if not flag.startswith("--xla_force_host_platform_device_count")
+      flag
+      for flag in env.get("XLA_FLAGS", "").split()
+      if not flag.startswith("--xla_force_host_platform_device_count")
   )
   env.update(
-    {
-      distributed.ENV_COORDINATOR: f"127.0.0.1:{port}",
-      distributed.ENV_NUM_PROCESSES: str(num_processes),
-      distributed.ENV_PROCESS_ID: str(index),
-      "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count={devices}".strip(),
-    }
+      {
+          distributed.ENV_COORDINATOR: f"127.0.0.1:{port}",
+          distributed.ENV_NUM_PROCESSES: str(num_processes),
+          distributed.ENV_PROCESS_ID: str(index),
+          "JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count={devices}".strip(),
+      }
   )
   return env
 
@@ -75,11 +75,11 @@ def launch(command: list[str], num_processes: int, devices_per_process: int) -> 
   processes, relays = [], []
   for index in range(num_processes):
     proc = subprocess.Popen(
-      command,
-      env=process_env(index, num_processes, devices_per_process, port),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
+        command,
+        env=process_env(index, num_processes, devices_per_process, port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     relay = threading.Thread(target=_relay, args=(index, proc.stdout, sys.stdout), daemon=True)
     relay.start()
@@ -109,17 +109,17 @@ def dry_run(command: list[str], num_processes: int, devices_per_process: int) ->
   for index in range(num_processes):
     env = process_env(index, num_processes, devices_per_process, port)
     names = (
-      distributed.ENV_COORDINATOR,
-      distributed.ENV_NUM_PROCESSES,
-      distributed.ENV_PROCESS_ID,
-      "JAX_PLATFORMS",
-      "XLA_FLAGS",
+        distributed.ENV_COORDINATOR,
+        distributed.ENV_NUM_PROCESSES,
+        distributed.ENV_PROCESS_ID,
+        "JAX_PLATFORMS",
+        "XLA_FLAGS",
     )
     lines.append(
-      " ".join(f"{name}={shlex.quote(env[name])}" for name in names)
-      + " "
-      + shlex.join(command)
-      + " &"
+        " ".join(f"{name}={shlex.quote(env[name])}" for name in names)
+        + " "
+        + shlex.join(command)
+        + " &"
     )
   return "\n".join(lines + ["wait"])
 

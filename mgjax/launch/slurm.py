@@ -26,7 +26,7 @@ from absl import app, flags
 _NODES = flags.DEFINE_integer("nodes", 1, "Nodes.")
 _GPUS = flags.DEFINE_integer("gpus_per_node", 8, "GPUs per node.")
 _PER = flags.DEFINE_enum(
-  "process_per", "node", ["node", "gpu"], "One training process per node or per GPU."
+    "process_per", "node", ["node", "gpu"], "One training process per node or per GPU."
 )
 _TIME = flags.DEFINE_string("time", "24:00:00", "Time limit (HH:MM:SS).")
 _NAME = flags.DEFINE_string("job_name", "mgjax", "Job name.")
@@ -36,38 +36,38 @@ _CPUS = flags.DEFINE_integer("cpus_per_process", 0, "CPUs per process (0: SLURM'
 _GRACE = flags.DEFINE_integer("grace", 300, "Seconds between SIGTERM and the kill.")
 _PYTHON = flags.DEFINE_string("python", "python", "Python on the nodes.")
 _SCRIPT = flags.DEFINE_string(
-  "script", "", "Where to write the batch script (default: <workdir>/slurm/<job_name>.sbatch)."
+    "script", "", "Where to write the batch script (default: " "<workdir>/slurm/<job_name>.sbatch)."
 )
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the script and command; submit nothing.")
 
 
 def batch_script(
-  train_args: list[str],
-  *,
-  nodes: int,
-  gpus_per_node: int,
-  process_per: str,
-  time: str,
-  job_name: str,
-  partition: str = "",
-  account: str = "",
-  cpus_per_process: int = 0,
-  grace: int = 300,
-  python: str = "python",
-  log_dir: str = ".",
+    train_args: list[str],
+    *,
+    nodes: int,
+    gpus_per_node: int,
+    process_per: str,
+    time: str,
+    job_name: str,
+    partition: str = "",
+    account: str = "",
+    cpus_per_process: int = 0,
+    grace: int = 300,
+    python: str = "python",
+    log_dir: str = ".",
 ) -> str:
   """The sbatch script that runs `python -m mgjax.train <train_args>` on every task."""
   tasks_per_node = gpus_per_node if process_per == "gpu" else 1
   lines = [
-    "#!/bin/bash",
-    f"#SBATCH --job-name={job_name}",
-    f"#SBATCH --nodes={nodes}",
-    f"#SBATCH --ntasks-per-node={tasks_per_node}",
-    f"#SBATCH --gpus-per-node={gpus_per_node}",
-    f"#SBATCH --time={time}",
-    f"#SBATCH --signal=TERM@{grace}",  # to every task: checkpoint, then stop
-    "#SBATCH --requeue",
-    f"#SBATCH --output={os.path.join(log_dir, '%x-%j.out')}",
+      "#!/bin/bash",
+      f"#SBATCH --job-name={job_name}",
+      f"#SBATCH --nodes={nodes}",
+      f"#SBATCH --ntasks-per-node={tasks_per_node}",
+      f"#SBATCH --gpus-per-node={gpus_per_node}",
+      f"#SBATCH --time={time}",
+      f"#SBATCH --signal=TERM@{grace}",  # to every task: checkpoint, then stop
+      "#SBATCH --requeue",
+      f"#SBATCH --output={os.path.join(log_dir, '%x-%j.out')}",
   ]
   if partition:
     lines.append(f"#SBATCH --partition={partition}")
@@ -76,10 +76,10 @@ def batch_script(
   if cpus_per_process:
     lines.append(f"#SBATCH --cpus-per-task={cpus_per_process}")
   lines += [
-    "set -euo pipefail",
-    "# Each task sees all of its node's GPUs; mgjax.parallel.distributed hands a",
-    "# task per GPU its own (SLURM_LOCALID) and a task per node all of them.",
-    shlex.join(["srun", "--kill-on-bad-exit=1", python, "-m", "mgjax.train", *train_args]),
+      "set -euo pipefail",
+      "# Each task sees all of its node's GPUs; mgjax.parallel.distributed hands a",
+      "# task per GPU its own (SLURM_LOCALID) and a task per node all of them.",
+      shlex.join(["srun", "--kill-on-bad-exit=1", python, "-m", "mgjax.train", *train_args]),
   ]
   return "\n".join(lines) + "\n"
 
@@ -98,18 +98,18 @@ def main(argv):
   workdir = _workdir(train_args)
   script_path = _SCRIPT.value or os.path.join(workdir, "slurm", f"{_NAME.value}.sbatch")
   script = batch_script(
-    train_args,
-    nodes=_NODES.value,
-    gpus_per_node=_GPUS.value,
-    process_per=_PER.value,
-    time=_TIME.value,
-    job_name=_NAME.value,
-    partition=_PARTITION.value,
-    account=_ACCOUNT.value,
-    cpus_per_process=_CPUS.value,
-    grace=_GRACE.value,
-    python=_PYTHON.value,
-    log_dir=os.path.dirname(script_path),
+      train_args,
+      nodes=_NODES.value,
+      gpus_per_node=_GPUS.value,
+      process_per=_PER.value,
+      time=_TIME.value,
+      job_name=_NAME.value,
+      partition=_PARTITION.value,
+      account=_ACCOUNT.value,
+      cpus_per_process=_CPUS.value,
+      grace=_GRACE.value,
+      python=_PYTHON.value,
+      log_dir=os.path.dirname(script_path),
   )
   command = ["sbatch", script_path]
   if _DRY_RUN.value:

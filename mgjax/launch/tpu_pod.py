@@ -24,20 +24,20 @@ _TPU = flags.DEFINE_string("tpu", None, "TPU VM (slice) name.")
 _ZONE = flags.DEFINE_string("zone", None, "Its zone.")
 _PROJECT = flags.DEFINE_string("project", "", "Cloud project (default: gcloud's).")
 _SETUP = flags.DEFINE_string(
-  "setup", "", "Shell command run on every host first, e.g. `cd ~/mgjax && pip install -e .`."
+    "setup", "", "Shell command run on every host first, e.g. " "`cd ~/mgjax && pip install -e .`."
 )
 _PYTHON = flags.DEFINE_string("python", "python3", "Python on the hosts.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the command; run nothing.")
 
 
 def ssh_command(
-  train_args: list[str],
-  *,
-  tpu: str,
-  zone: str,
-  project: str = "",
-  setup: str = "",
-  python: str = "python3",
+    train_args: list[str],
+    *,
+    tpu: str,
+    zone: str,
+    project: str = "",
+    setup: str = "",
+    python: str = "python3",
 ) -> list[str]:
   """The gcloud command that starts `python -m mgjax.train <train_args>` on all hosts."""
   remote = shlex.join([python, "-m", "mgjax.train", *train_args])
@@ -54,16 +54,16 @@ def main(argv):
   if not _TPU.value or not _ZONE.value:
     raise app.UsageError("--tpu and --zone are required.")
   if not any(a.startswith("--config=") for a in train_args) or not any(
-    a.startswith("--workdir=") for a in train_args
+      a.startswith("--workdir=") for a in train_args
   ):
     raise app.UsageError("Pass the trainer's --config=... and --workdir=... after --.")
   command = ssh_command(
-    train_args,
-    tpu=_TPU.value,
-    zone=_ZONE.value,
-    project=_PROJECT.value,
-    setup=_SETUP.value,
-    python=_PYTHON.value,
+      train_args,
+      tpu=_TPU.value,
+      zone=_ZONE.value,
+      project=_PROJECT.value,
+      setup=_SETUP.value,
+      python=_PYTHON.value,
   )
   if _DRY_RUN.value:
     print(shlex.join(command))

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 
 
 def attention(
-  query: jax.Array,
-  key: jax.Array,
-  value: jax.Array,
-  mask: jax.Array | None = None,
-  *,
-  bias: jax.Array | None = None,
-  scale: float | None = None,
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
 ) -> jax.Array:
   """Softmax attention, bidirectional unless the mask says otherwise, in float32.
 
@@ -37,7 +37,7 @@ def attention(
   if scale is None:
     scale = query.shape[-1] ** -0.5
   logits = (
-    jnp.einsum("bqnd,bknd->bnqk", query.astype(jnp.float32), key.astype(jnp.float32)) * scale
+      jnp.einsum("bqnd,bknd->bnqk", query.astype(jnp.float32), key.astype(jnp.float32)) * scale
   )  # [B, N, Q, K]
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)

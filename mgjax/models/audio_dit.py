@@ -53,13 +53,13 @@ from jax.ad_checkpoint import checkpoint_name
 from mgjax import flow
 from mgjax.models.dit import TextInput, VideoDiT, text_inputs
 from mgjax.models.dit_blocks import (
-  ACTIVATION_AXES,
-  MLP_AXES,
-  Attention,
-  TextProjection,
-  TimestepEmbedder,
-  modulate,
-  remat_policy,
+    ACTIVATION_AXES,
+    MLP_AXES,
+    Attention,
+    TextProjection,
+    TimestepEmbedder,
+    modulate,
+    remat_policy,
 )
 from mgjax.models.layers import dense, logical_init
 from mgjax.parallel.sharding import constrain
@@ -72,7 +72,7 @@ ALIGN_TOLERANCE = 1e-9  # snaps j * fps / rate onto integers it misses by roundi
 
 
 def video_positions(
-  num_frames: int, video_fps: float, latent_rate: float, num_video_frames: int
+    num_frames: int, video_fps: float, latent_rate: float, num_video_frames: int
 ) -> np.ndarray:
   """Fractional video-frame index each of `num_frames` latent frames reads: float64 [T].
 
@@ -83,9 +83,9 @@ def video_positions(
   for name, rate in (("video_fps", video_fps), ("latent_rate", latent_rate)):
     if not isinstance(rate, numbers.Real):
       raise ValueError(
-        f"{name} must be a Python number (it fixes the resampling indices "
-        f"at trace time); got {type(rate).__name__}. Bind it with "
-        f"functools.partial rather than passing it through jit."
+          f"{name} must be a Python number (it fixes the resampling indices "
+          f"at trace time); got {type(rate).__name__}. Bind it with "
+          f"functools.partial rather than passing it through jit."
       )
   if not (video_fps > 0 and latent_rate > 0):
     raise ValueError(f"video_fps and latent_rate must be > 0; got {video_fps}, {latent_rate}.")
@@ -95,9 +95,9 @@ def video_positions(
   video_s = num_video_frames / video_fps
   if audio_s > video_s + 1.0 / video_fps + ALIGN_TOLERANCE:
     raise ValueError(
-      f"{num_frames} audio latent frames at {latent_rate} Hz ({audio_s:.3f} s) outlast "
-      f"{num_video_frames} video frames at {video_fps} fps ({video_s:.3f} s). Pass the "
-      f"video features of the whole clip, or check model.video_fps / latent_rate."
+        f"{num_frames} audio latent frames at {latent_rate} Hz ({audio_s:.3f} s) outlast "
+        f"{num_video_frames} video frames at {video_fps} fps ({video_s:.3f} s). Pass the "
+        f"video features of the whole clip, or check model.video_fps / latent_rate."
     )
   u = np.arange(num_frames, dtype=np.float64) * (float(video_fps) / float(latent_rate))
   snapped = np.round(u)
@@ -106,7 +106,7 @@ def video_positions(
 
 
 def align_video_features(
-  features: jax.Array, video_fps: float, latent_rate: float, num_frames: int
+    features: jax.Array, video_fps: float, latent_rate: float, num_frames: int
 ) -> jax.Array:
   """Per-frame video features [B, Tv, F] at video_fps -> [B, T, F] at latent_rate.
 
@@ -129,7 +129,7 @@ def align_video_features(
 def _layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
   """LayerNorm without its own scale/bias: adaLN supplies both (DiT)."""
   return nn.LayerNorm(
-    epsilon=1e-6, use_scale=False, use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name
+      epsilon=1e-6, use_scale=False, use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name
   )
 
 
@@ -143,12 +143,14 @@ class GeluMLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
     hidden = dense(
-      self.mlp_dim, ("embed", "mlp"), "up", self.dtype, self.param_dtype, use_bias=True
+        self.mlp_dim, ("embed", "mlp"), "up", self.dtype, self.param_dtype, use_bias=True
     )(x)
     hidden = checkpoint_name(constrain(nn.gelu(hidden), MLP_AXES), "mlp_hidden")  # [B, T, F]
     return dense(
-      x.shape[-1], ("mlp", "embed"), "down", self.dtype, self.param_dtype, use_bias=True
-    )(hidden)  # [B, T, D]
+        x.shape[-1], ("mlp", "embed"), "down", self.dtype, self.param_dtype, use_bias=True
+    )(
+        hidden
+    )  # [B, T, D]
 
 
 class AudioDiTBlock(nn.Module):
@@ -175,24 +177,24 @@ class AudioDiTBlock(nn.Module):
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     num_vectors = NUM_MODULATION_VECTORS[self.modulate_cross_attention]
     table = self.param(
-      "adaln_table",
-      logical_init(nn.initializers.zeros, ("modulation", "embed")),
-      (num_vectors, d),
-      self.param_dtype,
+        "adaln_table",
+        logical_init(nn.initializers.zeros, ("modulation", "embed")),
+        (num_vectors, d),
+        self.param_dtype,
     )
     mod = (modulation + table.astype(modulation.dtype)).astype(self.dtype)  # [B, M, D]
     vectors = [mod[:, i] for i in range(num_vectors)]  # each [B, D]
     attention_kwargs = dict(
-      qk_norm=self.qk_norm, attention_implementation=self.attention_implementation, **common
+        qk_norm=self.qk_norm, attention_implementation=self.attention_implementation, **common
     )
 
     shift, scale, gate = vectors[0:3]
     h = modulate(_layer_norm("attention_norm", **common)(x), shift, scale)
     h = Attention(
-      self.num_heads,
-      context_attention=self.context_attention,
-      name="self_attention",
-      **attention_kwargs,
+        self.num_heads,
+        context_attention=self.context_attention,
+        name="self_attention",
+        **attention_kwargs,
     )(h)
     x = constrain(x + gate[:, None] * h, ACTIVATION_AXES)
 
@@ -200,12 +202,12 @@ class AudioDiTBlock(nn.Module):
     if self.modulate_cross_attention:
       shift, scale, gate = vectors[3:6]
       h = Attention(self.num_heads, name="cross_attention", **attention_kwargs)(
-        modulate(h, shift, scale), text, text_valid
+          modulate(h, shift, scale), text, text_valid
       )
       x = x + gate[:, None] * h
     else:  # unmodulated, zero-init output (as in the video DiT)
       x = x + Attention(
-        self.num_heads, zero_init_output=True, name="cross_attention", **attention_kwargs
+          self.num_heads, zero_init_output=True, name="cross_attention", **attention_kwargs
       )(h, text, text_valid)
     x = constrain(x, ACTIVATION_AXES)
 
@@ -258,18 +260,18 @@ class AudioDiT(nn.Module):
 
   @nn.compact
   def __call__(
-    self,
-    x: jax.Array,
-    t: jax.Array,
-    context: jax.Array | None,
-    context_mask: jax.Array | None,
-    video_features: jax.Array | None,
-    text: TextInput,
-    text_mask: jax.Array | None = None,
-    *,
-    keep_video: jax.Array | None = None,
-    keep_text: jax.Array | None = None,
-    video_fps: float | None = None,
+      self,
+      x: jax.Array,
+      t: jax.Array,
+      context: jax.Array | None,
+      context_mask: jax.Array | None,
+      video_features: jax.Array | None,
+      text: TextInput,
+      text_mask: jax.Array | None = None,
+      *,
+      keep_video: jax.Array | None = None,
+      keep_text: jax.Array | None = None,
+      video_fps: float | None = None,
   ) -> jax.Array:
     """Velocity [B, T, C] (float32) of noisy latent x [B, T, C] at flow time t [B].
 
@@ -294,13 +296,13 @@ class AudioDiT(nn.Module):
     # [B, T, 2C + 1]: the mask zeroes context frames that are not given.
     audio_in = jnp.concatenate([x, context * context_mask, context_mask], axis=-1)
     tokens = dense(d, ("channels", "embed"), "input_projection", use_bias=True, **common)(
-      audio_in.astype(self.dtype)
+        audio_in.astype(self.dtype)
     )  # [B, T, D]
     pos = self.param(
-      "pos_embed",
-      logical_init(nn.initializers.normal(0.02), POSITION_AXES),
-      (self.max_frames, d),
-      self.param_dtype,
+        "pos_embed",
+        logical_init(nn.initializers.normal(0.02), POSITION_AXES),
+        (self.max_frames, d),
+        self.param_dtype,
     )
     tokens = tokens + pos[:num_frames].astype(self.dtype)[None]
     if self.use_video:
@@ -312,24 +314,31 @@ class AudioDiT(nn.Module):
     cond = nn.silu(TimestepEmbedder(d, self.frequency_dim, name="time_embed", **common)(t))
     num_vectors = NUM_MODULATION_VECTORS[self.modulate_cross_attention]
     modulation = dense(
-      (num_vectors, d),
-      ("embed", "modulation", "mlp"),
-      "adaln_shared",
-      zero=True,
-      use_bias=True,
-      **common,
-    )(cond)  # [B, M, D]
+        (num_vectors, d),
+        ("embed", "modulation", "mlp"),
+        "adaln_shared",
+        zero=True,
+        use_bias=True,
+        **common,
+    )(
+        cond
+    )  # [B, M, D]
 
     text_tokens, text_valid = self._embed_text(text, text_mask, keep_text)
     h = self._blocks(tokens, modulation, text_tokens, text_valid)  # [B, T, D]
 
     h = _layer_norm("final_norm", **common)(h)
     shift, scale = jnp.split(
-      dense(
-        (2, d), ("embed", "modulation", "mlp"), "final_adaln", zero=True, use_bias=True, **common
-      )(cond),
-      2,
-      axis=1,
+        dense(
+            (2, d),
+            ("embed", "modulation", "mlp"),
+            "final_adaln",
+            zero=True,
+            use_bias=True,
+            **common,
+        )(cond),
+        2,
+        axis=1,
     )
     h = modulate(h, shift[:, 0], scale[:, 0])
     out = dense(c, ("embed", "channels"), "final", zero=True, use_bias=True, **common)(h)
@@ -342,39 +351,41 @@ class AudioDiT(nn.Module):
       raise ValueError(f"t must be [B] = [{x.shape[0]}]; got shape {t.shape}.")
     if self.embed_dim % self.num_heads:
       raise ValueError(
-        f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}."
+          f"embed_dim {self.embed_dim} is not divisible by num_heads " f"{self.num_heads}."
       )
     if x.shape[1] > self.max_frames:
       raise ValueError(
-        f"{x.shape[1]} latent frames exceed the positional table (max_frames "
-        f"{self.max_frames}, {self.max_frames / self.latent_rate:.2f} s at "
-        f"{self.latent_rate} Hz). Generate long audio in windows with "
-        f"mgjax.audio_longform, or raise model.max_frames and train at that length."
+          f"{x.shape[1]} latent frames exceed the positional table (max_frames "
+          f"{self.max_frames}, {self.max_frames / self.latent_rate:.2f} s at "
+          f"{self.latent_rate} Hz). Generate long audio in windows with "
+          f"mgjax.audio_longform, or raise model.max_frames and train at that length."
       )
 
   def _embed_video(self, features, num_frames, keep, video_fps):
     """[B, Tv, Fv] at the video rate -> [B, T, D] to add to the audio tokens."""
     if features is None:
       raise ValueError(
-        "This AudioDiT reads video (use_video=True) but got "
-        "video_features=None; pass [B, Tv, Fv] features, or drop them per "
-        "example with keep_video=False."
+          "This AudioDiT reads video (use_video=True) but got "
+          "video_features=None; pass [B, Tv, Fv] features, or drop them per "
+          "example with keep_video=False."
       )
     rate = self.video_fps if video_fps is None else video_fps
     aligned = align_video_features(features, rate, self.latent_rate, num_frames)  # [B, T, Fv]
     emb = dense(
-      self.embed_dim,
-      ("video_feature", "embed"),
-      "video_projection",
-      use_bias=True,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )(aligned.astype(self.dtype))  # [B, T, D]
+        self.embed_dim,
+        ("video_feature", "embed"),
+        "video_projection",
+        use_bias=True,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )(
+        aligned.astype(self.dtype)
+    )  # [B, T, D]
     null = self.param(
-      "video_null",
-      logical_init(nn.initializers.normal(0.02), ("embed",)),
-      (self.embed_dim,),
-      self.param_dtype,
+        "video_null",
+        logical_init(nn.initializers.normal(0.02), ("embed",)),
+        (self.embed_dim,),
+        self.param_dtype,
     ).astype(self.dtype)
     if keep is None:
       return emb
@@ -386,12 +397,12 @@ class AudioDiT(nn.Module):
     embs, masks = [], []
     for name, emb, mask in text_inputs(text, text_mask):
       embs.append(
-        TextProjection(
-          self.embed_dim,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f"text_projection_{name}",
-        )(emb)
+          TextProjection(
+              self.embed_dim,
+              dtype=self.dtype,
+              param_dtype=self.param_dtype,
+              name=f"text_projection_{name}",
+          )(emb)
       )  # [B, L_e, D]
       masks.append(mask)
     tokens, valid = jnp.concatenate(embs, axis=1), jnp.concatenate(masks, axis=1)
@@ -402,14 +413,14 @@ class AudioDiT(nn.Module):
   def _blocks(self, x, modulation, text, text_valid):
     """The N blocks, scanned or looped, with remat per block."""
     block_kwargs = dict(
-      num_heads=self.num_heads,
-      mlp_dim=self.mlp_dim,
-      modulate_cross_attention=self.modulate_cross_attention,
-      qk_norm=self.qk_norm,
-      context_attention=self.context_attention,
-      attention_implementation=self.attention_implementation,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
+        num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim,
+        modulate_cross_attention=self.modulate_cross_attention,
+        qk_norm=self.qk_norm,
+        context_attention=self.context_attention,
+        attention_implementation=self.attention_implementation,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
     )
     block_cls = AudioDiTBlock
     policy = remat_policy(self.remat_policy)  # validates the name
@@ -417,12 +428,12 @@ class AudioDiT(nn.Module):
       block_cls = nn.remat(AudioDiTBlock, policy=policy, prevent_cse=not self.scan_layers)
     if self.scan_layers:
       stack = nn.scan(
-        block_cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(nn.broadcast,) * 3,
-        length=self.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
+          block_cls,
+          variable_axes={"params": 0},
+          split_rngs={"params": True},
+          in_axes=(nn.broadcast,) * 3,
+          length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
       )
       x, _ = stack(name="layers", **block_kwargs)(x, modulation, text, text_valid)
       return x
@@ -447,7 +458,8 @@ def _context_inputs(x, context, context_mask):
     return jnp.zeros_like(x), zeros
   if context.shape != x.shape:
     raise ValueError(
-      f"Audio context must have the latent's shape {x.shape} ([B, T, C]); got {context.shape}."
+        f"Audio context must have the latent's shape {x.shape} ([B, T, C]); "
+        f"got {context.shape}."
     )
   if context_mask is None:
     raise ValueError("Audio context needs context_mask [B, T, 1] (1 = given frame).")
@@ -455,7 +467,7 @@ def _context_inputs(x, context, context_mask):
     context_mask = context_mask[..., None]
   if context_mask.shape != x.shape[:2] + (1,):
     raise ValueError(
-      f"context_mask must be [B, T, 1] = {x.shape[:2] + (1,)}; got {context_mask.shape}."
+        f"context_mask must be [B, T, 1] = {x.shape[:2] + (1,)}; got " f"{context_mask.shape}."
     )
   return context.astype(x.dtype), context_mask.astype(x.dtype)
 
@@ -480,23 +492,23 @@ def guided_velocity_fn(model: AudioDiT, cfg_scale: float) -> Callable:
   def model_fn(x, t, use_condition, context, context_mask, aligned, per_example, variables):
     video = None if aligned is None else aligned["video"]
     return model.apply(
-      variables,
-      x,
-      t,
-      context,
-      context_mask,
-      video,
-      per_example["text"],
-      keep_video=use_condition if video is not None else None,
-      keep_text=use_condition,
-      video_fps=model.latent_rate,
+        variables,
+        x,
+        t,
+        context,
+        context_mask,
+        video,
+        per_example["text"],
+        keep_video=use_condition if video is not None else None,
+        keep_text=use_condition,
+        video_fps=model.latent_rate,
     )
 
   if cfg_scale == 1.0:
 
     def conditional(x, t, context, context_mask, aligned, per_example, variables):
       return model_fn(
-        x, t, jnp.ones(x.shape[:1], bool), context, context_mask, aligned, per_example, variables
+          x, t, jnp.ones(x.shape[:1], bool), context, context_mask, aligned, per_example, variables
       )
 
     return conditional
@@ -506,10 +518,10 @@ def guided_velocity_fn(model: AudioDiT, cfg_scale: float) -> Callable:
     double = lambda tree: jax.tree.map(lambda a: jnp.concatenate([a, a]), tree)
     use_condition = jnp.arange(2 * batch) < batch  # [2B]: conditional first
     v = model_fn(
-      *double((x, t)),
-      use_condition,
-      *double((context, context_mask, aligned, per_example)),
-      variables,
+        *double((x, t)),
+        use_condition,
+        *double((context, context_mask, aligned, per_example)),
+        variables,
     )
     return flow.guided_velocity(v[:batch], v[batch:], cfg_scale)  # [B, T, C]
 

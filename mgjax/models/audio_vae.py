@@ -70,7 +70,7 @@ class Snake(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C]
     alpha = self.param(
-      "alpha", logical_init(nn.initializers.ones, ("channels",)), (x.shape[-1],), jnp.float32
+        "alpha", logical_init(nn.initializers.ones, ("channels",)), (x.shape[-1],), jnp.float32
     ).astype(x.dtype)
     return x + jnp.square(jnp.sin(alpha * x)) / (alpha + 1e-9)
 
@@ -95,35 +95,35 @@ class Conv1D(nn.Module):
     k, cin = self.kernel_size, x.shape[-1]
     init = nn.initializers.variance_scaling(self.init_scale**2, "fan_in", "truncated_normal")
     kernel = self.param(
-      "kernel", logical_init(init, CONV_AXES), (k, cin, self.features), jnp.float32
+        "kernel", logical_init(init, CONV_AXES), (k, cin, self.features), jnp.float32
     )  # [k, Cin, F]
     if self.weight_norm:
       # g starts at |v|, so the initial weight is v itself.
       scale = self.param(
-        "scale",
-        logical_init(
-          lambda _, shape, dtype: jnp.linalg.norm(kernel.reshape(-1, self.features), axis=0).astype(
-            dtype
+          "scale",
+          logical_init(
+              lambda _, shape, dtype: jnp.linalg.norm(
+                  kernel.reshape(-1, self.features), axis=0
+              ).astype(dtype),
+              ("conv_out",),
           ),
-          ("conv_out",),
-        ),
-        (self.features,),
-        jnp.float32,
+          (self.features,),
+          jnp.float32,
       )
       norm = jnp.linalg.norm(kernel.reshape(-1, self.features), axis=0)  # [F]
       kernel = kernel * (scale / jnp.maximum(norm, 1e-12))
     bias = self.param(
-      "bias", logical_init(self.bias_init, ("conv_out",)), (self.features,), jnp.float32
+        "bias", logical_init(self.bias_init, ("conv_out",)), (self.features,), jnp.float32
     )
     span = self.dilation * (k - 1)
     padding = [(0, 0)] if self.valid else [(span // 2, span - span // 2)]
     y = jax.lax.conv_general_dilated(
-      x.astype(self.dtype),
-      kernel.astype(self.dtype),
-      window_strides=(1,),
-      padding=padding,
-      rhs_dilation=(self.dilation,),
-      dimension_numbers=("NWC", "WIO", "NWC"),
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        window_strides=(1,),
+        padding=padding,
+        rhs_dilation=(self.dilation,),
+        dimension_numbers=("NWC", "WIO", "NWC"),
     )
     return y + bias.astype(self.dtype)
 
@@ -145,20 +145,20 @@ class ResidualUnit(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     h = Conv1D(
-      c,
-      self.kernel_size,
-      self.dilation,
-      weight_norm=self.weight_norm,
-      dtype=self.dtype,
-      name="conv_dilated",
+        c,
+        self.kernel_size,
+        self.dilation,
+        weight_norm=self.weight_norm,
+        dtype=self.dtype,
+        name="conv_dilated",
     )(Snake(name="snake_0")(x))
     h = Conv1D(
-      c,
-      1,
-      weight_norm=self.weight_norm,
-      init_scale=RESIDUAL_INIT_SCALE,
-      dtype=self.dtype,
-      name="conv_1x1",
+        c,
+        1,
+        weight_norm=self.weight_norm,
+        init_scale=RESIDUAL_INIT_SCALE,
+        dtype=self.dtype,
+        name="conv_1x1",
     )(Snake(name="snake_1")(h))
     return constrain(x + h, ACTIVATION_AXES)
 
@@ -180,8 +180,10 @@ class Downsample(nn.Module):
     x = jnp.pad(x, ((0, 0), (s // 2, s - s // 2), (0, 0)))  # [B, T + s, C]
     folded = x.reshape(b, t // s + 1, s * c)  # [B, T/s + 1, sC]
     return Conv1D(
-      self.features, 2, valid=True, weight_norm=self.weight_norm, dtype=self.dtype, name="conv"
-    )(folded)  # [B, T/s, F]
+        self.features, 2, valid=True, weight_norm=self.weight_norm, dtype=self.dtype, name="conv"
+    )(
+        folded
+    )  # [B, T/s, F]
 
 
 class Upsample(nn.Module):
@@ -202,8 +204,15 @@ class Upsample(nn.Module):
     s = self.stride
     x = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))  # [B, N + 2, C]
     phases = Conv1D(
-      s * self.features, 2, valid=True, weight_norm=self.weight_norm, dtype=self.dtype, name="conv"
-    )(x)  # [B, N + 1, sF]
+        s * self.features,
+        2,
+        valid=True,
+        weight_norm=self.weight_norm,
+        dtype=self.dtype,
+        name="conv",
+    )(
+        x
+    )  # [B, N + 1, sF]
     y = phases.reshape(b, (n + 1) * s, self.features)  # [B, (N + 1) s, F]
     return y[:, s // 2 : s // 2 + n * s]  # [B, N s, F]
 
@@ -231,15 +240,15 @@ class Encoder(nn.Module):
     h = Snake(name="snake_out")(h)
     latent = self.latent_channels
     moments_bias = lambda _, shape, dtype: jnp.concatenate(
-      [jnp.zeros((latent,), dtype), jnp.full((latent,), LOGVAR_INIT, dtype)]
+        [jnp.zeros((latent,), dtype), jnp.full((latent,), LOGVAR_INIT, dtype)]
     )
     moments = Conv1D(
-      2 * latent, 3, weight_norm=wn, bias_init=moments_bias, dtype=dt, name="conv_out"
+        2 * latent, 3, weight_norm=wn, bias_init=moments_bias, dtype=dt, name="conv_out"
     )(h)
     if self.linear_bypass:  # onto the mean only; the log-variance is the deep path's
       mean, logvar = jnp.split(moments, 2, axis=-1)
       mean = mean + Downsample(
-        self.latent_channels, math.prod(self.strides), wn, dt, name="bypass"
+          self.latent_channels, math.prod(self.strides), wn, dt, name="bypass"
       )(x)
       moments = jnp.concatenate([mean, logvar], axis=-1)
     return moments
@@ -268,12 +277,12 @@ class Decoder(nn.Module):
     h = Snake(name="snake_out")(h)
     # Small at init, so the untrained decoder outputs quiet noise, not a saturated tanh.
     out = Conv1D(
-      self.audio_channels,
-      self.kernel_size,
-      weight_norm=wn,
-      init_scale=OUTPUT_INIT_SCALE,
-      dtype=dt,
-      name="conv_out",
+        self.audio_channels,
+        self.kernel_size,
+        weight_norm=wn,
+        init_scale=OUTPUT_INIT_SCALE,
+        dtype=dt,
+        name="conv_out",
     )(h)
     if self.linear_bypass:
       out = out + Upsample(self.audio_channels, math.prod(self.strides), wn, dt, name="bypass")(z)
@@ -311,44 +320,44 @@ class AudioVAE(nn.Module):
 
   def setup(self):
     for name, widths in (
-      ("encoder_channels", self.encoder_channels),
-      ("decoder_channels", self.decoder_channels),
+        ("encoder_channels", self.encoder_channels),
+        ("decoder_channels", self.decoder_channels),
     ):
       if len(widths) != len(self.strides) + 1:
         raise ValueError(
-          f"AudioVAE: {name} has {len(widths)} entries; it needs one per "
-          f"rate, len(strides) + 1 = {len(self.strides) + 1}."
+            f"AudioVAE: {name} has {len(widths)} entries; it needs one per "
+            f"rate, len(strides) + 1 = {len(self.strides) + 1}."
         )
     if any(s < 1 for s in self.strides):
       raise ValueError(f"AudioVAE: strides {tuple(self.strides)} must all be >= 1.")
     self.encoder = Encoder(
-      self.encoder_channels,
-      self.strides,
-      self.latent_channels,
-      self.dilations,
-      self.kernel_size,
-      self.weight_norm,
-      self.linear_bypass,
-      self.dtype,
+        self.encoder_channels,
+        self.strides,
+        self.latent_channels,
+        self.dilations,
+        self.kernel_size,
+        self.weight_norm,
+        self.linear_bypass,
+        self.dtype,
     )
     self.decoder = Decoder(
-      self.decoder_channels,
-      self.strides,
-      self.audio_channels,
-      self.dilations,
-      self.kernel_size,
-      self.weight_norm,
-      self.linear_bypass,
-      self.dtype,
+        self.decoder_channels,
+        self.strides,
+        self.audio_channels,
+        self.dilations,
+        self.kernel_size,
+        self.weight_norm,
+        self.linear_bypass,
+        self.dtype,
     )
 
   def encode(self, waveform: jax.Array) -> tuple[jax.Array, jax.Array]:
     """[B, T, C] -> (mean, logvar), each [B, ceil(T / hop), latent_channels]."""
     if waveform.ndim != 3 or waveform.shape[-1] != self.audio_channels:
       raise ValueError(
-        f"AudioVAE.encode takes waveforms [B, T, C={self.audio_channels}]; "
-        f"got shape {waveform.shape}. Add the channel axis (x[..., None]) "
-        "or convert the channel count (mgjax.data.audio.convert_channels)."
+          f"AudioVAE.encode takes waveforms [B, T, C={self.audio_channels}]; "
+          f"got shape {waveform.shape}. Add the channel axis (x[..., None]) "
+          "or convert the channel count (mgjax.data.audio.convert_channels)."
       )
     t = waveform.shape[1]
     padded = jnp.pad(waveform, ((0, 0), (0, self.latent_frames(t) * self.hop - t), (0, 0)))
@@ -360,7 +369,8 @@ class AudioVAE(nn.Module):
     """[B, N, latent_channels] -> [B, N hop, C], or [B, num_samples, C] when given."""
     if latent.ndim != 3 or latent.shape[-1] != self.latent_channels:
       raise ValueError(
-        f"AudioVAE.decode takes latents [B, N, {self.latent_channels}]; got shape {latent.shape}."
+          f"AudioVAE.decode takes latents [B, N, {self.latent_channels}]; got "
+          f"shape {latent.shape}."
       )
     n = latent.shape[1]
     waveform = self.decoder(latent)  # [B, N hop, C]
@@ -368,8 +378,8 @@ class AudioVAE(nn.Module):
       return waveform
     if not (n - 1) * self.hop < num_samples <= n * self.hop:
       raise ValueError(
-        f"{n} latent frames cannot decode to {num_samples} samples; they "
-        f"hold {(n - 1) * self.hop + 1} to {n * self.hop} (hop {self.hop})."
+          f"{n} latent frames cannot decode to {num_samples} samples; they "
+          f"hold {(n - 1) * self.hop + 1} to {n * self.hop} (hop {self.hop})."
       )
     return waveform[:, :num_samples]
 

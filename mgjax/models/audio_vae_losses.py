@@ -67,7 +67,7 @@ def stft_magnitude(waveform: jax.Array, window: int) -> jax.Array:
 
 
 def multiscale_stft_loss(
-  recon: jax.Array, target: jax.Array, windows: Sequence[int]
+    recon: jax.Array, target: jax.Array, windows: Sequence[int]
 ) -> tuple[jax.Array, jax.Array]:
   """(L1 of log10 magnitudes, L1 of magnitudes), each [B] and averaged over windows.
 
@@ -132,7 +132,7 @@ def snr_db(recon, target) -> np.ndarray:
 
 
 def spectral_distance_db(
-  recon, target, windows: Sequence[int], floor_db: float = DISTANCE_FLOOR_DB
+    recon, target, windows: Sequence[int], floor_db: float = DISTANCE_FLOOR_DB
 ) -> np.ndarray:
   """Mean |dB(recon) - dB(target)| over the active STFT bins, averaged over windows,
   per example: [B] (dB).

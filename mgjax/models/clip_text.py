@@ -40,10 +40,10 @@ from mgjax.models.hf_checkpoint import TensorReader, read_config, read_tensors
 from mgjax.models.layers import dense, logical_init
 
 ACTIVATIONS = {
-  # OpenAI's cheap sigmoid approximation of GELU, used by CLIP and MetaCLIP.
-  "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-  "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    # OpenAI's cheap sigmoid approximation of GELU, used by CLIP and MetaCLIP.
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
 }
 
 # transformers: before its PR #24773 CLIP configs said eos_token_id=2, and the
@@ -57,15 +57,15 @@ LONG_CLIP_KEPT_ROWS = 20
 
 # transformers' CLIPTextConfig defaults, for keys a config.json leaves out.
 _HF_DEFAULTS = dict(
-  vocab_size=49408,
-  hidden_size=512,
-  intermediate_size=2048,
-  num_hidden_layers=12,
-  num_attention_heads=8,
-  max_position_embeddings=77,
-  hidden_act="quick_gelu",
-  layer_norm_eps=1e-5,
-  eos_token_id=49407,
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    eos_token_id=49407,
 )
 
 # Prefixes of text-tower tensors: both a CLIPTextModel and a CLIPModel
@@ -91,17 +91,17 @@ class CLIPTextConfig:
   def __post_init__(self):
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(
-        f"Unsupported hidden_act {self.hidden_act!r}; CLIPTextEncoder "
-        f"supports {sorted(ACTIVATIONS)}."
+          f"Unsupported hidden_act {self.hidden_act!r}; CLIPTextEncoder "
+          f"supports {sorted(ACTIVATIONS)}."
       )
     if self.hidden_size % self.num_heads:
       raise ValueError(
-        f"hidden_size {self.hidden_size} is not divisible by num_heads "
-        f"(num_attention_heads) {self.num_heads}."
+          f"hidden_size {self.hidden_size} is not divisible by num_heads "
+          f"(num_attention_heads) {self.num_heads}."
       )
     if self.max_position_embeddings < 1:
       raise ValueError(
-        f"max_position_embeddings must be positive; got {self.max_position_embeddings}."
+          f"max_position_embeddings must be positive; got " f"{self.max_position_embeddings}."
       )
 
   @property
@@ -118,38 +118,38 @@ class CLIPTextConfig:
     if isinstance(eos, (list, tuple)):
       if len(eos) != 1:
         raise ValueError(
-          f"Unsupported eos_token_id {eos!r} in config.json: CLIP pools at one EOS token id."
+            f"Unsupported eos_token_id {eos!r} in config.json: CLIP pools at " f"one EOS token id."
         )
       eos = eos[0]
     if not isinstance(eos, int):
       raise ValueError(f"Unsupported eos_token_id {eos!r} in config.json; expected an int.")
     if values["hidden_act"] not in ACTIVATIONS:
       raise ValueError(
-        f"Unsupported hidden_act {values['hidden_act']!r} in config.json; "
-        f"CLIPTextEncoder supports {sorted(ACTIVATIONS)}."
+          f"Unsupported hidden_act {values['hidden_act']!r} in config.json; "
+          f"CLIPTextEncoder supports {sorted(ACTIVATIONS)}."
       )
     return cls(
-      vocab_size=int(values["vocab_size"]),
-      hidden_size=int(values["hidden_size"]),
-      intermediate_size=int(values["intermediate_size"]),
-      num_layers=int(values["num_hidden_layers"]),
-      num_heads=int(values["num_attention_heads"]),
-      max_position_embeddings=int(values["max_position_embeddings"]),
-      hidden_act=values["hidden_act"],
-      layer_norm_eps=float(values["layer_norm_eps"]),
-      eos_token_id=eos,
-      dtype=dtype,
+        vocab_size=int(values["vocab_size"]),
+        hidden_size=int(values["hidden_size"]),
+        intermediate_size=int(values["intermediate_size"]),
+        num_layers=int(values["num_hidden_layers"]),
+        num_heads=int(values["num_attention_heads"]),
+        max_position_embeddings=int(values["max_position_embeddings"]),
+        hidden_act=values["hidden_act"],
+        layer_norm_eps=float(values["layer_norm_eps"]),
+        eos_token_id=eos,
+        dtype=dtype,
     )
 
 
 def _layer_norm(config: CLIPTextConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-    epsilon=config.layer_norm_eps,
-    dtype=jnp.dtype(config.dtype),
-    param_dtype=jnp.float32,
-    scale_init=logical_init(nn.initializers.ones, ("norm",)),
-    bias_init=logical_init(nn.initializers.zeros, ("norm",)),
-    name=name,
+      epsilon=config.layer_norm_eps,
+      dtype=jnp.dtype(config.dtype),
+      param_dtype=jnp.float32,
+      scale_init=logical_init(nn.initializers.ones, ("norm",)),
+      bias_init=logical_init(nn.initializers.zeros, ("norm",)),
+      name=name,
   )
 
 
@@ -169,25 +169,27 @@ class CLIPTextEmbeddings(nn.Module):
     length = ids.shape[1]
     if length > cfg.max_position_embeddings:
       raise ValueError(
-        f"CLIPTextEncoder got {length} tokens but max_position_embeddings is "
-        f"{cfg.max_position_embeddings}; truncate the prompt or grow the position table "
-        f"with extend_positions(params, config, {length}) (or "
-        f"load_clip_text(directory, max_length={length}))."
+          f"CLIPTextEncoder got {length} tokens but max_position_embeddings is "
+          f"{cfg.max_position_embeddings}; truncate the prompt or grow the position table "
+          f"with extend_positions(params, config, {length}) (or "
+          f"load_clip_text(directory, max_length={length}))."
       )
     init = nn.initializers.normal(0.02)
     tokens = nn.Embed(
-      cfg.vocab_size,
-      cfg.hidden_size,
-      dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.float32,
-      embedding_init=logical_init(init, ("vocab", "embed")),
-      name="token_embedding",
-    )(ids)  # [B, L, D]
+        cfg.vocab_size,
+        cfg.hidden_size,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.float32,
+        embedding_init=logical_init(init, ("vocab", "embed")),
+        name="token_embedding",
+    )(
+        ids
+    )  # [B, L, D]
     table = self.param(
-      "position_embedding",
-      logical_init(init, ("text_pos", "embed")),
-      (cfg.max_position_embeddings, cfg.hidden_size),
-      jnp.float32,
+        "position_embedding",
+        logical_init(init, ("text_pos", "embed")),
+        (cfg.max_position_embeddings, cfg.hidden_size),
+        jnp.float32,
     )  # [P, D]
     return tokens + table[:length].astype(tokens.dtype)[None]  # [B, L, D]
 
@@ -204,21 +206,23 @@ class CLIPAttention(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     heads = (cfg.num_heads, cfg.head_dim)
     proj = lambda name: dense(
-      heads, ("embed", "heads", "kv"), name, dtype, jnp.float32, use_bias=True
+        heads, ("embed", "heads", "kv"), name, dtype, jnp.float32, use_bias=True
     )
     q = proj("q_proj")(x)  # [B, L, N, Dh]
     k = proj("k_proj")(x)  # [B, L, N, Dh]
     v = proj("v_proj")(x)  # [B, L, N, Dh]
     out = attention(q, k, v, mask=mask)  # [B, L, N, Dh], scale 1/sqrt(Dh) as in CLIP
     return dense(
-      cfg.hidden_size,
-      ("heads", "kv", "embed"),
-      "out_proj",
-      dtype,
-      jnp.float32,
-      use_bias=True,
-      num_inputs=2,
-    )(out)  # [B, L, D]
+        cfg.hidden_size,
+        ("heads", "kv", "embed"),
+        "out_proj",
+        dtype,
+        jnp.float32,
+        use_bias=True,
+        num_inputs=2,
+    )(
+        out
+    )  # [B, L, D]
 
 
 class CLIPMLP(nn.Module):
@@ -231,11 +235,11 @@ class CLIPMLP(nn.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     h = dense(cfg.intermediate_size, ("embed", "mlp"), "fc1", dtype, jnp.float32, use_bias=True)(
-      x
+        x
     )  # [B, L, F]
     h = ACTIVATIONS[cfg.hidden_act](h)
     return dense(cfg.hidden_size, ("mlp", "embed"), "fc2", dtype, jnp.float32, use_bias=True)(
-      h
+        h
     )  # [B, L, D]
 
 
@@ -248,7 +252,7 @@ class CLIPEncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     # x: [B, L, D]; mask: bool [B, 1, L, L]
     x = x + CLIPAttention(self.config, name="self_attn")(
-      _layer_norm(self.config, "layer_norm1")(x), mask
+        _layer_norm(self.config, "layer_norm1")(x), mask
     )
     return x + CLIPMLP(self.config, name="mlp")(_layer_norm(self.config, "layer_norm2")(x))
 
@@ -295,7 +299,7 @@ class CLIPTextEncoder(nn.Module):
 
 
 def extend_positions(
-  params, config: CLIPTextConfig, new_length: int, kept_rows: int = LONG_CLIP_KEPT_ROWS
+    params, config: CLIPTextConfig, new_length: int, kept_rows: int = LONG_CLIP_KEPT_ROWS
 ) -> tuple[dict, CLIPTextConfig]:
   """Grows the position table to `new_length` rows; returns (params, config).
 
@@ -323,8 +327,8 @@ def extend_positions(
   old = config.max_position_embeddings
   if new_length < old:
     raise ValueError(
-      f"extend_positions only grows the position table: new_length "
-      f"{new_length} < max_position_embeddings {old}."
+        f"extend_positions only grows the position table: new_length "
+        f"{new_length} < max_position_embeddings {old}."
     )
   if new_length == old:
     return params, config
@@ -339,7 +343,7 @@ def extend_positions(
   new_rows = (1.0 - frac) * table[lower] + frac * table[upper]  # [new - old, D]
   grown = jnp.asarray(np.concatenate([table, new_rows], axis=0))  # [new, D]
   params["embeddings"]["position_embedding"] = (
-    boxed.replace_boxed(grown) if isinstance(boxed, nn.meta.AxisMetadata) else grown
+      boxed.replace_boxed(grown) if isinstance(boxed, nn.meta.AxisMetadata) else grown
   )
   return params, dataclasses.replace(config, max_position_embeddings=new_length)
 
@@ -352,7 +356,7 @@ def _mutable_copy(tree):
 
 
 def load_clip_text(
-  directory: str, max_length: int | None = None, dtype: str = "float32"
+    directory: str, max_length: int | None = None, dtype: str = "float32"
 ) -> tuple[CLIPTextConfig, dict]:
   """(config, params) of the CLIP text tower saved in a Hugging Face-format directory.
 
@@ -367,10 +371,10 @@ def load_clip_text(
   unused = reader.unused()
   if unused:
     logging.info(
-      "load_clip_text: %d tensors of %s are not part of the text tower (e.g. %s).",
-      len(unused),
-      directory,
-      unused[0],
+        "load_clip_text: %d tensors of %s are not part of the text tower (e.g. %s).",
+        len(unused),
+        directory,
+        unused[0],
     )
   if max_length is not None and max_length > config.max_position_embeddings:
     params, config = extend_positions(params, config, max_length)
@@ -386,43 +390,43 @@ def _import_params(reader: TensorReader, cfg: CLIPTextConfig) -> dict:
     kernel = reader.take(f"{name}.weight", (d_in, d_out), transpose=True)
     bias = reader.take(f"{name}.bias", (d_out,))
     return {
-      "kernel": jnp.asarray(kernel.reshape(kernel_shape)),
-      "bias": jnp.asarray(bias.reshape(bias_shape)),
+        "kernel": jnp.asarray(kernel.reshape(kernel_shape)),
+        "bias": jnp.asarray(bias.reshape(bias_shape)),
     }
 
   def layer_norm(name: str) -> dict:
     return {
-      "scale": jnp.asarray(reader.take(f"{name}.weight", (d,))),
-      "bias": jnp.asarray(reader.take(f"{name}.bias", (d,))),
+        "scale": jnp.asarray(reader.take(f"{name}.weight", (d,))),
+        "bias": jnp.asarray(reader.take(f"{name}.bias", (d,))),
     }
 
   params = {
-    "embeddings": {
-      "token_embedding": {
-        "embedding": jnp.asarray(
-          reader.take("embeddings.token_embedding.weight", (cfg.vocab_size, d))
-        )
-      },
-      "position_embedding": jnp.asarray(
-        reader.take("embeddings.position_embedding.weight", (cfg.max_position_embeddings, d))
-      ),
-    }
+      "embeddings": {
+          "token_embedding": {
+              "embedding": jnp.asarray(
+                  reader.take("embeddings.token_embedding.weight", (cfg.vocab_size, d))
+              )
+          },
+          "position_embedding": jnp.asarray(
+              reader.take("embeddings.position_embedding.weight", (cfg.max_position_embeddings, d))
+          ),
+      }
   }
   for i in range(cfg.num_layers):
     prefix = f"encoder.layers.{i}"
     attn = {
-      name: linear(f"{prefix}.self_attn.{name}", d, d, (d, n, dh), (n, dh))
-      for name in ("q_proj", "k_proj", "v_proj")
+        name: linear(f"{prefix}.self_attn.{name}", d, d, (d, n, dh), (n, dh))
+        for name in ("q_proj", "k_proj", "v_proj")
     }
     attn["out_proj"] = linear(f"{prefix}.self_attn.out_proj", d, d, (n, dh, d), (d,))
     params[f"layers_{i}"] = {
-      "layer_norm1": layer_norm(f"{prefix}.layer_norm1"),
-      "self_attn": attn,
-      "layer_norm2": layer_norm(f"{prefix}.layer_norm2"),
-      "mlp": {
-        "fc1": linear(f"{prefix}.mlp.fc1", d, f, (d, f), (f,)),
-        "fc2": linear(f"{prefix}.mlp.fc2", f, d, (f, d), (d,)),
-      },
+        "layer_norm1": layer_norm(f"{prefix}.layer_norm1"),
+        "self_attn": attn,
+        "layer_norm2": layer_norm(f"{prefix}.layer_norm2"),
+        "mlp": {
+            "fc1": linear(f"{prefix}.mlp.fc1", d, f, (d, f), (f,)),
+            "fc2": linear(f"{prefix}.mlp.fc2", f, d, (f, d), (d,)),
+        },
     }
   params["final_layer_norm"] = layer_norm("final_layer_norm")
   return params

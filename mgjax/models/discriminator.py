@@ -23,7 +23,7 @@ NORM_AXES = ("norm",)
 
 
 def _conv3d(
-  features: int, kernel_size: Sequence[int], strides: Sequence[int], name: str
+    features: int, kernel_size: Sequence[int], strides: Sequence[int], name: str
 ) -> nn.Conv:
   """3D conv with 'SAME' padding and logically partitioned parameters.
 
@@ -32,13 +32,13 @@ def _conv3d(
   Weights start from N(0, 0.02), the usual DCGAN/PatchGAN initialisation.
   """
   return nn.Conv(
-    features=features,
-    kernel_size=tuple(kernel_size),
-    strides=tuple(strides),
-    padding="SAME",
-    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), CONV3D_KERNEL_AXES),
-    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), BIAS_AXES),
-    name=name,
+      features=features,
+      kernel_size=tuple(kernel_size),
+      strides=tuple(strides),
+      padding="SAME",
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), CONV3D_KERNEL_AXES),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), BIAS_AXES),
+      name=name,
   )
 
 
@@ -70,13 +70,13 @@ class PatchDiscriminator3D(nn.Module):
 
   def _strides(self) -> tuple[int, ...]:
     strides = (
-      tuple(self.temporal_strides)
-      if self.temporal_strides is not None
-      else (1,) * len(self.channels)
+        tuple(self.temporal_strides)
+        if self.temporal_strides is not None
+        else (1,) * len(self.channels)
     )
     if len(strides) != len(self.channels):
       raise ValueError(
-        f"temporal_strides {strides} must have one entry per stage of channels {tuple(self.channels)}"
+          f"temporal_strides {strides} must have one entry per stage of channels {tuple(self.channels)}"
       )
     if any(s not in (1, 2) for s in strides):
       raise ValueError(f"temporal_strides must be 1 or 2, got {strides}")
@@ -87,13 +87,13 @@ class PatchDiscriminator3D(nn.Module):
       return x
     if x.shape[-1] % self.norm_groups:
       raise ValueError(
-        f"norm_groups={self.norm_groups} does not divide {x.shape[-1]} channels in {name}"
+          f"norm_groups={self.norm_groups} does not divide {x.shape[-1]} channels in {name}"
       )
     return nn.GroupNorm(
-      num_groups=self.norm_groups,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), NORM_AXES),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), NORM_AXES),
-      name=name,
+        num_groups=self.norm_groups,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), NORM_AXES),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), NORM_AXES),
+        name=name,
     )(x)
 
   @nn.compact

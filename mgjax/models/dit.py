@@ -28,15 +28,15 @@ import jax
 import jax.numpy as jnp
 
 from mgjax.models.dit_blocks import (
-  ACTIVATION_AXES,
-  MODULATIONS,
-  NUM_MODULATION_VECTORS,
-  DiTBlock,
-  TextProjection,
-  TimestepEmbedder,
-  modulate,
-  remat_policy,
-  rms_norm,
+    ACTIVATION_AXES,
+    MODULATIONS,
+    NUM_MODULATION_VECTORS,
+    DiTBlock,
+    TextProjection,
+    TimestepEmbedder,
+    modulate,
+    remat_policy,
+    rms_norm,
 )
 from mgjax.models.layers import dense
 from mgjax.models.positional import MODULE_NAME as POSITIONAL_NAME
@@ -52,9 +52,9 @@ def patch_grid(shape: Sequence[int], patch: Sequence[int]) -> tuple[int, int, in
   _, t, h, w, _ = shape
   if t % patch[0] or h % patch[1] or w % patch[2]:
     raise ValueError(
-      f"Latent video of shape {tuple(shape)} ([B, T, H, W, C]) does not divide into "
-      f"patches of {tuple(patch)} (T, H, W). Crop or resize so T, H and W are "
-      f"multiples of the patch."
+        f"Latent video of shape {tuple(shape)} ([B, T, H, W, C]) does not divide into "
+        f"patches of {tuple(patch)} (T, H, W). Crop or resize so T, H and W are "
+        f"multiples of the patch."
     )
   return t // patch[0], h // patch[1], w // patch[2]
 
@@ -81,23 +81,23 @@ def unpatchify(tokens: jax.Array, grid: Sequence[int], patch: Sequence[int]) -> 
 
 
 def latent_shape(
-  num_frames: int, height: int, width: int, tae_factors: Sequence[int] = (8, 8, 8)
+    num_frames: int, height: int, width: int, tae_factors: Sequence[int] = (8, 8, 8)
 ) -> tuple[int, int, int]:
   """(T', H', W') the TAE makes of a video: ceil(T / ft) frames, H / fh x W / fw."""
   ft, fh, fw = tae_factors
   if height % fh or width % fw:
     raise ValueError(
-      f"{height}x{width} pixels do not divide by the TAE's spatial factors {fh}x{fw}."
+        f"{height}x{width} pixels do not divide by the TAE's spatial " f"factors {fh}x{fw}."
     )
   return math.ceil(num_frames / ft), height // fh, width // fw
 
 
 def num_tokens(
-  num_frames: int,
-  height: int,
-  width: int,
-  tae_factors: Sequence[int] = (8, 8, 8),
-  patch: Sequence[int] = (1, 2, 2),
+    num_frames: int,
+    height: int,
+    width: int,
+    tae_factors: Sequence[int] = (8, 8, 8),
+    patch: Sequence[int] = (1, 2, 2),
 ) -> int:
   """Transformer sequence length of a pixel video, e.g. 256 x 768 x 768 -> 73,728."""
   t, h, w = latent_shape(num_frames, height, width, tae_factors)
@@ -105,7 +105,7 @@ def num_tokens(
 
 
 def text_inputs(
-  text: TextInput, text_mask: jax.Array | None
+    text: TextInput, text_mask: jax.Array | None
 ) -> list[tuple[str, jax.Array, jax.Array]]:
   """Normalises the text argument to [(encoder name, emb [B, L, D_e], mask [B, L])].
 
@@ -116,8 +116,8 @@ def text_inputs(
   if isinstance(text, Mapping):
     if text_mask is not None:
       raise ValueError(
-        "With several text encoders, pass each mask in the dict as "
-        "{name: (emb, mask)}, not as text_mask."
+          "With several text encoders, pass each mask in the dict as "
+          "{name: (emb, mask)}, not as text_mask."
       )
     items = sorted(text.items())
   else:
@@ -133,7 +133,7 @@ def text_inputs(
       mask = jnp.ones(emb.shape[:2], bool)
     if mask.shape != emb.shape[:2]:
       raise ValueError(
-        f"Text mask {name!r} has shape {mask.shape}; expected {emb.shape[:2]} ([B, L])."
+          f"Text mask {name!r} has shape {mask.shape}; expected " f"{emb.shape[:2]} ([B, L])."
       )
     out.append((name, emb, mask.astype(bool)))
   return out
@@ -204,12 +204,12 @@ class VideoDiT(nn.Module):
       raise ValueError(f"Unknown modulation {self.modulation!r}; use one of {MODULATIONS}.")
     if self.embed_dim % self.num_heads:
       raise ValueError(
-        f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}."
+          f"embed_dim {self.embed_dim} is not divisible by num_heads " f"{self.num_heads}."
       )
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, t: jax.Array, text: TextInput, text_mask: jax.Array | None = None
+      self, x: jax.Array, t: jax.Array, text: TextInput, text_mask: jax.Array | None = None
   ) -> jax.Array:
     """Velocity [B, T, H, W, C_out] (float32) at latent x [B, T, H, W, C], time t [B].
 
@@ -225,30 +225,34 @@ class VideoDiT(nn.Module):
     d = self.embed_dim
 
     tokens = dense(d, ("patch", "embed"), "patch_embed", use_bias=True, **common)(
-      patchify(x.astype(self.dtype), patch)
+        patchify(x.astype(self.dtype), patch)
     )  # [B, S, D]
     tokens = constrain(tokens, ACTIVATION_AXES)
     pos = FactorizedPositionalEmbedding(
-      d,
-      self.max_frames,
-      self.max_height,
-      self.max_width,
-      param_dtype=self.param_dtype,
-      name=POSITIONAL_NAME,
-    )(grid)  # [S, D]
+        d,
+        self.max_frames,
+        self.max_height,
+        self.max_width,
+        param_dtype=self.param_dtype,
+        name=POSITIONAL_NAME,
+    )(
+        grid
+    )  # [S, D]
 
     cond = nn.silu(
-      TimestepEmbedder(d, self.frequency_dim, name="time_embed", **common)(t)
+        TimestepEmbedder(d, self.frequency_dim, name="time_embed", **common)(t)
     )  # [B, D]
     if self.modulation == "shared":
       block_modulation = dense(
-        (NUM_MODULATION_VECTORS, d),
-        ("embed", "modulation", "mlp"),
-        "adaln_shared",
-        zero=True,
-        use_bias=True,
-        **common,
-      )(cond)  # [B, 6, D]
+          (NUM_MODULATION_VECTORS, d),
+          ("embed", "modulation", "mlp"),
+          "adaln_shared",
+          zero=True,
+          use_bias=True,
+          **common,
+      )(
+          cond
+      )  # [B, 6, D]
     else:
       block_modulation = cond  # [B, D]; each block has its own Dense
 
@@ -258,17 +262,24 @@ class VideoDiT(nn.Module):
 
     h = rms_norm("final_norm", use_scale=False, **common)(x_tok)
     shift, scale = jnp.split(
-      dense(
-        (2, d), ("embed", "modulation", "mlp"), "final_adaln", zero=True, use_bias=True, **common
-      )(cond),
-      2,
-      axis=1,
+        dense(
+            (2, d),
+            ("embed", "modulation", "mlp"),
+            "final_adaln",
+            zero=True,
+            use_bias=True,
+            **common,
+        )(cond),
+        2,
+        axis=1,
     )
     h = modulate(h, shift[:, 0], scale[:, 0])
     c_out = self.out_channels or x.shape[-1]
     out = dense(
-      math.prod(patch) * c_out, ("embed", "patch"), "final", zero=True, use_bias=True, **common
-    )(h)  # [B, S, pt * ph * pw * C_out]
+        math.prod(patch) * c_out, ("embed", "patch"), "final", zero=True, use_bias=True, **common
+    )(
+        h
+    )  # [B, S, pt * ph * pw * C_out]
     return unpatchify(out, grid, patch).astype(jnp.float32)  # [B, T, H, W, C_out]
 
   def _embed_text(self, text: TextInput, text_mask: jax.Array | None):
@@ -276,12 +287,12 @@ class VideoDiT(nn.Module):
     embs, masks = [], []
     for name, emb, mask in text_inputs(text, text_mask):
       embs.append(
-        TextProjection(
-          self.embed_dim,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f"text_projection_{name}",
-        )(emb)
+          TextProjection(
+              self.embed_dim,
+              dtype=self.dtype,
+              param_dtype=self.param_dtype,
+              name=f"text_projection_{name}",
+          )(emb)
       )  # [B, L_e, D]
       masks.append(mask)
     return jnp.concatenate(embs, axis=1), jnp.concatenate(masks, axis=1)
@@ -289,32 +300,32 @@ class VideoDiT(nn.Module):
   def _blocks(self, x, pos, modulation, text, text_valid):
     """The N conditioned blocks, scanned or looped, with remat per block."""
     block_kwargs = dict(
-      num_heads=self.num_heads,
-      mlp_dim=self.mlp_dim,
-      modulation=self.modulation,
-      qk_norm=self.qk_norm,
-      context_attention=self.context_attention,
-      attention_implementation=self.attention_implementation,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
+        num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim,
+        modulation=self.modulation,
+        qk_norm=self.qk_norm,
+        context_attention=self.context_attention,
+        attention_implementation=self.attention_implementation,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
     )
     block_cls = DiTBlock
     policy_name = self.remat_policy
     if policy_name != "none":
       # prevent_cse is only needed outside scan, which already blocks CSE.
       block_cls = nn.remat(
-        DiTBlock, policy=remat_policy(policy_name), prevent_cse=not self.scan_layers
+          DiTBlock, policy=remat_policy(policy_name), prevent_cse=not self.scan_layers
       )
     else:
       remat_policy(policy_name)  # validates the name
     if self.scan_layers:
       stack = nn.scan(
-        block_cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(nn.broadcast,) * 4,
-        length=self.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
+          block_cls,
+          variable_axes={"params": 0},
+          split_rngs={"params": True},
+          in_axes=(nn.broadcast,) * 4,
+          length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
       )
       x, _ = stack(name="layers", **block_kwargs)(x, pos, modulation, text, text_valid)
       return x
@@ -335,6 +346,6 @@ def loop_to_scan_params(params: Mapping[str, Any], num_layers: int) -> dict[str,
   """Inverse of `scan_to_loop_params`: stacks layers_i along a new leading axis."""
   out = {k: v for k, v in params.items() if not k.startswith("layers_")}
   out["layers"] = jax.tree.map(
-    lambda *a: jnp.stack(a), *[params[f"layers_{i}"] for i in range(num_layers)]
+      lambda *a: jnp.stack(a), *[params[f"layers_{i}"] for i in range(num_layers)]
   )
   return out

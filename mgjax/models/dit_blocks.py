@@ -51,12 +51,12 @@ NUM_MODULATION_VECTORS = 6
 # whenever the self-attention projections are.
 QKV_NAMES = ("query_proj", "key_proj", "value_proj", "cross_key_proj", "cross_value_proj")
 REMAT_POLICIES = {
-  "none": None,  # no remat: keep every activation
-  "full": "nothing",  # save only the block input; recompute the rest
-  "save_dots": "dots",  # save weight matmul outputs (not attention scores)
-  "save_qkv_proj": QKV_NAMES,
-  "save_qkv_attention": QKV_NAMES + ("attention_out",),
-  "save_attention_mlp": QKV_NAMES + ("attention_out", "mlp_hidden"),
+    "none": None,  # no remat: keep every activation
+    "full": "nothing",  # save only the block input; recompute the rest
+    "save_dots": "dots",  # save weight matmul outputs (not attention scores)
+    "save_qkv_proj": QKV_NAMES,
+    "save_qkv_attention": QKV_NAMES + ("attention_out",),
+    "save_attention_mlp": QKV_NAMES + ("attention_out", "mlp_hidden"),
 }
 
 
@@ -76,12 +76,12 @@ def remat_policy(name: str):
 
 def rms_norm(name: str, dtype, param_dtype, *, use_scale: bool = True) -> nn.RMSNorm:
   return nn.RMSNorm(
-    epsilon=1e-6,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    use_scale=use_scale,
-    scale_init=logical_init(nn.initializers.ones, ("norm",)),
-    name=name,
+      epsilon=1e-6,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      use_scale=use_scale,
+      scale_init=logical_init(nn.initializers.ones, ("norm",)),
+      name=name,
   )
 
 
@@ -118,11 +118,13 @@ class TimestepEmbedder(nn.Module):
   def __call__(self, t: jax.Array) -> jax.Array:
     emb = timestep_embedding(t, self.frequency_dim).astype(self.dtype)  # [B, F]
     emb = dense(
-      self.features, ("freq", "embed"), "hidden", self.dtype, self.param_dtype, use_bias=True
+        self.features, ("freq", "embed"), "hidden", self.dtype, self.param_dtype, use_bias=True
     )(emb)
     return dense(
-      self.features, ("mlp", "embed"), "out", self.dtype, self.param_dtype, use_bias=True
-    )(nn.silu(emb))  # [B, D]
+        self.features, ("mlp", "embed"), "out", self.dtype, self.param_dtype, use_bias=True
+    )(
+        nn.silu(emb)
+    )  # [B, D]
 
 
 class TextProjection(nn.Module):
@@ -139,16 +141,18 @@ class TextProjection(nn.Module):
   @nn.compact
   def __call__(self, text: jax.Array) -> jax.Array:
     x = dense(
-      self.features, ("vocab", "embed"), "dense", self.dtype, self.param_dtype, use_bias=True
+        self.features, ("vocab", "embed"), "dense", self.dtype, self.param_dtype, use_bias=True
     )(text.astype(self.dtype))
     return nn.LayerNorm(
-      epsilon=1e-6,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      scale_init=logical_init(nn.initializers.ones, ("norm",)),
-      bias_init=logical_init(nn.initializers.zeros, ("norm",)),
-      name="norm",
-    )(x)  # [B, L, D]
+        epsilon=1e-6,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        scale_init=logical_init(nn.initializers.ones, ("norm",)),
+        bias_init=logical_init(nn.initializers.zeros, ("norm",)),
+        name="norm",
+    )(
+        x
+    )  # [B, L, D]
 
 
 class Attention(nn.Module):
@@ -173,7 +177,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, context: jax.Array | None = None, context_valid: jax.Array | None = None
+      self, x: jax.Array, context: jax.Array | None = None, context_valid: jax.Array | None = None
   ) -> jax.Array:
     # x: [B, S, D]; context: [B, L, D] or None; context_valid: bool [B, L] or None.
     d = x.shape[-1]
@@ -196,22 +200,24 @@ class Attention(nn.Module):
     v = checkpoint_name(constrain(v, kv_axes), prefix + "value_proj")
     if cross:
       out = mesh_attention.cross_attention(
-        q, k, v, context_valid, implementation=self.attention_implementation
+          q, k, v, context_valid, implementation=self.attention_implementation
       )
     else:
       out = mesh_attention.self_attention(
-        q, k, v, mode=self.context_attention, implementation=self.attention_implementation
+          q, k, v, mode=self.context_attention, implementation=self.attention_implementation
       )  # [B, S, N, Dh]
     out = checkpoint_name(constrain(out, QKV_AXES), prefix + "attention_out")
     return dense(
-      d,
-      ("heads", "kv", "embed"),
-      "out",
-      self.dtype,
-      self.param_dtype,
-      zero=self.zero_init_output,
-      num_inputs=2,
-    )(out)  # [B, S, D]
+        d,
+        ("heads", "kv", "embed"),
+        "out",
+        self.dtype,
+        self.param_dtype,
+        zero=self.zero_init_output,
+        num_inputs=2,
+    )(
+        out
+    )  # [B, S, D]
 
 
 class SwiGLU(nn.Module):
@@ -255,46 +261,48 @@ class DiTBlock(nn.Module):
 
     if self.modulation == "per_block":
       mod = dense(
-        (NUM_MODULATION_VECTORS, d),
-        ("embed", "modulation", "mlp"),
-        "adaln",
-        zero=True,
-        use_bias=True,
-        **common,
-      )(modulation)  # [B, 6, D]
+          (NUM_MODULATION_VECTORS, d),
+          ("embed", "modulation", "mlp"),
+          "adaln",
+          zero=True,
+          use_bias=True,
+          **common,
+      )(
+          modulation
+      )  # [B, 6, D]
     elif self.modulation == "shared":
       table = self.param(
-        "adaln_table",
-        logical_init(nn.initializers.zeros, ("modulation", "embed")),
-        (NUM_MODULATION_VECTORS, d),
-        self.param_dtype,
+          "adaln_table",
+          logical_init(nn.initializers.zeros, ("modulation", "embed")),
+          (NUM_MODULATION_VECTORS, d),
+          self.param_dtype,
       )
       mod = modulation + table.astype(modulation.dtype)  # [B, 6, D]
     else:
       raise ValueError(f"Unknown modulation {self.modulation!r}; use one of {MODULATIONS}.")
     mod = mod.astype(self.dtype)
     shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (
-      mod[:, i] for i in range(NUM_MODULATION_VECTORS)
+        mod[:, i] for i in range(NUM_MODULATION_VECTORS)
     )  # each [B, D]
 
     h = modulate(rms_norm("attention_norm", **common)(x), shift_a, scale_a)
     attention_kwargs = dict(attention_implementation=self.attention_implementation, **common)
     h = Attention(
-      self.num_heads,
-      self.qk_norm,
-      context_attention=self.context_attention,
-      name="self_attention",
-      **attention_kwargs,
+        self.num_heads,
+        self.qk_norm,
+        context_attention=self.context_attention,
+        name="self_attention",
+        **attention_kwargs,
     )(h)
     x = x + gate_a[:, None] * h
 
     h = rms_norm("cross_attention_norm", **common)(x)
     x = x + Attention(
-      self.num_heads,
-      self.qk_norm,
-      zero_init_output=True,
-      name="cross_attention",
-      **attention_kwargs,
+        self.num_heads,
+        self.qk_norm,
+        zero_init_output=True,
+        name="cross_attention",
+        **attention_kwargs,
     )(h, text, text_valid)
 
     h = modulate(rms_norm("mlp_norm", **common)(x), shift_f, scale_f)

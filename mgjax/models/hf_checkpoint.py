@@ -26,8 +26,8 @@ def read_config(directory: str) -> dict:
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(
-      f"No {CONFIG_FILE} in {directory!r}; point the config at a "
-      f"directory written by transformers' save_pretrained."
+        f"No {CONFIG_FILE} in {directory!r}; point the config at a "
+        f"directory written by transformers' save_pretrained."
     )
   with open(path) as f:
     return json.load(f)
@@ -47,8 +47,8 @@ def _weight_files(directory: str) -> tuple[str, list[str]]:
   if others:
     return "safetensors", others
   raise FileNotFoundError(
-    f"No weights in {directory!r}: expected {SAFETENSORS_FILES[0]}, {TORCH_FILES[0]} or "
-    f"a sharded *.index.json beside config.json."
+      f"No weights in {directory!r}: expected {SAFETENSORS_FILES[0]}, {TORCH_FILES[0]} or "
+      f"a sharded *.index.json beside config.json."
   )
 
 
@@ -77,8 +77,8 @@ def _torch_load(path: str, safetensors: bool) -> dict[str, np.ndarray]:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError(
-      f"Reading {path!r} needs PyTorch (pip install torch), or convert the "
-      f"checkpoint to safetensors."
+        f"Reading {path!r} needs PyTorch (pip install torch), or convert the "
+        f"checkpoint to safetensors."
     ) from e
   if safetensors:
     from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
@@ -87,7 +87,7 @@ def _torch_load(path: str, safetensors: bool) -> dict[str, np.ndarray]:
   else:
     state = torch.load(path, map_location="cpu", weights_only=True)
   return {
-    name: t.float().numpy() if t.is_floating_point() else t.numpy() for name, t in state.items()
+      name: t.float().numpy() if t.is_floating_point() else t.numpy() for name, t in state.items()
   }
 
 
@@ -120,13 +120,13 @@ class TensorReader:
     stored = tuple(reversed(expected)) if transpose else expected
     if full not in self.tensors:
       raise ValueError(
-        f"Checkpoint {self.source!r} is missing tensor {full!r} (expected shape {stored})."
+          f"Checkpoint {self.source!r} is missing tensor {full!r} " f"(expected shape {stored})."
       )
     value = np.asarray(self.tensors[full])
     if value.shape != stored:
       raise ValueError(
-        f"Tensor {full!r} in {self.source!r} has shape {value.shape}; "
-        f"expected {stored} from the model config."
+          f"Tensor {full!r} in {self.source!r} has shape {value.shape}; "
+          f"expected {stored} from the model config."
       )
     self.used.add(full)
     return np.ascontiguousarray(value.T if transpose else value).astype(np.float32)

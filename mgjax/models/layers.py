@@ -47,11 +47,11 @@ class FrameGroupNorm(nn.Module):
     if c % groups:
       raise ValueError(f"FrameGroupNorm: {c} channels are not divisible by {groups} groups.")
     y = nn.GroupNorm(
-      num_groups=groups,
-      epsilon=self.epsilon,
-      dtype=self.dtype,
-      scale_init=logical_init(nn.initializers.ones, ("norm",)),
-      bias_init=logical_init(nn.initializers.zeros, ("norm",)),
+        num_groups=groups,
+        epsilon=self.epsilon,
+        dtype=self.dtype,
+        scale_init=logical_init(nn.initializers.ones, ("norm",)),
+        bias_init=logical_init(nn.initializers.zeros, ("norm",)),
     )(x.reshape(b * t, h, w, c))
     return y.reshape(b, t, h, w, c)
 
@@ -82,48 +82,48 @@ class Projection(nn.Module):
     n_in, n_out = len(in_shape), len(out_shape)
     if len(self.axes) != n_in + n_out:
       raise ValueError(
-        f"Projection {self.name}: {len(self.axes)} axis names {self.axes} for "
-        f"a kernel of rank {n_in + n_out}."
+          f"Projection {self.name}: {len(self.axes)} axis names {self.axes} for "
+          f"a kernel of rank {n_in + n_out}."
       )
     init = (
-      nn.initializers.zeros
-      if self.zero_init
-      else nn.initializers.lecun_normal(
-        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out))
-      )
+        nn.initializers.zeros
+        if self.zero_init
+        else nn.initializers.lecun_normal(
+            in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out))
+        )
     )
     kernel = self.param(
-      "kernel", logical_init(init, self.axes), in_shape + out_shape, self.param_dtype
+        "kernel", logical_init(init, self.axes), in_shape + out_shape, self.param_dtype
     )
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
     if self.use_bias:
       bias = self.param(
-        "bias", logical_init(nn.initializers.zeros, self.axes[n_in:]), out_shape, self.param_dtype
+          "bias", logical_init(nn.initializers.zeros, self.axes[n_in:]), out_shape, self.param_dtype
       )
       y = y + bias.astype(self.dtype)
     return y
 
 
 def dense(
-  features,
-  axes,
-  name: str,
-  dtype,
-  param_dtype,
-  *,
-  zero: bool = False,
-  use_bias: bool = False,
-  num_inputs: int = 1,
+    features,
+    axes,
+    name: str,
+    dtype,
+    param_dtype,
+    *,
+    zero: bool = False,
+    use_bias: bool = False,
+    num_inputs: int = 1,
 ) -> Projection:
   """A `Projection` whose kernel dims are named `axes` (inputs, then outputs)."""
   return Projection(
-    features,
-    tuple(axes),
-    num_inputs=num_inputs,
-    use_bias=use_bias,
-    zero_init=zero,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=name,
+      features,
+      tuple(axes),
+      num_inputs=num_inputs,
+      use_bias=use_bias,
+      zero_init=zero,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      name=name,
   )

@@ -48,14 +48,18 @@ class PerceptualStage(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Conv(
-      features=self.features,
-      kernel_size=(3, 3),
-      strides=(self.stride, self.stride),
-      padding="SAME",
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV2D_KERNEL_AXES),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), BIAS_AXES),
-      name="conv",
-    )(x)  # [N, H / stride, W / stride, features]
+        features=self.features,
+        kernel_size=(3, 3),
+        strides=(self.stride, self.stride),
+        padding="SAME",
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), CONV2D_KERNEL_AXES
+        ),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), BIAS_AXES),
+        name="conv",
+    )(
+        x
+    )  # [N, H / stride, W / stride, features]
     return nn.leaky_relu(x, 0.2)
 
 
@@ -78,7 +82,7 @@ class PerceptualNetwork(nn.Module):
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
     if x.shape != y.shape or x.ndim != 4:
       raise ValueError(
-        f"expected two frame batches [N, H, W, C] of equal shape, got {x.shape} and {y.shape}"
+          f"expected two frame batches [N, H, W, C] of equal shape, got {x.shape} and {y.shape}"
       )
     num_frames = x.shape[0]
     # One pass over both inputs so each conv runs once.
@@ -86,20 +90,24 @@ class PerceptualNetwork(nn.Module):
     distance = jnp.zeros((num_frames,), h.dtype)
     for i, features in enumerate(self.stage_channels):
       h = PerceptualStage(features, stride=1 if i == 0 else 2, name=f"stage_{i}")(
-        h
+          h
       )  # [2N, H_i, W_i, C_i]
       normalized = unit_normalize_channels(h)
       squared_diff = jnp.square(
-        normalized[:num_frames] - normalized[num_frames:]
+          normalized[:num_frames] - normalized[num_frames:]
       )  # [N, H_i, W_i, C_i]
       if self.use_linear_weights:
         per_position = nn.Conv(
-          features=1,
-          kernel_size=(1, 1),
-          use_bias=False,
-          kernel_init=nn.with_logical_partitioning(nn.initializers.ones_init(), CONV2D_KERNEL_AXES),
-          name=f"lin_{i}",
-        )(squared_diff)[..., 0]  # [N, H_i, W_i]
+            features=1,
+            kernel_size=(1, 1),
+            use_bias=False,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.ones_init(), CONV2D_KERNEL_AXES
+            ),
+            name=f"lin_{i}",
+        )(squared_diff)[
+            ..., 0
+        ]  # [N, H_i, W_i]
       else:
         per_position = jnp.sum(squared_diff, axis=-1)  # [N, H_i, W_i]
       distance = distance + jnp.mean(per_position, axis=(1, 2))  # [N]
@@ -107,10 +115,10 @@ class PerceptualNetwork(nn.Module):
 
 
 def perceptual_distance(
-  apply_fn_or_module: nn.Module | Callable[..., jax.Array],
-  params: Params,
-  x: jax.Array,
-  y: jax.Array,
+    apply_fn_or_module: nn.Module | Callable[..., jax.Array],
+    params: Params,
+    x: jax.Array,
+    y: jax.Array,
 ) -> jax.Array:
   """Perceptual distance per example, videos `[B, T, H, W, 3]` (or images `[B, H, W, 3]`) -> `[B]`.
 
@@ -120,11 +128,11 @@ def perceptual_distance(
   `params` is its "params" collection, e.g. from `load_perceptual_params`.
   """
   apply_fn = (
-    apply_fn_or_module.apply if isinstance(apply_fn_or_module, nn.Module) else apply_fn_or_module
+      apply_fn_or_module.apply if isinstance(apply_fn_or_module, nn.Module) else apply_fn_or_module
   )
   if x.shape != y.shape:
     raise ValueError(
-      f"perceptual_distance inputs must have equal shapes, got {x.shape} and {y.shape}"
+        f"perceptual_distance inputs must have equal shapes, got {x.shape} and {y.shape}"
     )
   if x.ndim == 4:
     x, y = x[:, None], y[:, None]
@@ -142,9 +150,9 @@ def _flatten(params: Params) -> dict[str, Any]:
   # Take `.value` rather than `nn.meta.unbox`, which would add sharding
   # constraints when called under a mesh; here only the raw values matter.
   unboxed = jax.tree.map(
-    lambda leaf: leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf,
-    params,
-    is_leaf=lambda leaf: isinstance(leaf, nn.meta.AxisMetadata),
+      lambda leaf: leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf,
+      params,
+      is_leaf=lambda leaf: isinstance(leaf, nn.meta.AxisMetadata),
   )
   return traverse_util.flatten_dict(unboxed, sep="/")
 
@@ -187,8 +195,8 @@ def load_perceptual_params(path: str, template: Params | None = None) -> Params:
   for key in sorted(set(expected) & set(stored)):
     if tuple(stored[key].shape) != tuple(expected[key].shape):
       problems.append(
-        f"shape mismatch for {key!r}: file has {tuple(stored[key].shape)}, "
-        f"network expects {tuple(expected[key].shape)}"
+          f"shape mismatch for {key!r}: file has {tuple(stored[key].shape)}, "
+          f"network expects {tuple(expected[key].shape)}"
       )
   if problems:
     raise ValueError(f"cannot load perceptual params from {path}: " + "; ".join(problems))

@@ -27,9 +27,9 @@ from mgjax.models.layers import logical_init
 MODULE_NAME = "pos_embed"
 TABLE_NAMES = ("frames", "height", "width")
 TABLE_AXES = {
-  "frames": ("pos_t", "embed"),
-  "height": ("pos_h", "embed"),
-  "width": ("pos_w", "embed"),
+    "frames": ("pos_t", "embed"),
+    "height": ("pos_h", "embed"),
+    "width": ("pos_w", "embed"),
 }
 
 
@@ -55,16 +55,19 @@ class FactorizedPositionalEmbedding(nn.Module):
     if too_big:
       detail = ", ".join(f"{name} {n} > max_{name} {limit}" for name, (n, limit) in too_big.items())
       raise ValueError(
-        f"Video of {tuple(grid)} patches (frames, height, width) exceeds the "
-        f"positional tables: {detail}. Raise the model's max sizes and grow trained "
-        f"tables with mgjax.models.positional.resize_positional_tables."
+          f"Video of {tuple(grid)} patches (frames, height, width) exceeds the "
+          f"positional tables: {detail}. Raise the model's max sizes and grow trained "
+          f"tables with mgjax.models.positional.resize_positional_tables."
       )
     init = nn.initializers.normal(stddev=0.02)
     tables = [
-      self.param(
-        name, logical_init(init, TABLE_AXES[name]), (sizes[name], self.features), self.param_dtype
-      )
-      for name in TABLE_NAMES
+        self.param(
+            name,
+            logical_init(init, TABLE_AXES[name]),
+            (sizes[name], self.features),
+            self.param_dtype,
+        )
+        for name in TABLE_NAMES
     ]
     t, h, w = grid
     frames, rows, cols = (table[:n] for table, n in zip(tables, grid))
@@ -84,8 +87,8 @@ def interpolate_rows(table: jax.Array, size: int) -> jax.Array:
   n = table.shape[0]
   if size < n:
     raise ValueError(
-      f"resize_positional_tables only grows tables; {n} rows -> {size}. "
-      f"A smaller video already uses just the first rows."
+        f"resize_positional_tables only grows tables; {n} rows -> {size}. "
+        f"A smaller video already uses just the first rows."
     )
   if size == n:
     return table

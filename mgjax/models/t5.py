@@ -38,12 +38,12 @@ from mgjax.models.layers import dense, logical_init
 # transformers' ACT2FN names -> functions. "gelu_new" is the tanh approximation T5
 # v1.1 was trained with; plain "gelu" is the exact erf form.
 ACTIVATIONS = {
-  "relu": jax.nn.relu,
-  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-  "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-  "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-  "silu": jax.nn.silu,
-  "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
 }
 DTYPES = ("float32", "bfloat16", "float16")
 # model_type -> (per-layer relative bias, default feed_forward_proj) for the
@@ -84,19 +84,19 @@ class T5Config:
     buckets = self.relative_attention_num_buckets
     if buckets < 4 or buckets % 2:
       raise ValueError(
-        f"T5Config.relative_attention_num_buckets must be even and >= 4 (half "
-        f"per direction, half of those exact); got {buckets}."
+          f"T5Config.relative_attention_num_buckets must be even and >= 4 (half "
+          f"per direction, half of those exact); got {buckets}."
       )
     if self.relative_attention_max_distance <= buckets // 4:
       raise ValueError(
-        f"T5Config.relative_attention_max_distance must exceed "
-        f"relative_attention_num_buckets // 4 = {buckets // 4}; got "
-        f"{self.relative_attention_max_distance}."
+          f"T5Config.relative_attention_max_distance must exceed "
+          f"relative_attention_num_buckets // 4 = {buckets // 4}; got "
+          f"{self.relative_attention_max_distance}."
       )
     if self.dense_act_fn not in ACTIVATIONS:
       raise ValueError(
-        f"T5Config.dense_act_fn {self.dense_act_fn!r} is not supported; use one "
-        f"of {sorted(ACTIVATIONS)}."
+          f"T5Config.dense_act_fn {self.dense_act_fn!r} is not supported; use one "
+          f"of {sorted(ACTIVATIONS)}."
       )
     if self.dtype not in DTYPES:
       raise ValueError(f"T5Config.dtype {self.dtype!r} is not supported; use one of {DTYPES}.")
@@ -111,8 +111,8 @@ class T5Config:
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
       raise ValueError(
-        f"config.json model_type {model_type!r} is not a T5-family encoder; "
-        f"supported: {sorted(HF_MODEL_TYPES)}."
+          f"config.json model_type {model_type!r} is not a T5-family encoder; "
+          f"supported: {sorted(HF_MODEL_TYPES)}."
       )
     per_layer_bias, default_proj = HF_MODEL_TYPES[model_type]
 
@@ -125,33 +125,33 @@ class T5Config:
     parts = proj.split("-") if isinstance(proj, str) else []
     if not 1 <= len(parts) <= 2 or (len(parts) == 2 and parts[0] != "gated"):
       raise ValueError(
-        f"config.json feed_forward_proj {proj!r} is not of the form 'ACT' or 'gated-ACT'."
+          f"config.json feed_forward_proj {proj!r} is not of the form " f"'ACT' or 'gated-ACT'."
       )
     act = "gelu_new" if proj == "gated-gelu" else parts[-1]
     if act not in ACTIVATIONS:
       raise ValueError(
-        f"config.json feed_forward_proj {proj!r}: activation {act!r} is not "
-        f"supported; use one of {sorted(ACTIVATIONS)}."
+          f"config.json feed_forward_proj {proj!r}: activation {act!r} is not "
+          f"supported; use one of {sorted(ACTIVATIONS)}."
       )
     return cls(
-      vocab_size=required("vocab_size"),
-      d_model=required("d_model"),
-      d_kv=required("d_kv"),
-      d_ff=required("d_ff"),
-      num_layers=required("num_layers"),
-      num_heads=required("num_heads"),
-      relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
-      relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-      dense_act_fn=act,
-      is_gated_act=len(parts) == 2,
-      layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
-      per_layer_position_bias=per_layer_bias,
-      dtype=dtype,
+        vocab_size=required("vocab_size"),
+        d_model=required("d_model"),
+        d_kv=required("d_kv"),
+        d_ff=required("d_ff"),
+        num_layers=required("num_layers"),
+        num_heads=required("num_heads"),
+        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+        dense_act_fn=act,
+        is_gated_act=len(parts) == 2,
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+        per_layer_position_bias=per_layer_bias,
+        dtype=dtype,
     )
 
 
 def relative_position_bucket(
-  relative_position: np.ndarray, num_buckets: int, max_distance: int
+    relative_position: np.ndarray, num_buckets: int, max_distance: int
 ) -> np.ndarray:
   """Bidirectional T5 bucket of each relative position (key index - query index).
 
@@ -190,7 +190,7 @@ class T5LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, L, D]
     scale = self.param(
-      "scale", logical_init(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32
+        "scale", logical_init(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32
     )
     x = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
@@ -206,17 +206,17 @@ class RelativePositionBias(nn.Module):
   def __call__(self, length: int) -> jax.Array:
     cfg = self.config
     table = self.param(
-      "embedding",
-      logical_init(nn.initializers.normal(cfg.d_model**-0.5), ("relpos_buckets", "heads")),
-      (cfg.relative_attention_num_buckets, cfg.num_heads),
-      jnp.float32,
+        "embedding",
+        logical_init(nn.initializers.normal(cfg.d_model**-0.5), ("relpos_buckets", "heads")),
+        (cfg.relative_attention_num_buckets, cfg.num_heads),
+        jnp.float32,
     )  # [buckets, N]
     # Positions are static, so the bucket map is a host constant, not traced work.
     positions = np.arange(length)
     buckets = relative_position_bucket(
-      positions[None, :] - positions[:, None],
-      cfg.relative_attention_num_buckets,
-      cfg.relative_attention_max_distance,
+        positions[None, :] - positions[:, None],
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
     )  # [Q, K]
     bias = jnp.take(table, jnp.asarray(buckets), axis=0)  # [Q, K, N]
     return jnp.transpose(bias, (2, 0, 1))[None]  # [1, N, Q, K]
@@ -240,7 +240,7 @@ class T5SelfAttention(nn.Module):
     v = dense(heads, ("embed", "heads", "kv"), "value", dtype, jnp.float32)(x)
     out = attention(q, k, v, mask=mask[:, None, None, :], bias=bias, scale=1.0)  # [B, L, N, Dk]
     return dense(cfg.d_model, ("heads", "kv", "embed"), "out", dtype, jnp.float32, num_inputs=2)(
-      out
+        out
     )  # [B, L, D]
 
 
@@ -256,7 +256,7 @@ class T5FeedForward(nn.Module):
     act = ACTIVATIONS[cfg.dense_act_fn]
     if cfg.is_gated_act:
       h = act(dense(cfg.d_ff, ("embed", "mlp"), "wi_0", dtype, jnp.float32)(x)) * dense(
-        cfg.d_ff, ("embed", "mlp"), "wi_1", dtype, jnp.float32
+          cfg.d_ff, ("embed", "mlp"), "wi_1", dtype, jnp.float32
       )(x)
     else:
       h = act(dense(cfg.d_ff, ("embed", "mlp"), "wi", dtype, jnp.float32)(x))  # [B, L, F]
@@ -297,13 +297,15 @@ class T5Encoder(nn.Module):
   def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
     cfg = self.config
     x = nn.Embed(
-      cfg.vocab_size,
-      cfg.d_model,
-      dtype=jnp.float32,
-      param_dtype=jnp.float32,
-      embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
-      name="token_embed",
-    )(ids)  # [B, L, D]
+        cfg.vocab_size,
+        cfg.d_model,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
+        name="token_embed",
+    )(
+        ids
+    )  # [B, L, D]
     mask = mask.astype(bool)
     shared_bias = None
     if not cfg.per_layer_position_bias:
@@ -330,8 +332,8 @@ def encoder_params_from_hf(config: T5Config, reader: hf_checkpoint.TensorReader)
   if not reader.has(embed_name):
     if not reader.has("shared.weight"):
       raise ValueError(
-        f"Checkpoint {reader.source!r} has neither 'shared.weight' nor "
-        f"{embed_name!r} (expected shape {(cfg.vocab_size, d)})."
+          f"Checkpoint {reader.source!r} has neither 'shared.weight' nor "
+          f"{embed_name!r} (expected shape {(cfg.vocab_size, d)})."
       )
     embed_name = "shared.weight"
   params = {"token_embed": {"embedding": reader.take(embed_name, (cfg.vocab_size, d))}}
@@ -342,17 +344,17 @@ def encoder_params_from_hf(config: T5Config, reader: hf_checkpoint.TensorReader)
     attn = f"encoder.block.{i}.layer.0"
     ffn = f"encoder.block.{i}.layer.1"
     layer = {
-      "attn_norm": {"scale": reader.take(f"{attn}.layer_norm.weight", (d,))},
-      "attn": {
-        "query": kernel(f"{attn}.SelfAttention.q", d, n * dk, (d, n, dk)),
-        "key": kernel(f"{attn}.SelfAttention.k", d, n * dk, (d, n, dk)),
-        "value": kernel(f"{attn}.SelfAttention.v", d, n * dk, (d, n, dk)),
-        "out": kernel(f"{attn}.SelfAttention.o", n * dk, d, (n, dk, d)),
-      },
-      "mlp_norm": {"scale": reader.take(f"{ffn}.layer_norm.weight", (d,))},
-      "mlp": {"wo": kernel(f"{ffn}.DenseReluDense.wo", cfg.d_ff, d, (cfg.d_ff, d))},
+        "attn_norm": {"scale": reader.take(f"{attn}.layer_norm.weight", (d,))},
+        "attn": {
+            "query": kernel(f"{attn}.SelfAttention.q", d, n * dk, (d, n, dk)),
+            "key": kernel(f"{attn}.SelfAttention.k", d, n * dk, (d, n, dk)),
+            "value": kernel(f"{attn}.SelfAttention.v", d, n * dk, (d, n, dk)),
+            "out": kernel(f"{attn}.SelfAttention.o", n * dk, d, (n, dk, d)),
+        },
+        "mlp_norm": {"scale": reader.take(f"{ffn}.layer_norm.weight", (d,))},
+        "mlp": {"wo": kernel(f"{ffn}.DenseReluDense.wo", cfg.d_ff, d, (cfg.d_ff, d))},
     }
-    for wi in ("wi_0", "wi_1") if cfg.is_gated_act else ("wi",):
+    for wi in (("wi_0", "wi_1") if cfg.is_gated_act else ("wi",)):
       layer["mlp"][wi] = kernel(f"{ffn}.DenseReluDense.{wi}", d, cfg.d_ff, (d, cfg.d_ff))
     if cfg.per_layer_position_bias:
       layer["relpos_bias"] = bias_table(bias_name.format(i))
@@ -375,9 +377,9 @@ def load_t5_encoder(directory: str, dtype: str = "float32") -> tuple[T5Config, d
   unused = reader.unused()
   if unused:
     logging.info(
-      "load_t5_encoder(%s): ignored %d tensors not in the encoder (e.g. %s).",
-      directory,
-      len(unused),
-      unused[0],
+        "load_t5_encoder(%s): ignored %d tensors not in the encoder (e.g. %s).",
+        directory,
+        len(unused),
+        unused[0],
     )
   return config, params

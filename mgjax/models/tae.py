@@ -21,14 +21,14 @@ import jax.numpy as jnp
 
 from mgjax.models.layers import FrameGroupNorm
 from mgjax.models.tae_blocks import (
-  Conv2Plus1D,
-  ResBlock,
-  SpatioTemporalAttention,
-  average_channel_groups,
-  downsample_shortcut,
-  repeat_channels,
-  upsample_nearest,
-  upsample_shortcut,
+    Conv2Plus1D,
+    ResBlock,
+    SpatioTemporalAttention,
+    average_channel_groups,
+    downsample_shortcut,
+    repeat_channels,
+    upsample_nearest,
+    upsample_shortcut,
 )
 
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -68,11 +68,11 @@ class Encoder(nn.Module):
         # half (or a quarter, with temporal) of the folded positions' detail.
         out = self.channels[level + 1] if self.residual_shortcuts else features
         down = Conv2Plus1D(
-          out,
-          spatial_stride=2,
-          temporal_stride=2 if temporal else 1,
-          dtype=self.dtype,
-          name=f"down_{level}_downsample",
+            out,
+            spatial_stride=2,
+            temporal_stride=2 if temporal else 1,
+            dtype=self.dtype,
+            name=f"down_{level}_downsample",
         )(h)
         if self.residual_shortcuts:
           down = down + downsample_shortcut(h, out, temporal)
@@ -81,7 +81,7 @@ class Encoder(nn.Module):
     h = block(top, self.num_groups, self.dtype, name="mid_res_0")(h)
     if self.mid_attention:
       h = SpatioTemporalAttention(
-        self.attention_heads, self.num_groups, self.dtype, name="mid_attention"
+          self.attention_heads, self.num_groups, self.dtype, name="mid_attention"
       )(h)
     h = block(top, self.num_groups, self.dtype, name="mid_res_1")(h)
     out = nn.silu(FrameGroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
@@ -112,8 +112,8 @@ class Decoder(nn.Module):
     counts = frame_counts(num_frames, self.temporal_downsample)
     if counts[-1] != z.shape[1]:
       raise ValueError(
-        f"{z.shape[1]} latent frames cannot decode to {num_frames} frames; "
-        f"{num_frames} frames encode to {counts[-1]} latent frames."
+          f"{z.shape[1]} latent frames cannot decode to {num_frames} frames; "
+          f"{num_frames} frames encode to {counts[-1]} latent frames."
       )
     top = self.channels[-1]
     h = Conv2Plus1D(top, dtype=self.dtype, name="conv_in")(z)
@@ -122,7 +122,7 @@ class Decoder(nn.Module):
     h = block(top, self.num_groups, self.dtype, name="mid_res_0")(h)
     if self.mid_attention:
       h = SpatioTemporalAttention(
-        self.attention_heads, self.num_groups, self.dtype, name="mid_attention"
+          self.attention_heads, self.num_groups, self.dtype, name="mid_attention"
       )(h)
     h = block(top, self.num_groups, self.dtype, name="mid_res_1")(h)
     for level in reversed(range(len(self.channels))):
@@ -133,7 +133,7 @@ class Decoder(nn.Module):
         temporal = self.temporal_downsample[level - 1]
         out = self.channels[level - 1] if self.residual_shortcuts else features
         up = Conv2Plus1D(out, dtype=self.dtype, name=f"up_{level}_upsample")(
-          upsample_nearest(h, temporal, counts[level - 1])
+            upsample_nearest(h, temporal, counts[level - 1])
         )
         if self.residual_shortcuts:
           up = up + upsample_shortcut(h, out, temporal, counts[level - 1])
@@ -170,20 +170,20 @@ class TAE(nn.Module):
   def setup(self):
     if len(self.temporal_downsample) != len(self.channel_multipliers) - 1:
       raise ValueError(
-        f"temporal_downsample has {len(self.temporal_downsample)} entries; it needs one "
-        f"per downsampling level ({len(self.channel_multipliers) - 1})."
+          f"temporal_downsample has {len(self.temporal_downsample)} entries; it needs one "
+          f"per downsampling level ({len(self.channel_multipliers) - 1})."
       )
     channels = [self.base_channels * m for m in self.channel_multipliers]
     common = dict(
-      channels=channels,
-      num_res_blocks=self.num_res_blocks,
-      temporal_downsample=tuple(self.temporal_downsample),
-      mid_attention=self.mid_attention,
-      attention_heads=self.attention_heads,
-      num_groups=self.num_groups,
-      residual_shortcuts=self.residual_shortcuts,
-      remat=self.remat,
-      dtype=self.dtype,
+        channels=channels,
+        num_res_blocks=self.num_res_blocks,
+        temporal_downsample=tuple(self.temporal_downsample),
+        mid_attention=self.mid_attention,
+        attention_heads=self.attention_heads,
+        num_groups=self.num_groups,
+        residual_shortcuts=self.residual_shortcuts,
+        remat=self.remat,
+        dtype=self.dtype,
     )
     self.encoder = Encoder(latent_channels=self.latent_channels, **common)
     self.decoder = Decoder(**common)
@@ -206,8 +206,8 @@ class TAE(nn.Module):
     f = self.spatial_factor
     if x.shape[2] % f or x.shape[3] % f:
       raise ValueError(
-        f"TAE needs height and width divisible by {f}; got "
-        f"{x.shape[2]}x{x.shape[3]}. Resize or crop the input."
+          f"TAE needs height and width divisible by {f}; got "
+          f"{x.shape[2]}x{x.shape[3]}. Resize or crop the input."
       )
     moments = self.encoder(x)
     mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)

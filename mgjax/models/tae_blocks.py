@@ -45,14 +45,14 @@ class Conv2Plus1D(nn.Module):
     else:
       padding = ((0, 1), (0, 1)) if k == 3 else "SAME"
     frames = nn.Conv(
-      self.features,
-      (k, k),
-      strides=self.spatial_stride,
-      padding=padding,
-      dtype=self.dtype,
-      name="spatial",
-      kernel_init=logical_init(nn.initializers.lecun_normal(), CONV2D_AXES),
-      bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
+        self.features,
+        (k, k),
+        strides=self.spatial_stride,
+        padding=padding,
+        dtype=self.dtype,
+        name="spatial",
+        kernel_init=logical_init(nn.initializers.lecun_normal(), CONV2D_AXES),
+        bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
     )(frames)
     y = frames.reshape(b, t, *frames.shape[1:])  # [B, T, H', W', F]
     if not self.temporal:
@@ -60,16 +60,16 @@ class Conv2Plus1D(nn.Module):
     # Symmetric replicate padding keeps ceil(T / stride) output frames.
     y = jnp.pad(y, ((0, 0), (k // 2, k // 2), (0, 0), (0, 0), (0, 0)), mode="edge")
     kernel = self.param(
-      "temporal_kernel",
-      logical_init(identity_temporal_init, CONV_T_AXES),
-      (k, 1, 1, self.features, self.features),
-      jnp.float32,
+        "temporal_kernel",
+        logical_init(identity_temporal_init, CONV_T_AXES),
+        (k, 1, 1, self.features, self.features),
+        jnp.float32,
     )
     bias = self.param(
-      "temporal_bias",
-      logical_init(nn.initializers.zeros, ("conv_out",)),
-      (self.features,),
-      jnp.float32,
+        "temporal_bias",
+        logical_init(nn.initializers.zeros, ("conv_out",)),
+        (self.features,),
+        jnp.float32,
     )
     # A k x 1 x 1 conv as k shifted matmuls: XLA:CPU runs these ~2x faster than a 3D
     # convolution in the backward pass, and it is the same op on accelerators.
@@ -77,12 +77,12 @@ class Conv2Plus1D(nn.Module):
     out_frames = (y.shape[1] - k) // s + 1
     y = y.astype(self.dtype)
     out = sum(
-      jnp.einsum(
-        "bthwc,cd->bthwd",
-        y[:, i : i + s * (out_frames - 1) + 1 : s],
-        kernel[i, 0, 0].astype(self.dtype),
-      )
-      for i in range(k)
+        jnp.einsum(
+            "bthwc,cd->bthwd",
+            y[:, i : i + s * (out_frames - 1) + 1 : s],
+            kernel[i, 0, 0].astype(self.dtype),
+        )
+        for i in range(k)
     )
     return out + bias.astype(self.dtype)  # [B, ceil(T / s), H', W', F]
 
@@ -102,11 +102,11 @@ class ResBlock(nn.Module):
     h = Conv2Plus1D(self.features, dtype=self.dtype)(h)
     if x.shape[-1] != self.features:
       x = nn.Dense(
-        self.features,
-        dtype=self.dtype,
-        name="skip",
-        kernel_init=logical_init(nn.initializers.lecun_normal(), ("conv_in", "conv_out")),
-        bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
+          self.features,
+          dtype=self.dtype,
+          name="skip",
+          kernel_init=logical_init(nn.initializers.lecun_normal(), ("conv_in", "conv_out")),
+          bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
       )(x)
     return constrain(x + h, ACTIVATION_AXES)
 
@@ -126,23 +126,23 @@ class SelfAttention(nn.Module):
     if c % self.num_heads:
       raise ValueError(f"{c} channels are not divisible by {self.num_heads} heads.")
     qkv = nn.Dense(
-      3 * c,
-      dtype=self.dtype,
-      name="qkv",
-      kernel_init=logical_init(nn.initializers.lecun_normal(), ("conv_in", "conv_out")),
-      bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
+        3 * c,
+        dtype=self.dtype,
+        name="qkv",
+        kernel_init=logical_init(nn.initializers.lecun_normal(), ("conv_in", "conv_out")),
+        bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
     )(norm_input)
     q, k, v = jnp.split(
-      qkv.reshape(n, length, 3 * self.num_heads, c // self.num_heads), 3, axis=2
+        qkv.reshape(n, length, 3 * self.num_heads, c // self.num_heads), 3, axis=2
     )  # each [N, L, heads, C / heads]
     out = attention(q, k, v).reshape(n, length, c)
     out_init = nn.initializers.zeros if self.zero_init_output else nn.initializers.lecun_normal()
     out = nn.Dense(
-      c,
-      dtype=self.dtype,
-      name="out",
-      kernel_init=logical_init(out_init, ("conv_in", "conv_out")),
-      bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
+        c,
+        dtype=self.dtype,
+        name="out",
+        kernel_init=logical_init(out_init, ("conv_in", "conv_out")),
+        bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
     )(out)
     return x + out
 
@@ -163,12 +163,12 @@ class SpatioTemporalAttention(nn.Module):
     b, t, h, w, c = x.shape
     normed = FrameGroupNorm(self.num_groups, dtype=self.dtype, name="spatial_norm")(x)
     x = SelfAttention(self.num_heads, self.num_groups, dtype=self.dtype, name="spatial")(
-      x.reshape(b * t, h * w, c), normed.reshape(b * t, h * w, c)
+        x.reshape(b * t, h * w, c), normed.reshape(b * t, h * w, c)
     ).reshape(b, t, h, w, c)
     normed = FrameGroupNorm(self.num_groups, dtype=self.dtype, name="temporal_norm")(x)
     to_time = lambda a: a.transpose(0, 2, 3, 1, 4).reshape(b * h * w, t, c)
     x = SelfAttention(
-      self.num_heads, self.num_groups, zero_init_output=True, dtype=self.dtype, name="temporal"
+        self.num_heads, self.num_groups, zero_init_output=True, dtype=self.dtype, name="temporal"
     )(to_time(x), to_time(normed))
     return x.reshape(b, h, w, t, c).transpose(0, 3, 1, 2, 4)
 
@@ -239,7 +239,7 @@ def downsample_shortcut(x: jax.Array, out_channels: int, temporal: bool) -> jax.
 
 
 def upsample_shortcut(
-  x: jax.Array, out_channels: int, temporal: bool, num_frames: int
+    x: jax.Array, out_channels: int, temporal: bool, num_frames: int
 ) -> jax.Array:
   """The decoder's mirror of `downsample_shortcut`: channel repeat, depth-to-space."""
   f = 8 if temporal else 4

@@ -49,28 +49,29 @@ def blend_weights(tile: int, overlap: int, first: bool, last: bool) -> np.ndarra
 
 
 def tiled_encode(
-  encode_fn: EncodeFn, video: jax.Array, tile_frames: int = 32, temporal_factor: int = 8
+    encode_fn: EncodeFn, video: jax.Array, tile_frames: int = 32, temporal_factor: int = 8
 ) -> jax.Array:
   """Encodes [B, T, H, W, 3] in consecutive tiles; returns [B, ceil(T/f), h, w, C]."""
   if tile_frames % temporal_factor:
     raise ValueError(
-      f"tile_frames={tile_frames} must be a multiple of the temporal "
-      f"factor {temporal_factor} so tiles align with latent frames."
+        f"tile_frames={tile_frames} must be a multiple of the temporal "
+        f"factor {temporal_factor} so tiles align with latent frames."
     )
   num_frames = video.shape[1]
   latents = [
-    encode_fn(video[:, start : start + tile_frames]) for start in range(0, num_frames, tile_frames)
+      encode_fn(video[:, start : start + tile_frames])
+      for start in range(0, num_frames, tile_frames)
   ]
   return jnp.concatenate(latents, axis=1)
 
 
 def tiled_decode(
-  decode_fn: DecodeFn,
-  latent: jax.Array,
-  num_frames: int,
-  tile_frames: int = 32,
-  overlap_frames: int = 16,
-  temporal_factor: int = 8,
+    decode_fn: DecodeFn,
+    latent: jax.Array,
+    num_frames: int,
+    tile_frames: int = 32,
+    overlap_frames: int = 16,
+    temporal_factor: int = 8,
 ) -> jax.Array:
   """Decodes [B, T', h, w, C] in overlapping tiles; returns [B, num_frames, H, W, 3].
 
@@ -79,8 +80,8 @@ def tiled_decode(
   """
   if tile_frames % temporal_factor or overlap_frames % temporal_factor:
     raise ValueError(
-      f"tile_frames={tile_frames} and overlap_frames={overlap_frames} must "
-      f"be multiples of the temporal factor {temporal_factor}."
+        f"tile_frames={tile_frames} and overlap_frames={overlap_frames} must "
+        f"be multiples of the temporal factor {temporal_factor}."
     )
   if not 0 <= overlap_frames < tile_frames:
     raise ValueError(f"overlap_frames={overlap_frames} must be in [0, tile_frames).")

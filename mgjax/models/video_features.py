@@ -65,18 +65,19 @@ class VideoFeatureEncoder(nn.Module):
     """Builds the encoder from a `config.video_encoder` section."""
     values = section.to_dict() if hasattr(section, "to_dict") else dict(section)
     keys = {
-      "features",
-      "channels",
-      "num_groups",
-      "trainable",
-      "pooling",
-      "temporal_kernel",
-      "dtype",
+        "features",
+        "channels",
+        "num_groups",
+        "trainable",
+        "pooling",
+        "temporal_kernel",
+        "dtype",
     }
     unknown = set(values) - keys
     if unknown:
       raise ValueError(
-        f"Unknown keys {sorted(unknown)} in video_encoder; the keys are {', '.join(sorted(keys))}."
+          f"Unknown keys {sorted(unknown)} in video_encoder; the keys are "
+          f"{', '.join(sorted(keys))}."
       )
     if values.get("pooling", "mean") not in POOLINGS:
       raise ValueError(f"video_encoder.pooling={values['pooling']!r}; use one of {POOLINGS}.")
@@ -94,7 +95,7 @@ class VideoFeatureEncoder(nn.Module):
     """uint8 [0, 255] or float [-1, 1] frames [B, Tv, H, W, 3] -> float32 [B, Tv, Fv]."""
     if frames.ndim != 5 or frames.shape[-1] != 3:
       raise ValueError(
-        f"VideoFeatureEncoder expects RGB frames [B, Tv, H, W, 3]; got shape {frames.shape}."
+          f"VideoFeatureEncoder expects RGB frames [B, Tv, H, W, 3]; got shape " f"{frames.shape}."
       )
     if not self.channels:
       raise ValueError("video_encoder.channels is empty; give at least one conv width.")
@@ -105,30 +106,30 @@ class VideoFeatureEncoder(nn.Module):
     x = x.astype(self.dtype)
     for i, width in enumerate(self.channels):
       x = nn.Conv(
-        width,
-        (3, 3),
-        strides=2,
-        padding="SAME",
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name=f"conv_{i}",
-        kernel_init=logical_init(nn.initializers.lecun_normal(), CONV_AXES),
-        bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
+          width,
+          (3, 3),
+          strides=2,
+          padding="SAME",
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"conv_{i}",
+          kernel_init=logical_init(nn.initializers.lecun_normal(), CONV_AXES),
+          bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
       )(x)
       groups = min(self.num_groups, width)
       if width % groups:
         raise ValueError(
-          f"video_encoder: conv width {width} is not divisible by "
-          f"{groups} GroupNorm groups; change channels or num_groups."
+            f"video_encoder: conv width {width} is not divisible by "
+            f"{groups} GroupNorm groups; change channels or num_groups."
         )
       x = nn.GroupNorm(
-        num_groups=groups,
-        epsilon=1e-6,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name=f"norm_{i}",
-        scale_init=logical_init(nn.initializers.ones, ("norm",)),
-        bias_init=logical_init(nn.initializers.zeros, ("norm",)),
+          num_groups=groups,
+          epsilon=1e-6,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"norm_{i}",
+          scale_init=logical_init(nn.initializers.ones, ("norm",)),
+          bias_init=logical_init(nn.initializers.zeros, ("norm",)),
       )(x)
       x = nn.silu(x)  # [B * Tv, H / 2^(i+1), W / 2^(i+1), width]
     if self.pooling == "flatten":
@@ -136,32 +137,32 @@ class VideoFeatureEncoder(nn.Module):
     else:
       pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # [B * Tv, C]
     out = nn.Dense(
-      self.features,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="out",
-      kernel_init=logical_init(nn.initializers.lecun_normal(), ("conv_out", "video_feature")),
-      bias_init=logical_init(nn.initializers.zeros, ("video_feature",)),
+        self.features,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="out",
+        kernel_init=logical_init(nn.initializers.lecun_normal(), ("conv_out", "video_feature")),
+        bias_init=logical_init(nn.initializers.zeros, ("video_feature",)),
     )(pooled)
     out = nn.LayerNorm(
-      epsilon=1e-6,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="out_norm",
-      scale_init=logical_init(nn.initializers.ones, ("norm",)),
-      bias_init=logical_init(nn.initializers.zeros, ("norm",)),
+        epsilon=1e-6,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="out_norm",
+        scale_init=logical_init(nn.initializers.ones, ("norm",)),
+        bias_init=logical_init(nn.initializers.zeros, ("norm",)),
     )(out)
     out = out.reshape(b, tv, self.features)  # [B, Tv, Fv]
     if self.temporal_kernel:
       out = out + nn.Conv(
-        self.features,
-        (self.temporal_kernel,),
-        padding="SAME",
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name="temporal",
-        kernel_init=logical_init(nn.initializers.zeros, (None, "video_feature", "conv_out")),
-        bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
+          self.features,
+          (self.temporal_kernel,),
+          padding="SAME",
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name="temporal",
+          kernel_init=logical_init(nn.initializers.zeros, (None, "video_feature", "conv_out")),
+          bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
       )(out)
     out = out.astype(jnp.float32)
     return out if self.trainable else jax.lax.stop_gradient(out)

@@ -41,12 +41,12 @@ TEXT_KV_AXES = ("batch", "text_seq", "heads", "kv")  # text is never context-sha
 
 
 def self_attention(
-  query: jax.Array,
-  key: jax.Array,
-  value: jax.Array,
-  *,
-  mode: str = "all_gather",
-  implementation: str = "auto",
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    mode: str = "all_gather",
+    implementation: str = "auto",
 ) -> jax.Array:
   """Bidirectional self-attention [B, S, N, D] x3 -> [B, S, N, D]; context-parallel
   (`mode`) when the current mesh splits the sequence."""
@@ -66,17 +66,17 @@ def self_attention(
       size = math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in axes)
       local = functools.partial(_ring, axes=axes, size=size, implementation=implementation)
   return jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
-    query, key, value
+      query, key, value
   )
 
 
 def cross_attention(
-  query: jax.Array,
-  key: jax.Array,
-  value: jax.Array,
-  kv_valid: jax.Array | None = None,
-  *,
-  implementation: str = "auto",
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    kv_valid: jax.Array | None = None,
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
   """Video queries [B, S, N, D] to text keys/values [B, L, N, D]; `kv_valid` bool
   [B, L] marks real text tokens (a row without any, e.g. a dropped caption, gets 0)."""
@@ -87,7 +87,7 @@ def cross_attention(
 
   def local(query, key, value, q_ids, kv_ids):
     return kernels.attention(
-      query, key, value, q_segment_ids=q_ids, kv_segment_ids=kv_ids, implementation=implementation
+        query, key, value, q_segment_ids=q_ids, kv_segment_ids=kv_ids, implementation=implementation
     )
 
   q_spec = sharding.activation_spec(QKV_AXES, query.shape)
@@ -96,7 +96,7 @@ def cross_attention(
   kv_spec = sharding.activation_spec(TEXT_KV_AXES, key.shape)
   ids_specs = (PartitionSpec(*q_spec[:2]), PartitionSpec(*kv_spec[:2]))
   return jax.shard_map(
-    local, in_specs=(q_spec, kv_spec, kv_spec) + ids_specs, out_specs=q_spec, check_vma=False
+      local, in_specs=(q_spec, kv_spec, kv_spec) + ids_specs, out_specs=q_spec, check_vma=False
   )(query, key, value, q_ids, kv_ids)
 
 
@@ -117,11 +117,11 @@ def _ring(query, key, value, *, axes, size, implementation):
     key = jax.lax.ppermute(key, axes, perm)
     value = jax.lax.ppermute(value, axes, perm)
     block_out, block_lse = kernels.attention(
-      query, key, value, return_lse=True, implementation=implementation
+        query, key, value, return_lse=True, implementation=implementation
     )
     merged = jnp.logaddexp(lse, block_lse)  # [B, N, Q]
     out = out * to_bqn1(jnp.exp(lse - merged)) + block_out.astype(jnp.float32) * to_bqn1(
-      jnp.exp(block_lse - merged)
+        jnp.exp(block_lse - merged)
     )
     lse = merged
   return out.astype(query.dtype)

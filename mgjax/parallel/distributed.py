@@ -63,9 +63,9 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
     process_id = process_id if process_id >= 0 else int(env.get(ENV_PROCESS_ID, "-1"))
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise ValueError(
-        f"A multi-process run at coordinator {address!r} needs num_processes >= 1 and "
-        f"0 <= process_id < num_processes; got {num_processes} and {process_id}. Set "
-        f"--num_processes/--process_id or {ENV_NUM_PROCESSES}/{ENV_PROCESS_ID}."
+          f"A multi-process run at coordinator {address!r} needs num_processes >= 1 and "
+          f"0 <= process_id < num_processes; got {num_processes} and {process_id}. Set "
+          f"--num_processes/--process_id or {ENV_NUM_PROCESSES}/{ENV_PROCESS_ID}."
       )
     jax.distributed.initialize(address, num_processes, process_id)
   elif _cluster_detected():
@@ -73,11 +73,11 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   else:
     return False
   logging.info(
-    "Process %d of %d; %d local and %d global devices.",
-    jax.process_index(),
-    jax.process_count(),
-    jax.local_device_count(),
-    jax.device_count(),
+      "Process %d of %d; %d local and %d global devices.",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
   )
   return True
 

@@ -49,14 +49,14 @@ def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> dict[str, 
   if fill:
     if num_devices % known:
       raise ValueError(
-        f"Cannot fill mesh axis {fill[0]!r}: {num_devices} devices are not divisible "
-        f"by the product {known} of the other axes {resolved}."
+          f"Cannot fill mesh axis {fill[0]!r}: {num_devices} devices are not divisible "
+          f"by the product {known} of the other axes {resolved}."
       )
     resolved[fill[0]] = num_devices // known
   if math.prod(resolved.values()) != num_devices:
     raise ValueError(
-      f"Mesh {resolved} has {math.prod(resolved.values())} devices but "
-      f"{num_devices} are available; set one axis to -1 to fill."
+        f"Mesh {resolved} has {math.prod(resolved.values())} devices but "
+        f"{num_devices} are available; set one axis to -1 to fill."
     )
   return resolved
 
@@ -75,9 +75,9 @@ def resolve_dcn_sizes(dcn_sizes: Mapping[str, int] | None) -> dict[str, int]:
 
 
 def device_grid(
-  sizes: Mapping[str, int],
-  devices: Sequence[jax.Device],
-  dcn_sizes: Mapping[str, int] | None = None,
+    sizes: Mapping[str, int],
+    devices: Sequence[jax.Device],
+    dcn_sizes: Mapping[str, int] | None = None,
 ) -> np.ndarray:
   """The devices arranged as the (data, fsdp, context, tensor) mesh array.
 
@@ -93,18 +93,18 @@ def device_grid(
   num_slices = math.prod(dcn.values())
   if len(devices) % num_slices:
     raise ValueError(
-      f"dcn_mesh {dcn} asks for {num_slices} slices, which do not divide the "
-      f"{len(devices)} devices."
+        f"dcn_mesh {dcn} asks for {num_slices} slices, which do not divide the "
+        f"{len(devices)} devices."
     )
   resolved = resolve_axis_sizes(sizes, len(devices) // num_slices)
   shape = tuple(resolved[axis] for axis in MESH_AXES)
   if num_slices > 1:
     # A slice is a TPU slice where devices know theirs, else one process (a GPU node).
     return mesh_utils.create_hybrid_device_mesh(
-      shape,
-      tuple(dcn[axis] for axis in MESH_AXES),
-      devices,
-      process_is_granule=not hasattr(devices[0], "slice_index"),
+        shape,
+        tuple(dcn[axis] for axis in MESH_AXES),
+        devices,
+        process_is_granule=not hasattr(devices[0], "slice_index"),
     )
   if devices == list(jax.devices()):  # lets jax pick a topology-aware order
     return jax.make_mesh(shape, MESH_AXES, axis_types=AXIS_TYPES).devices
@@ -112,9 +112,9 @@ def device_grid(
 
 
 def make_mesh(
-  sizes: Mapping[str, int],
-  devices: Sequence[jax.Device] | None = None,
-  dcn_sizes: Mapping[str, int] | None = None,
+    sizes: Mapping[str, int],
+    devices: Sequence[jax.Device] | None = None,
+    dcn_sizes: Mapping[str, int] | None = None,
 ) -> Mesh:
   """The (data, fsdp, context, tensor) mesh over `devices` (default: all), Auto axes."""
   devices = list(devices if devices is not None else jax.devices())

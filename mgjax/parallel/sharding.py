@@ -34,7 +34,7 @@ SEQUENCE_AXIS = "seq"
 
 
 def rules_from_config(
-  rules: Sequence[Sequence[Any]], sequence_parallel: bool = False
+    rules: Sequence[Sequence[Any]], sequence_parallel: bool = False
 ) -> tuple[tuple[str, Any], ...]:
   """Normalises config rules (lists from ConfigDict) into tuples.
 
@@ -61,7 +61,7 @@ def rules_from_config(
 def rules_for(config) -> tuple[tuple[str, Any], ...]:
   """The logical axis rules of a run's config, sequence parallelism applied."""
   return rules_from_config(
-    config.logical_axis_rules, parallel_settings(config)["sequence_parallel"]
+      config.logical_axis_rules, parallel_settings(config)["sequence_parallel"]
   )
 
 
@@ -80,12 +80,12 @@ def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh) -> PartitionSpec:
         size *= mesh.shape[axis]
       else:
         logging.log_first_n(
-          logging.INFO,
-          "Mesh axis %r (size %d) does not divide dim %d; replicating.",
-          8,
-          axis,
-          mesh.shape[axis],
-          dim,
+            logging.INFO,
+            "Mesh axis %r (size %d) does not divide dim %d; replicating.",
+            8,
+            axis,
+            mesh.shape[axis],
+            dim,
         )
     fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
   return PartitionSpec(*fitted)
@@ -106,7 +106,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   outside a mesh. `names` has one entry (a logical name or None) per dimension."""
   if len(names) != x.ndim:
     raise ValueError(
-      f"constrain: {len(names)} logical names {tuple(names)} for an array of shape {x.shape}."
+        f"constrain: {len(names)} logical names {tuple(names)} for an array " f"of shape {x.shape}."
     )
   spec = activation_spec(names, x.shape)
   return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
@@ -126,7 +126,7 @@ def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
 
   return jax.tree.map(
-    to_sharding, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec)
+      to_sharding, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec)
   )
 
 
@@ -137,9 +137,9 @@ def strip_boxes(tree: Any) -> Any:
   concrete or traced arrays, not on the ShapeDtypeStructs of `jax.eval_shape`.)
   """
   return jax.tree.map(
-    lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
-    tree,
-    is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+      lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
+      tree,
+      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
   )
 
 

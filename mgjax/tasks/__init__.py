@@ -7,10 +7,10 @@ import importlib
 # Task name -> "module:class". Imported lazily so a task's dependencies load only
 # when that task runs.
 TASKS = {
-  "tae": "mgjax.tasks.tae:TAETask",
-  "t2v": "mgjax.tasks.t2v:T2VTask",
-  "audio_vae": "mgjax.tasks.audio_vae:AudioVAETask",
-  "audio": "mgjax.tasks.audio:AudioTask",
+    "tae": "mgjax.tasks.tae:TAETask",
+    "t2v": "mgjax.tasks.t2v:T2VTask",
+    "audio_vae": "mgjax.tasks.audio_vae:AudioVAETask",
+    "audio": "mgjax.tasks.audio:AudioTask",
 }
 
 

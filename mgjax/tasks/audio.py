@@ -75,10 +75,11 @@ AUDIO_SOURCES = ("shapes_audio", "manifest")
 
 
 class AudioTask(Task):
+
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     self.dit = AudioDiT.from_config(
-      config.model, context_attention=configs.parallel_settings(config)["context_attention"]
+        config.model, context_attention=configs.parallel_settings(config)["context_attention"]
     )
     self.video_encoder = VideoFeatureEncoder.from_config(config.video_encoder)
     self.text = TextConditioner(config.text)
@@ -87,15 +88,15 @@ class AudioTask(Task):
     self.video_fps = float(config.model.video_fps)
     if float(config.data.fps) != self.video_fps:
       raise ValueError(
-        f"data.fps={config.data.fps} must equal model.video_fps="
-        f"{config.model.video_fps}: the video features are read at that rate."
+          f"data.fps={config.data.fps} must equal model.video_fps="
+          f"{config.model.video_fps}: the video features are read at that rate."
       )
     self.frame_size = tuple(int(s) for s in config.data.frame_size)
     self.num_frames = int(round(config.data.clip_seconds * config.model.latent_rate))
     if self.num_frames > config.model.max_frames:
       raise ValueError(
-        f"data.clip_seconds={config.data.clip_seconds} is {self.num_frames} "
-        f"latent frames, more than model.max_frames={config.model.max_frames}."
+          f"data.clip_seconds={config.data.clip_seconds} is {self.num_frames} "
+          f"latent frames, more than model.max_frames={config.model.max_frames}."
       )
     self.num_video_frames = int(round(config.data.clip_seconds * self.video_fps))
     self._skipped: collections.Counter = collections.Counter()
@@ -122,20 +123,20 @@ class AudioTask(Task):
       s = data.shapes
       if s.get("paths", "random") != "random":
         raise ValueError(
-          f"data.shapes.paths={s.paths!r}: the shapes_audio set draws "
-          "paths='random' only; set --config.data.shapes.paths=random."
+            f"data.shapes.paths={s.paths!r}: the shapes_audio set draws "
+            "paths='random' only; set --config.data.shapes.paths=random."
         )
       return distributed.first_process_first(
-        "shapes_audio",
-        lambda: shapes_audio.ensure_dataset(
-          self.data_dir, **shapes_audio_params(data, self.sample_rate)
-        ),
+          "shapes_audio",
+          lambda: shapes_audio.ensure_dataset(
+              self.data_dir, **shapes_audio_params(data, self.sample_rate)
+          ),
       )
     if data.name == "manifest":
       if not data.dir:
         raise ValueError(
-          "data.name='manifest' needs data.dir, the folder holding "
-          'manifest.jsonl (one {"video": path, "caption": ...} per line).'
+            "data.name='manifest' needs data.dir, the folder holding "
+            'manifest.jsonl (one {"video": path, "caption": ...} per line).'
         )
       return os.path.join(data.dir, "manifest.jsonl")
     raise ValueError(f"The audio task reads data.name in {AUDIO_SOURCES}; got {data.name!r}.")
@@ -148,14 +149,14 @@ class AudioTask(Task):
     model = self.config.model
     if codec.latent_channels != model.latent_channels or codec.latent_rate != model.latent_rate:
       raise ValueError(
-        f"The audio VAE in {self.vae_workdir} makes {codec.latent_channels} channels at "
-        f"{codec.latent_rate} Hz; model.latent_channels/latent_rate say "
-        f"{model.latent_channels} at {model.latent_rate}. Make them match."
+          f"The audio VAE in {self.vae_workdir} makes {codec.latent_channels} channels at "
+          f"{codec.latent_rate} Hz; model.latent_channels/latent_rate say "
+          f"{model.latent_channels} at {model.latent_rate}. Make them match."
       )
     if codec.sample_rate != self.config.data.audio.sample_rate:
       raise ValueError(
-        f"The audio VAE runs at {codec.sample_rate} Hz but "
-        f"data.audio.sample_rate is {self.config.data.audio.sample_rate}."
+          f"The audio VAE runs at {codec.sample_rate} Hz but "
+          f"data.audio.sample_rate is {self.config.data.audio.sample_rate}."
       )
     return codec
 
@@ -165,11 +166,11 @@ class AudioTask(Task):
 
   def clip_args(self) -> dict:
     return dict(
-      clip_seconds=float(self.config.data.clip_seconds),
-      fps=self.video_fps,
-      size=self.frame_size,
-      sample_rate=self.sample_rate,
-      channels=int(self.config.data.audio.channels),
+        clip_seconds=float(self.config.data.clip_seconds),
+        fps=self.video_fps,
+        size=self.frame_size,
+        sample_rate=self.sample_rate,
+        channels=int(self.config.data.audio.channels),
     )
 
   def clips(self, split: str) -> dict:
@@ -177,14 +178,14 @@ class AudioTask(Task):
     if split not in self._cache:
       step = Checkpointer(self.vae_workdir, read_only=True).latest_step()
       fingerprint = {
-        "vae": f"{os.path.abspath(self.vae_workdir)}@{step}",
-        "manifest": os.path.abspath(self.manifest()),
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in self.clip_args().items()},
+          "vae": f"{os.path.abspath(self.vae_workdir)}@{step}",
+          "manifest": os.path.abspath(self.manifest()),
+          **{k: list(v) if isinstance(v, tuple) else v for k, v in self.clip_args().items()},
       }
       records = av_clips.read_records(self.manifest(), split)
       path = os.path.join(self.workdir, "audio_latents", f"{split}.npz")
       self._cache[split] = av_clips.cache_clips(
-        path, records, fingerprint, lambda w: self.codec.encode(w), **self.clip_args()
+          path, records, fingerprint, lambda w: self.codec.encode(w), **self.clip_args()
       )
       self._skipped.update(json.loads(str(self._cache[split]["skipped"])))
     return self._cache[split]
@@ -199,8 +200,8 @@ class AudioTask(Task):
       else:
         latent = self.clips("train")["latent"]  # [N, T, C]
         saved = {
-          "mean": latent.mean(axis=(0, 1)).tolist(),
-          "std": np.maximum(latent.std(axis=(0, 1)), 1e-6).tolist(),
+            "mean": latent.mean(axis=(0, 1)).tolist(),
+            "std": np.maximum(latent.std(axis=(0, 1)), 1e-6).tolist(),
         }
         if jax.process_index() == 0:
           os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -214,15 +215,15 @@ class AudioTask(Task):
     """latent [B, T, C], frames uint8 [B, Tv, H, W, 3], text ids/mask [B, L]."""
     b = self.batch_size
     return {
-      "clip": {
-        "latent": jax.ShapeDtypeStruct(
-          (b, self.num_frames, self.config.model.latent_channels), jnp.float32
-        ),
-        "frames": jax.ShapeDtypeStruct(
-          (b, self.num_video_frames) + self.frame_size + (3,), jnp.uint8
-        ),
-        **self.text.token_specs(b),
-      }
+        "clip": {
+            "latent": jax.ShapeDtypeStruct(
+                (b, self.num_frames, self.config.model.latent_channels), jnp.float32
+            ),
+            "frames": jax.ShapeDtypeStruct(
+                (b, self.num_video_frames) + self.frame_size + (3,), jnp.uint8
+            ),
+            **self.text.token_specs(b),
+        }
     }
 
   def batch_tokens(self, batch) -> int:
@@ -233,13 +234,13 @@ class AudioTask(Task):
     for name, size in (("num_heads", model.num_heads), ("mlp_dim", model.mlp_dim)):
       if size % tensor:
         raise ValueError(
-          f"Mesh axis tensor={tensor} does not divide model.{name}={size}; "
-          f"use a tensor size that divides {name}."
+            f"Mesh axis tensor={tensor} does not divide model.{name}={size}; "
+            f"use a tensor size that divides {name}."
         )
     if self.num_frames % mesh.shape["context"]:
       raise ValueError(
-        f"Mesh axis context={mesh.shape['context']} does not divide the "
-        f"{self.num_frames} latent frames of a clip."
+          f"Mesh axis context={mesh.shape['context']} does not divide the "
+          f"{self.num_frames} latent frames of a clip."
       )
 
   # ------------------------------------------------------------------ model
@@ -253,14 +254,14 @@ class AudioTask(Task):
     features = jnp.zeros((1, self.num_video_frames, self.config.video_encoder.features))
     latent = jnp.zeros((1,) + spec["latent"].shape[1:])
     dit_params = self.dit.init(
-      dit_rng,
-      latent,
-      jnp.zeros((1,)),
-      latent,
-      jnp.zeros(latent.shape[:2] + (1,)),
-      features,
-      self.text.example_inputs(),
-      video_fps=self.video_fps,
+        dit_rng,
+        latent,
+        jnp.zeros((1,)),
+        latent,
+        jnp.zeros(latent.shape[:2] + (1,)),
+        features,
+        self.text.example_inputs(),
+        video_fps=self.video_fps,
     )["params"]
     params, frozen = {"dit": dit_params, "text": trainable_text}, {"text": frozen_text}
     (params if self.config.video_encoder.trainable else frozen)["video_encoder"] = video_params
@@ -272,32 +273,32 @@ class AudioTask(Task):
     return self.video_encoder.apply({"params": video_params}, frames)
 
   def velocity(
-    self,
-    params,
-    frozen,
-    x_t,
-    t,
-    context,
-    context_mask,
-    frames,
-    tokens,
-    keep_video=None,
-    keep_text=None,
+      self,
+      params,
+      frozen,
+      x_t,
+      t,
+      context,
+      context_mask,
+      frames,
+      tokens,
+      keep_video=None,
+      keep_text=None,
   ):
     """DiT velocity [B, T, C] for standardised latents."""
     features = self.video_features(params, frozen, frames)  # [B, Tv, Fv]
     text = self.text.embed(params["text"], frozen["text"], tokens)
     return self.dit.apply(
-      {"params": params["dit"]},
-      x_t,
-      t,
-      context,
-      context_mask,
-      features,
-      text,
-      keep_video=keep_video,
-      keep_text=keep_text,
-      video_fps=self.video_fps,
+        {"params": params["dit"]},
+        x_t,
+        t,
+        context,
+        context_mask,
+        features,
+        text,
+        keep_video=keep_video,
+        keep_text=keep_text,
+        video_fps=self.video_fps,
     )
 
   def loss(self, params, frozen, batch, rng, step):
@@ -312,7 +313,7 @@ class AudioTask(Task):
     context_mask = span_context_mask(context_rng, b, x1.shape[1], self.config.context)
     t, x_t, target = flow.training_example(path_rng, x1, f.sigma_min, f.t_mean, f.t_std)
     prediction = self.velocity(
-      params, frozen, x_t, t, x1, context_mask, batch["frames"], batch, keep_video, keep_text
+        params, frozen, x_t, t, x1, context_mask, batch["frames"], batch, keep_video, keep_text
     )
     generated = 1.0 - context_mask  # [B, T, 1]: the frames in the loss
     squared = jnp.square(prediction - target) * generated  # [B, T, C]
@@ -330,27 +331,27 @@ class AudioTask(Task):
       return {"latent": latent[i], "frames": frames[i], "caption": str(captions[i]), "skipped": []}
 
     finish = lambda batch: {
-      "latent": batch["latent"],
-      "frames": batch["frames"],
-      **self.text.tokenize(batch["caption"]),
+        "latent": batch["latent"],
+        "frames": batch["frames"],
+        **self.text.tokenize(batch["caption"]),
     }
     stream = Stream("clip", len(latent), load, self.batch_size)
     skipped = collections.Counter(
-      {f"clips_{k}": v for k, v in json.loads(str(clips["skipped"])).items()}
+        {f"clips_{k}": v for k, v in json.loads(str(clips["skipped"])).items()}
     )
     return DataIterator(
-      [stream],
-      loader_options(self.config.data, self.config.seed),
-      finish,
-      rows_of=rows_of,
-      skipped_records=skipped,
-      num_records=len(latent) + sum(skipped.values()),
-      start=start_step,
+        [stream],
+        loader_options(self.config.data, self.config.seed),
+        finish,
+        rows_of=rows_of,
+        skipped_records=skipped,
+        num_records=len(latent) + sum(skipped.values()),
+        start=start_step,
     )
 
   def data_metrics(self):
     metrics = {
-      f"data/truncated_prompts_{name}": count for name, count in self.text.num_truncated.items()
+        f"data/truncated_prompts_{name}": count for name, count in self.text.num_truncated.items()
     }
     metrics.update({f"data/skipped_clips_{k}": float(v) for k, v in self._skipped.items()})
     return metrics
@@ -369,26 +370,26 @@ class AudioTask(Task):
     def conditions(params, frozen, frames, tokens, num_frames):
       features = self.video_features(params, frozen, frames)  # [B, Tv, Fv]
       aligned = align_video_features(
-        features, self.video_fps, float(self.config.model.latent_rate), num_frames
+          features, self.video_fps, float(self.config.model.latent_rate), num_frames
       )
       return aligned, self.text.embed(params["text"], frozen["text"], tokens)
 
     return jax.jit(conditions, static_argnums=4)
 
   def sample_latents(
-    self,
-    params,
-    frozen,
-    frames: np.ndarray,
-    captions: list[str],
-    num_frames: int,
-    *,
-    num_steps: int,
-    cfg_scale: float,
-    seed: int,
-    method: str = "midpoint",
-    schedule: str = "linear",
-    step_callback=None,
+      self,
+      params,
+      frozen,
+      frames: np.ndarray,
+      captions: list[str],
+      num_frames: int,
+      *,
+      num_steps: int,
+      cfg_scale: float,
+      seed: int,
+      method: str = "midpoint",
+      schedule: str = "linear",
+      step_callback=None,
   ) -> np.ndarray:
     """Latents [B, num_frames, C] (VAE scale) for uint8 frames [B, Tv, H, W, 3].
 
@@ -405,23 +406,29 @@ class AudioTask(Task):
     lf = self.config.longform
     times = flow.make_schedule(schedule, num_steps)
     z = sample_long(
-      lf.method,
-      self.guided_velocity(float(cfg_scale)),
-      noise,
-      times,
-      window=int(lf.window_frames),
-      overlap=int(lf.overlap_frames),
-      method=method,
-      aligned={"video": aligned},
-      per_example={"text": text},
-      args=({"params": params["dit"]},),
-      step_callback=step_callback,
+        lf.method,
+        self.guided_velocity(float(cfg_scale)),
+        noise,
+        times,
+        window=int(lf.window_frames),
+        overlap=int(lf.overlap_frames),
+        method=method,
+        aligned={"video": aligned},
+        per_example={"text": text},
+        args=({"params": params["dit"]},),
+        step_callback=step_callback,
     )
     mean, std = self.stats()
     return np.asarray(z) * std + mean
 
   def generate(
-    self, params, frozen, frames: np.ndarray, captions: list[str], num_samples: int, **sample_kwargs
+      self,
+      params,
+      frozen,
+      frames: np.ndarray,
+      captions: list[str],
+      num_samples: int,
+      **sample_kwargs,
   ) -> np.ndarray:
     """Waveforms float32 [B, num_samples, C] at the VAE's rate for the videos' frames."""
     hop = self.codec.hop
@@ -444,8 +451,8 @@ class AudioTask(Task):
       self._skipped.update({f"{name}_{k}": v for k, v in skipped.items()})
       if not kept and name == "eval":
         raise ValueError(
-          f'{self.manifest()} has no usable "split": "eval" clips to '
-          'evaluate on; mark some lines "split": "eval".'
+            f'{self.manifest()} has no usable "split": "eval" clips to '
+            'evaluate on; mark some lines "split": "eval".'
         )
       if not kept:
         raise ValueError(f"None of the clips in {self.bouncing_manifest()} could be decoded.")
@@ -457,15 +464,15 @@ class AudioTask(Task):
     <workdir>/shapes_audio_bouncing (made once; seed shapes_audio.BOUNCING_SEED, so never
     trained on): the held-out split holds too few bounces for a sync figure."""
     params = dict(
-      shapes_audio_params(self.config.data, self.sample_rate),
-      num_videos=int(self.config.eval.num_bouncing_clips),
-      seed=shapes_audio.BOUNCING_SEED,
-      motion="bouncing",
-      motion_share=1.0,
+        shapes_audio_params(self.config.data, self.sample_rate),
+        num_videos=int(self.config.eval.num_bouncing_clips),
+        seed=shapes_audio.BOUNCING_SEED,
+        motion="bouncing",
+        motion_share=1.0,
     )
     out_dir = os.path.join(self.workdir, "shapes_audio_bouncing")
     return distributed.first_process_first(
-      "shapes_audio_bouncing", lambda: shapes_audio.ensure_dataset(out_dir, **params)
+        "shapes_audio_bouncing", lambda: shapes_audio.ensure_dataset(out_dir, **params)
     )
 
   def bouncing_records(self) -> list[dict]:
@@ -477,22 +484,22 @@ class AudioTask(Task):
     """Generated sound [N, S, C] for clips' frames and captions (eval.* solver)."""
     e = self.config.eval
     num_samples = av_clips.clip_lengths(
-      self.config.data.clip_seconds, self.video_fps, self.sample_rate
+        self.config.data.clip_seconds, self.video_fps, self.sample_rate
     )[1]
     waves = []
     for i in range(0, len(frames), e.batch_size):
       waves.append(
-        self.generate(
-          params,
-          frozen,
-          frames[i : i + e.batch_size],
-          [r.get("caption", "") for r in records[i : i + e.batch_size]],
-          num_samples,
-          num_steps=e.num_steps,
-          cfg_scale=e.cfg_scale,
-          seed=e.seed + i,
-          method=e.method,
-        )
+          self.generate(
+              params,
+              frozen,
+              frames[i : i + e.batch_size],
+              [r.get("caption", "") for r in records[i : i + e.batch_size]],
+              num_samples,
+              num_steps=e.num_steps,
+              cfg_scale=e.cfg_scale,
+              seed=e.seed + i,
+              method=e.method,
+          )
       )
     return np.concatenate(waves)
 
@@ -503,38 +510,44 @@ class AudioTask(Task):
     results = shapes_scores(waves, records, self.sample_rate)
     if results and jax.process_index() == 0:
       print(
-        f"Video-to-audio at step {step} on {len(records)} held-out clips: sync "
-        f"{100 * results['sync_score']:.1f}% of {int(results['num_bounces'])} bounces "
-        f"within 40 ms, tone colour {100 * results['tone_accuracy']:.1f}%, false onsets "
-        f"{results['false_onsets_per_silent_clip']:.2f} per bounce-free clip "
-        f"({100 * results['false_onset_rate']:.1f}% of all onsets)",
-        flush=True,
+          f"Video-to-audio at step {step} on {len(records)} held-out clips: sync "
+          f"{100 * results['sync_score']:.1f}% of {int(results['num_bounces'])} bounces "
+          f"within 40 ms, tone colour {100 * results['tone_accuracy']:.1f}%, false onsets "
+          f"{results['false_onsets_per_silent_clip']:.2f} per bounce-free clip "
+          f"({100 * results['false_onset_rate']:.1f}% of all onsets)",
+          flush=True,
       )
     if (
-      results
-      and self.config.data.name == "shapes_audio"
-      and self.config.eval.get("num_bouncing_clips", 0)
+        results
+        and self.config.data.name == "shapes_audio"
+        and self.config.eval.get("num_bouncing_clips", 0)
     ):
       frames, records = self.eval_clips("bouncing")
       bouncing = shapes_scores(
-        self.sample_clips(params, frozen, frames, records), records, self.sample_rate
+          self.sample_clips(params, frozen, frames, records), records, self.sample_rate
       )
       results.update(
-        {
-          f"bouncing_{k}": v
-          for k, v in bouncing.items()
-          if k
-          in ("sync_score", "num_bounces", "chance_sync_score", "tone_accuracy", "false_onset_rate")
-        }
+          {
+              f"bouncing_{k}": v
+              for k, v in bouncing.items()
+              if k
+              in (
+                  "sync_score",
+                  "num_bounces",
+                  "chance_sync_score",
+                  "tone_accuracy",
+                  "false_onset_rate",
+              )
+          }
       )
       if jax.process_index() == 0:
         print(
-          f"  on {len(records)} fresh bouncing clips: sync "
-          f"{100 * bouncing['sync_score']:.1f}% of {int(bouncing['num_bounces'])} bounces "
-          f"(onsets at random times: {100 * bouncing['chance_sync_score']:.1f}%), "
-          f"tone colour {100 * bouncing['tone_accuracy']:.1f}%, "
-          f"{100 * bouncing['false_onset_rate']:.1f}% of onsets false",
-          flush=True,
+            f"  on {len(records)} fresh bouncing clips: sync "
+            f"{100 * bouncing['sync_score']:.1f}% of {int(bouncing['num_bounces'])} bounces "
+            f"(onsets at random times: {100 * bouncing['chance_sync_score']:.1f}%), "
+            f"tone colour {100 * bouncing['tone_accuracy']:.1f}%, "
+            f"{100 * bouncing['false_onset_rate']:.1f}% of onsets false",
+            flush=True,
         )
     return results
 
@@ -549,7 +562,7 @@ class AudioTask(Task):
       if i < self.config.eval.num_to_write:
         audio_lib.write_wav(os.path.join(out_dir, f"{i:02d}.wav"), wave, self.sample_rate)
         audio_lib.mux_audio(
-          record["video_path"], wave, self.sample_rate, os.path.join(out_dir, f"{i:02d}.mp4")
+            record["video_path"], wave, self.sample_rate, os.path.join(out_dir, f"{i:02d}.mp4")
         )
       lines.append(f"{i:02d} {record.get('caption', '')}")
     with open(os.path.join(out_dir, "captions.txt"), "w") as f:
@@ -567,11 +580,11 @@ def span_context_mask(rng, batch: int, num_frames: int, section) -> jax.Array:
   has_rng, len_rng, start_rng = jax.random.split(rng, 3)
   has = jax.random.uniform(has_rng, (batch,)) < section.prob  # [B]
   fraction = jax.random.uniform(
-    len_rng, (batch,), minval=section.min_fraction, maxval=section.max_fraction
+      len_rng, (batch,), minval=section.min_fraction, maxval=section.max_fraction
   )
   length = jnp.clip(jnp.round(fraction * num_frames).astype(jnp.int32), 1, num_frames)
   start = jnp.floor(jax.random.uniform(start_rng, (batch,)) * (num_frames - length + 1)).astype(
-    jnp.int32
+      jnp.int32
   )
   i = jnp.arange(num_frames)[None]  # [1, T]
   hidden = (i >= start[:, None]) & (i < (start + length)[:, None])  # [B, T]
@@ -582,15 +595,15 @@ def shapes_audio_params(data, sample_rate: int) -> dict:
   """ensure_dataset keyword arguments of the shapes_audio set of a data section."""
   s = data.shapes
   return dict(
-    num_videos=s.num_videos,
-    seed=s.seed,
-    sample_rate=sample_rate,
-    fps=s.fps,
-    num_frames=s.num_frames,
-    height=s.height,
-    width=s.width,
-    eval_fraction=data.get("eval_fraction", 0.15),
-    **shapes_audio.bouncing_args(data.get("bouncing_share", 0.0)),
+      num_videos=s.num_videos,
+      seed=s.seed,
+      sample_rate=sample_rate,
+      fps=s.fps,
+      num_frames=s.num_frames,
+      height=s.height,
+      width=s.width,
+      eval_fraction=data.get("eval_fraction", 0.15),
+      **shapes_audio.bouncing_args(data.get("bouncing_share", 0.0)),
   )
 
 
@@ -616,12 +629,12 @@ def shapes_scores(waves: np.ndarray, records: list[dict], sample_rate: int) -> d
       silent_clips, silent_onsets = silent_clips + 1, silent_onsets + score.num_onsets
     tone_right += shapes_audio.color_from_tone(wave, sample_rate) == record["attributes"]["color"]
   return {
-    "sync_score": hits / bounces if bounces else 1.0,
-    "num_bounces": float(bounces),
-    "chance_sync_score": chance / bounces if bounces else 0.0,
-    "tone_accuracy": tone_right / len(records),
-    "false_onsets_per_silent_clip": silent_onsets / silent_clips if silent_clips else 0.0,
-    "false_onset_rate": false / onsets if onsets else 0.0,
+      "sync_score": hits / bounces if bounces else 1.0,
+      "num_bounces": float(bounces),
+      "chance_sync_score": chance / bounces if bounces else 0.0,
+      "tone_accuracy": tone_right / len(records),
+      "false_onsets_per_silent_clip": silent_onsets / silent_clips if silent_clips else 0.0,
+      "false_onset_rate": false / onsets if onsets else 0.0,
   }
 
 
@@ -639,9 +652,9 @@ def train_vae(vae_section, vae_workdir: str, data_config, data_dir: str):
         params.pop(key, None)
       vae_config.data.shapes_audio.update(params, bouncing_share=data_config.bouncing_share)
   done = (
-    Checkpointer(vae_workdir, read_only=True).latest_step()
-    if os.path.exists(os.path.join(vae_workdir, "config.json"))
-    else None
+      Checkpointer(vae_workdir, read_only=True).latest_step()
+      if os.path.exists(os.path.join(vae_workdir, "config.json"))
+      else None
   )
   if done is None or done < vae_config.train.num_steps:
     from mgjax.train import train  # the trainer imports tasks lazily
@@ -651,7 +664,7 @@ def train_vae(vae_section, vae_workdir: str, data_config, data_dir: str):
     done = Checkpointer(vae_workdir, read_only=True).latest_step()
     if done is None or done < vae_config.train.num_steps:  # stopped on SIGTERM
       raise StopRequested(
-        f"The audio VAE stage in {vae_workdir} stopped at step {done} of "
-        f"{vae_config.train.num_steps} on request. Rerun the same "
-        "command to resume."
+          f"The audio VAE stage in {vae_workdir} stopped at step {done} of "
+          f"{vae_config.train.num_steps} on request. Rerun the same "
+          "command to resume."
       )

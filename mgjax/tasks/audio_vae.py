@@ -58,12 +58,12 @@ from mgjax.data.records import manifest_lines
 from mgjax.data.video import MediaDecodeError
 from mgjax.models.audio_vae import AudioVAE
 from mgjax.models.audio_vae_losses import (
-  multiscale_stft_loss,
-  onset_loss,
-  snr_db,
-  spectral_distance_db,
-  waveform_l1,
-  window_samples,
+    multiscale_stft_loss,
+    onset_loss,
+    snr_db,
+    spectral_distance_db,
+    waveform_l1,
+    window_samples,
 )
 from mgjax.models.tae_losses import kl_divergence
 from mgjax.parallel import distributed
@@ -86,9 +86,9 @@ def crop_samples(seconds: float, sample_rate: int, hop: int, name: str) -> int:
   samples = int(round(seconds * sample_rate))
   if samples < hop or samples % hop:
     raise ValueError(
-      f"{name}={seconds} s is {samples} samples at {sample_rate} Hz, not a "
-      f"positive whole number of latent frames (hop {hop} samples = "
-      f"{hop / sample_rate:g} s); use a multiple of {hop / sample_rate:g} s."
+        f"{name}={seconds} s is {samples} samples at {sample_rate} Hz, not a "
+        f"positive whole number of latent frames (hop {hop} samples = "
+        f"{hop / sample_rate:g} s); use a multiple of {hop / sample_rate:g} s."
     )
   return samples
 
@@ -106,25 +106,25 @@ def manifest_path(data_config, workdir: str, sample_rate: int) -> str:
   if name == "shapes_audio":
     s = data_config.shapes_audio
     return distributed.first_process_first(
-      "shapes_audio",
-      lambda: shapes_audio.ensure_dataset(
-        data_dir(data_config, workdir),
-        num_videos=s.num_videos,
-        seed=s.seed,
-        sample_rate=sample_rate,
-        fps=s.fps,
-        num_frames=s.num_frames,
-        height=s.height,
-        width=s.width,
-        eval_fraction=s.eval_fraction,
-        **shapes_audio.bouncing_args(s.get("bouncing_share", 0.0)),
-      ),
+        "shapes_audio",
+        lambda: shapes_audio.ensure_dataset(
+            data_dir(data_config, workdir),
+            num_videos=s.num_videos,
+            seed=s.seed,
+            sample_rate=sample_rate,
+            fps=s.fps,
+            num_frames=s.num_frames,
+            height=s.height,
+            width=s.width,
+            eval_fraction=s.eval_fraction,
+            **shapes_audio.bouncing_args(s.get("bouncing_share", 0.0)),
+        ),
     )
   if name == "manifest":
     if not data_config.dir:
       raise ValueError(
-        "data.name='manifest' needs data.dir, the folder holding "
-        'manifest.jsonl (one {"audio": path} or {"video": path} per line).'
+          "data.name='manifest' needs data.dir, the folder holding "
+          'manifest.jsonl (one {"audio": path} or {"video": path} per line).'
       )
     return os.path.join(data_config.dir, "manifest.jsonl")
   raise ValueError(f"The audio_vae task reads data.name in {AUDIO_SOURCES}; got {name!r}.")
@@ -138,9 +138,9 @@ def read_audio_records(path: str, split: str) -> tuple[list[dict], collections.C
   """
   if not os.path.exists(path):
     raise FileNotFoundError(
-      f"Manifest {path} does not exist; write one JSON object per line "
-      'with an "audio" or "video" path, or use '
-      "data.name='shapes_audio' for the synthetic set."
+        f"Manifest {path} does not exist; write one JSON object per line "
+        'with an "audio" or "video" path, or use '
+        "data.name='shapes_audio' for the synthetic set."
     )
   base = os.path.dirname(os.path.abspath(path))
   records, skipped = [], collections.Counter()
@@ -164,10 +164,10 @@ def read_waveform(path: str, sample_rate: int, channels: int, skip_silent: bool)
   waveform = audio_lib.read_audio(path, sample_rate=sample_rate, channels=channels)
   if skip_silent and audio_lib.is_silent(waveform):
     raise MediaDecodeError(
-      path,
-      "silent",
-      f"RMS {audio_lib.rms_db(waveform):.1f} dBFS is below "
-      f"{audio_lib.SILENCE_DB} dBFS; nothing to reconstruct",
+        path,
+        "silent",
+        f"RMS {audio_lib.rms_db(waveform):.1f} dBFS is below "
+        f"{audio_lib.SILENCE_DB} dBFS; nothing to reconstruct",
     )
   return waveform
 
@@ -187,16 +187,16 @@ class LoadAudioCrop:
   """
 
   def __init__(
-    self,
-    records,
-    num_samples: int,
-    sample_rate: int,
-    channels: int,
-    skip_silent: bool,
-    max_attempts: int = 16,
-    bounce_fraction: float = 0.0,
-    end_fraction: float = 0.0,
-    bounce_margin: float = 0.75,
+      self,
+      records,
+      num_samples: int,
+      sample_rate: int,
+      channels: int,
+      skip_silent: bool,
+      max_attempts: int = 16,
+      bounce_fraction: float = 0.0,
+      end_fraction: float = 0.0,
+      bounce_margin: float = 0.75,
   ):
     self.records = records
     self.num_samples = num_samples
@@ -238,8 +238,8 @@ class LoadAudioCrop:
       crop = np.pad(crop, ((0, self.num_samples - crop.shape[0]), (0, 0)))  # [S, C]
       return {"audio": crop.astype(np.float32), "skipped": skipped}
     raise RuntimeError(
-      f"{self.max_attempts} audio files in a row could not be used "
-      f"({[s[:2] for s in skipped]}); the data set looks broken."
+        f"{self.max_attempts} audio files in a row could not be used "
+        f"({[s[:2] for s in skipped]}); the data set looks broken."
     )
 
 
@@ -247,16 +247,17 @@ class LoadAudioCrop:
 
 
 class AudioVAETask(Task):
+
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     self.model = make_audio_vae(config.model)
     self.sample_rate = int(config.model.sample_rate)
     self.crop = crop_samples(
-      config.data.crop_seconds, self.sample_rate, self.model.hop, "data.crop_seconds"
+        config.data.crop_seconds, self.sample_rate, self.model.hop, "data.crop_seconds"
     )
     self.windows = window_samples(config.loss.stft_windows_s, self.sample_rate)
     self.onset_windows = window_samples(
-      config.loss.get("onset_windows_s", (0.02,)), self.sample_rate
+        config.loss.get("onset_windows_s", (0.02,)), self.sample_rate
     )
     self._eval = None
     self._bouncing = None
@@ -283,10 +284,10 @@ class AudioVAETask(Task):
     kl = kl_divergence(mean, logvar).mean()
     log_l1, mag_l1 = log_l1.mean(), mag_l1.mean()
     total = (
-      cfg.log_magnitude_weight * log_l1
-      + cfg.magnitude_weight * mag_l1
-      + cfg.waveform_weight * wave
-      + cfg.kl_weight * kl
+        cfg.log_magnitude_weight * log_l1
+        + cfg.magnitude_weight * mag_l1
+        + cfg.waveform_weight * wave
+        + cfg.kl_weight * kl
     )
     onset_weight = cfg.get("onset_weight", 0.0)
     onset = onset_loss(recon, x, self.onset_windows).mean() if onset_weight else jnp.zeros(())
@@ -295,13 +296,13 @@ class AudioVAETask(Task):
     noise = jnp.maximum(jnp.sum(jnp.square(recon - x), axis=(1, 2)), 1e-20)
     snr = 10 * jnp.log10(jnp.maximum(signal, 1e-20) / noise).mean()
     return total, {
-      "log_stft_l1": log_l1,
-      "stft_l1": mag_l1,
-      "waveform_l1": wave,
-      "kl": kl,
-      "onset_rms_db": onset,
-      "snr_db": snr,
-      "latent_std": mean.std(),
+        "log_stft_l1": log_l1,
+        "stft_l1": mag_l1,
+        "waveform_l1": wave,
+        "kl": kl,
+        "onset_rms_db": onset,
+        "snr_db": snr,
+        "latent_std": mean.std(),
     }
 
   # ------------------------------------------------------------------------ data
@@ -311,23 +312,23 @@ class AudioVAETask(Task):
     if not records:
       raise ValueError(f'No training records in {self.manifest()} (split "train").')
     load = LoadAudioCrop(
-      records,
-      self.crop,
-      self.sample_rate,
-      self.model.audio_channels,
-      data.skip_silent,
-      bounce_fraction=data.get("bounce_crop_fraction", 0.0),
-      end_fraction=data.get("end_crop_fraction", 0.0),
+        records,
+        self.crop,
+        self.sample_rate,
+        self.model.audio_channels,
+        data.skip_silent,
+        bounce_fraction=data.get("bounce_crop_fraction", 0.0),
+        end_fraction=data.get("end_crop_fraction", 0.0),
     )
     stream = Stream("audio", len(records), load, self.config.train.batch_size)
     return DataIterator(
-      [stream],
-      sources.loader_options(data, self.config.seed),
-      lambda batch: {"audio": batch["audio"]},
-      rows_of=rows_of,
-      skipped_records=skipped,
-      num_records=len(records) + sum(skipped.values()),
-      start=start_step,
+        [stream],
+        sources.loader_options(data, self.config.seed),
+        lambda batch: {"audio": batch["audio"]},
+        rows_of=rows_of,
+        skipped_records=skipped,
+        num_records=len(records) + sum(skipped.values()),
+        start=start_step,
     )
 
   # ------------------------------------------------------------------------ eval
@@ -346,10 +347,10 @@ class AudioVAETask(Task):
           break
         try:
           waveform = read_waveform(
-            record["path"],
-            self.sample_rate,
-            self.model.audio_channels,
-            self.config.data.skip_silent,
+              record["path"],
+              self.sample_rate,
+              self.model.audio_channels,
+              self.config.data.skip_silent,
           )
         except MediaDecodeError as err:
           logging.warning("Skipping eval file %s", err)
@@ -360,8 +361,8 @@ class AudioVAETask(Task):
         kept.append(record)
       if not kept:
         raise ValueError(
-          f'{self.manifest()} has no usable "split": "eval" audio to '
-          'evaluate on; mark some lines "split": "eval".'
+            f'{self.manifest()} has no usable "split": "eval" audio to '
+            'evaluate on; mark some lines "split": "eval".'
         )
       self._eval = (np.stack(clips), np.array(lengths), kept)
     return self._eval
@@ -378,10 +379,10 @@ class AudioVAETask(Task):
     """Posterior-mean reconstructions of float32 [N, S, C] clips, in eval batches."""
     batch_size = self.config.eval.batch_size
     return np.concatenate(
-      [
-        np.asarray(self._reconstruct(vae_params, clips[i : i + batch_size]))
-        for i in range(0, len(clips), batch_size)
-      ]
+        [
+            np.asarray(self._reconstruct(vae_params, clips[i : i + batch_size]))
+            for i in range(0, len(clips), batch_size)
+        ]
     )
 
   def evaluate(self, params, frozen, step):
@@ -395,23 +396,23 @@ class AudioVAETask(Task):
       # The held-out split holds few bounces: the clicks are scored on fresh clips.
       if self._bouncing is None:
         self._bouncing = bouncing_clips(
-          self.config.data.shapes_audio, self.sample_rate, count, self.model.hop
+            self.config.data.shapes_audio, self.sample_rate, count, self.model.hop
         )
       fresh, fresh_records = self._bouncing
       got = reconstruction_scores(
-        fresh,
-        self.reconstruct(params["vae"], fresh),
-        np.full(len(fresh), fresh.shape[1]),
-        fresh_records,
-        self.sample_rate,
-        self.windows,
+          fresh,
+          self.reconstruct(params["vae"], fresh),
+          np.full(len(fresh), fresh.shape[1]),
+          fresh_records,
+          self.sample_rate,
+          self.windows,
       )
       scores.update(
-        {
-          f"bouncing_{k}": v
-          for k, v in got.items()
-          if k in ("snr_db", "onset_hit_rate", "false_onsets_per_clip")
-        }
+          {
+              f"bouncing_{k}": v
+              for k, v in got.items()
+              if k in ("snr_db", "onset_hit_rate", "false_onsets_per_clip")
+          }
       )
     return scores
 
@@ -423,12 +424,12 @@ class AudioVAETask(Task):
     os.makedirs(out_dir, exist_ok=True)
     for i in range(min(self.config.eval.num_wavs_to_write, len(clips))):
       audio_lib.write_wav(
-        os.path.join(out_dir, f"input_{i:02d}.wav"), clips[i, : lengths[i]], self.sample_rate
+          os.path.join(out_dir, f"input_{i:02d}.wav"), clips[i, : lengths[i]], self.sample_rate
       )
       clipped = audio_lib.write_wav(
-        os.path.join(out_dir, f"reconstruction_{i:02d}.wav"),
-        recons[i, : lengths[i]],
-        self.sample_rate,
+          os.path.join(out_dir, f"reconstruction_{i:02d}.wav"),
+          recons[i, : lengths[i]],
+          self.sample_rate,
       )
       if clipped:
         logging.warning("reconstruction_%02d.wav: %d samples clipped to 16 bits", i, clipped)
@@ -436,7 +437,7 @@ class AudioVAETask(Task):
 
 
 def reconstruction_scores(
-  clips, recons, lengths, records, sample_rate: int, windows
+    clips, recons, lengths, records, sample_rate: int, windows
 ) -> dict[str, float]:
   """Mean SNR (dB) and spectral distance (dB) over clips, each on its real length; on
   shapes audio also tone_accuracy (pitch names the colour) and onset_hit_rate /
@@ -449,8 +450,8 @@ def reconstruction_scores(
     distance.append(float(spectral_distance_db(y, x, windows)[0]))
     if "bounce_times" in record:
       score = shapes_audio.sync_score(
-        shapes_audio.detect_onsets(y[0], sample_rate),
-        [t for t in record["bounce_times"] if t < n / sample_rate],
+          shapes_audio.detect_onsets(y[0], sample_rate),
+          [t for t in record["bounce_times"] if t < n / sample_rate],
       )
       hits, bounces = hits + score.num_hits, bounces + score.num_bounces
       false_onsets += score.num_false_onsets
@@ -468,7 +469,7 @@ def reconstruction_scores(
 
 
 def bouncing_clips(
-  shapes_config, sample_rate: int, count: int, hop: int, seed: int = shapes_audio.BOUNCING_SEED
+    shapes_config, sample_rate: int, count: int, hop: int, seed: int = shapes_audio.BOUNCING_SEED
 ) -> tuple[np.ndarray, list[dict]]:
   """`count` fresh "bouncing" shapes clips, never trained on (their own seed; the audio
   DiT's sync clips): (float32 [N, S, 1] waveforms cut to whole latent frames, records
@@ -477,15 +478,15 @@ def bouncing_clips(
   for index in range(count):
     spec = shapes_audio.clip_spec(seed, index, "bouncing")
     clips.append(
-      shapes_audio.render_audio(spec, shapes_config.num_frames, shapes_config.fps, sample_rate)
+        shapes_audio.render_audio(spec, shapes_config.num_frames, shapes_config.fps, sample_rate)
     )
     records.append(
-      {
-        "attributes": {"color": spec.color},
-        "bounce_times": shapes_audio.bounce_times(
-          spec, shapes_config.num_frames, shapes_config.fps
-        ).tolist(),
-      }
+        {
+            "attributes": {"color": spec.color},
+            "bounce_times": shapes_audio.bounce_times(
+                spec, shapes_config.num_frames, shapes_config.fps
+            ).tolist(),
+        }
     )
   clips = np.stack(clips)
   return clips[:, : clips.shape[1] - clips.shape[1] % hop], records
@@ -514,8 +515,8 @@ class AudioVAECodec:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
       raise FileNotFoundError(
-        f"No trained audio VAE in {workdir}: {path} is missing. Train one with `python -m "
-        f"mgjax.train --config=experiments/audio_vae.py:tiny --workdir={workdir}`."
+          f"No trained audio VAE in {workdir}: {path} is missing. Train one with `python -m "
+          f"mgjax.train --config=experiments/audio_vae.py:tiny --workdir={workdir}`."
       )
     with open(path) as f:
       config = ml_collections.ConfigDict(json.load(f))
@@ -548,8 +549,8 @@ class AudioVAECodec:
   @functools.cached_property
   def _decode(self):
     return jax.jit(
-      lambda p, z, n: self.model.apply({"params": p}, z, n, method=AudioVAE.decode),
-      static_argnums=2,
+        lambda p, z, n: self.model.apply({"params": p}, z, n, method=AudioVAE.decode),
+        static_argnums=2,
     )
 
   def encode(self, waveform) -> jax.Array:

@@ -22,6 +22,7 @@ PyTree = Any
 
 
 class Task(abc.ABC):
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
@@ -56,7 +57,7 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def loss(
-    self, params: PyTree, frozen: PyTree, batch: Batch, rng: jax.Array, step: jax.Array
+      self, params: PyTree, frozen: PyTree, batch: Batch, rng: jax.Array, step: jax.Array
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar loss to minimise over `params`, and scalar metrics to log."""
 

@@ -45,15 +45,16 @@ from mgjax.text.conditioning import TextConditioner
 
 
 class T2VTask(Task):
+
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     if config.train.batch_size:
       raise ValueError(
-        "The t2v task takes its batch sizes from data.buckets (name, frames, "
-        "height, width, batch_size); leave train.batch_size at 0."
+          "The t2v task takes its batch sizes from data.buckets (name, frames, "
+          "height, width, batch_size); leave train.batch_size at 0."
       )
     self.dit = VideoDiT.from_config(
-      config.model, context_attention=configs.parallel_settings(config)["context_attention"]
+        config.model, context_attention=configs.parallel_settings(config)["context_attention"]
     )
     self.text = TextConditioner(config.text)
     self.buckets = buckets_from_config(config.data.buckets)
@@ -70,10 +71,10 @@ class T2VTask(Task):
     self.pretrained_text  # a missing or mismatched encoder fails here, not after the TAE
     if self.config.tae.train_config:
       train_tae(
-        self.config.tae,
-        self.tae_workdir,
-        self.config.data,
-        self.config.data.dir or os.path.join(self.workdir, "shapes"),
+          self.config.tae,
+          self.tae_workdir,
+          self.config.data,
+          self.config.data.dir or os.path.join(self.workdir, "shapes"),
       )
     self.tae_config  # raises early, naming the fix, when there is no trained TAE
     if not self.config.data.encode_on_the_fly:
@@ -85,10 +86,10 @@ class T2VTask(Task):
     path = os.path.join(self.tae_workdir, "config.json")
     if not os.path.exists(path):
       raise FileNotFoundError(
-        f"No trained TAE in {self.tae_workdir} (config.tae.workdir). Train one with "
-        f"`python -m mgjax.train --config=experiments/tae.py:tiny --workdir="
-        f"{self.tae_workdir}`, or set --config.tae.train_config=experiments/tae.py:tiny "
-        "to train it first."
+          f"No trained TAE in {self.tae_workdir} (config.tae.workdir). Train one with "
+          f"`python -m mgjax.train --config=experiments/tae.py:tiny --workdir="
+          f"{self.tae_workdir}`, or set --config.tae.train_config=experiments/tae.py:tiny "
+          "to train it first."
       )
     with open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
@@ -104,14 +105,14 @@ class T2VTask(Task):
     patch = tuple(self.config.model.patch_size)
     if height % (f * patch[1]) or width % (f * patch[2]):
       raise ValueError(
-        f"Height and width must be multiples of {f * patch[1]} (TAE {f}x times "
-        f"patch {patch[1]}); got {height}x{width}."
+          f"Height and width must be multiples of {f * patch[1]} (TAE {f}x times "
+          f"patch {patch[1]}); got {height}x{width}."
       )
     return (
-      self.tae.latent_frames(num_frames),
-      height // f,
-      width // f,
-      self.tae_config.model.latent_channels,
+        self.tae.latent_frames(num_frames),
+        height // f,
+        width // f,
+        self.tae_config.model.latent_channels,
     )
 
   def batch_specs(self):
@@ -119,10 +120,10 @@ class T2VTask(Task):
     specs = {}
     for b in self.buckets:
       specs[b.name] = {
-        "latent": jax.ShapeDtypeStruct(
-          (b.batch_size,) + self.latent_shape(b.num_frames, b.height, b.width), jnp.float32
-        ),
-        **self.text.token_specs(b.batch_size, self.precomputed_text),
+          "latent": jax.ShapeDtypeStruct(
+              (b.batch_size,) + self.latent_shape(b.num_frames, b.height, b.width), jnp.float32
+          ),
+          **self.text.token_specs(b.batch_size, self.precomputed_text),
       }
     return specs
 
@@ -139,8 +140,8 @@ class T2VTask(Task):
     for name, size in (("num_heads", model.num_heads), ("mlp_dim", model.mlp_dim)):
       if size % tensor:
         raise ValueError(
-          f"Mesh axis tensor={tensor} does not divide model.{name}={size}; "
-          f"use a tensor size that divides {name}."
+            f"Mesh axis tensor={tensor} does not divide model.{name}={size}; "
+            f"use a tensor size that divides {name}."
         )
     sequence_parallel = configs.parallel_settings(self.config)["sequence_parallel"]
     split = mesh.shape["context"] * (tensor if sequence_parallel else 1)
@@ -149,8 +150,8 @@ class T2VTask(Task):
       if tokens % split:
         axes = "context x tensor (sequence_parallel)" if sequence_parallel else "context"
         raise ValueError(
-          f"Mesh axes {axes} = {split} do not divide the {tokens} tokens of "
-          f"bucket {name!r}; pick sizes that divide every bucket's tokens."
+            f"Mesh axes {axes} = {split} do not divide the {tokens} tokens of "
+            f"bucket {name!r}; pick sizes that divide every bucket's tokens."
         )
 
   # ------------------------------------------------------------------- model
@@ -162,7 +163,7 @@ class T2VTask(Task):
     spec = next(iter(self.batch_specs().values()))
     latent = jnp.zeros((1,) + spec["latent"].shape[1:])
     dit_params = self.dit.init(dit_rng, latent, jnp.zeros((1,)), self.text.example_inputs())[
-      "params"
+        "params"
     ]
     return {"dit": dit_params, "text": trainable_text}, {"text": frozen_text}
 
@@ -221,8 +222,8 @@ class T2VTask(Task):
       return []
     if not self.text.precomputable:
       logging.warning(
-        "data.precompute_text is set but no text encoder is frozen with "
-        "weights from a path; every encoder runs in the train step."
+          "data.precompute_text is set but no text encoder is frozen with "
+          "weights from a path; every encoder runs in the train step."
       )
     return self.text.precomputable
 
@@ -250,7 +251,7 @@ class T2VTask(Task):
       data = self.config.data
       records = sources.read_records(data, self.workdir, split)
       groups, skipped = group_by_bucket(
-        records.records, self.buckets, data.fps or None, data.min_fps, data.num_threads
+          records.records, self.buckets, data.fps or None, data.min_fps, data.num_threads
       )
       self._records_by_bucket[split] = groups, Records(records.records, records.skipped + skipped)
     return self._records_by_bucket[split]
@@ -267,13 +268,13 @@ class T2VTask(Task):
     data = self.config.data
     step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
     fingerprint = {
-      "tae": f"{os.path.abspath(self.tae_workdir)}@{step}",
-      "buckets": [list(dataclasses.astuple(b)) for b in self.buckets],
-      "data": {
-        k: data[k].to_dict() if hasattr(data[k], "to_dict") else data[k]
-        for k in ("name", "dir", "shapes", "tfds", "fps", "min_fps")
-      },
-      "text": {name: self.config.text.encoders[name].to_dict() for name in self.precomputed_text},
+        "tae": f"{os.path.abspath(self.tae_workdir)}@{step}",
+        "buckets": [list(dataclasses.astuple(b)) for b in self.buckets],
+        "data": {
+            k: data[k].to_dict() if hasattr(data[k], "to_dict") else data[k]
+            for k in ("name", "dir", "shapes", "tfds", "fps", "min_fps")
+        },
+        "text": {name: self.config.text.encoders[name].to_dict() for name in self.precomputed_text},
     }
     if process_index == 0:
       latent_shards.check_fingerprint(self.latents_dir, fingerprint)
@@ -286,30 +287,30 @@ class T2VTask(Task):
     for bucket in self.buckets:
       if groups[bucket.name]:
         latent_shards.write_bucket(
-          self.latents_dir,
-          split,
-          bucket,
-          groups[bucket.name],
-          self.bucket_spec(bucket),
-          self.encode_pixels,
-          embed_text=self.embed_text if self.precomputed_text else None,
-          shard_size=data.shard_size,
-          num_threads=data.num_threads,
-          process_index=process_index,
-          process_count=process_count,
+            self.latents_dir,
+            split,
+            bucket,
+            groups[bucket.name],
+            self.bucket_spec(bucket),
+            self.encode_pixels,
+            embed_text=self.embed_text if self.precomputed_text else None,
+            shard_size=data.shard_size,
+            num_threads=data.num_threads,
+            process_index=process_index,
+            process_count=process_count,
         )
 
   def latent_shards(self, split: str) -> dict[str, latent_shards.LatentShards]:
     """{bucket: its precomputed examples}, for the buckets that have any."""
     sets = {
-      b.name: latent_shards.LatentShards(self.latents_dir, split, b.name) for b in self.buckets
+        b.name: latent_shards.LatentShards(self.latents_dir, split, b.name) for b in self.buckets
     }
     sets = {name: s for name, s in sets.items() if len(s)}
     if not sets:
       raise ValueError(
-        f"No precomputed {split} latents in {self.latents_dir}; make them with "
-        "`python -m mgjax.data.precompute --config=... --out=DIR` and set "
-        "data.latents_dir=DIR, or leave data.latents_dir empty."
+          f"No precomputed {split} latents in {self.latents_dir}; make them with "
+          "`python -m mgjax.data.precompute --config=... --out=DIR` and set "
+          "data.latents_dir=DIR, or leave data.latents_dir empty."
       )
     return sets
 
@@ -323,9 +324,9 @@ class T2VTask(Task):
         self._stats = (np.asarray(saved["mean"], np.float32), np.asarray(saved["std"], np.float32))
       else:
         self._stats = (
-          self._stats_on_the_fly()
-          if self.config.data.encode_on_the_fly
-          else latent_shards.channel_stats(list(self.latent_shards("train").values()))
+            self._stats_on_the_fly()
+            if self.config.data.encode_on_the_fly
+            else latent_shards.channel_stats(list(self.latent_shards("train").values()))
         )
         if jax.process_index() == 0:
           os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -356,49 +357,49 @@ class T2VTask(Task):
     if data.encode_on_the_fly:
       groups, records = self.records_by_bucket("train")
       loads = {
-        b.name: (
-          len(groups[b.name]),
-          LoadExample(groups[b.name], self.bucket_spec(b, data.random_clip_start)),
-        )
-        for b in self.buckets
-        if groups[b.name]
+          b.name: (
+              len(groups[b.name]),
+              LoadExample(groups[b.name], self.bucket_spec(b, data.random_clip_start)),
+          )
+          for b in self.buckets
+          if groups[b.name]
       }
       finish = lambda batch: {
-        "latent": self.encode_pixels(batch["pixels"]),
-        **self.text.tokenize(batch["caption"]),
+          "latent": self.encode_pixels(batch["pixels"]),
+          **self.text.tokenize(batch["caption"]),
       }
       skipped, num_records = records.skipped, len(records.records) + sum(records.skipped.values())
     else:
       sets = self.latent_shards("train")
       loads = {name: (len(s), latent_shards.ReadLatent(s)) for name, s in sets.items()}
       finish = lambda batch: {
-        **{k: v for k, v in batch.items() if k != "caption"},
-        **self.text.tokenize(batch["caption"], skip=self.precomputed_text),
+          **{k: v for k, v in batch.items() if k != "caption"},
+          **self.text.tokenize(batch["caption"], skip=self.precomputed_text),
       }
       skipped = sum((s.skipped for s in sets.values()), self._records_skipped("train"))
       num_records = sum(len(s) for s in sets.values()) + sum(skipped.values())
     buckets = [b for b in self.buckets if b.name in loads]
     weights = bucket_weights(
-      buckets, {name: size for name, (size, _) in loads.items()}, data.image_fraction
+        buckets, {name: size for name, (size, _) in loads.items()}, data.image_fraction
     )
     logging.info(
-      "Training buckets: %s",
-      ", ".join(
-        f"{b.name} ({loads[b.name][0]} examples, p={w:.2f})" for b, w in zip(buckets, weights)
-      ),
+        "Training buckets: %s",
+        ", ".join(
+            f"{b.name} ({loads[b.name][0]} examples, p={w:.2f})" for b, w in zip(buckets, weights)
+        ),
     )
     streams = [
-      Stream(b.name, loads[b.name][0], loads[b.name][1], b.batch_size, w)
-      for b, w in zip(buckets, weights)
+        Stream(b.name, loads[b.name][0], loads[b.name][1], b.batch_size, w)
+        for b, w in zip(buckets, weights)
     ]
     return DataIterator(
-      streams,
-      sources.loader_options(data, self.config.seed),
-      finish,
-      rows_of=rows_of,
-      skipped_records=skipped,
-      num_records=num_records,
-      start=start_step,
+        streams,
+        sources.loader_options(data, self.config.seed),
+        finish,
+        rows_of=rows_of,
+        skipped_records=skipped,
+        num_records=num_records,
+        start=start_step,
     )
 
   def _records_skipped(self, split: str) -> collections.Counter:
@@ -417,34 +418,36 @@ class T2VTask(Task):
       records = groups[bucket.name][: self.config.eval.num_prompts_per_bucket]
       if records:
         prompts[bucket.name] = [
-          tagged_caption(
-            r["caption"], None if bucket.is_image else data.fps or max(r["fps"], data.min_fps)
-          )
-          for r in records
+            tagged_caption(
+                r["caption"], None if bucket.is_image else data.fps or max(r["fps"], data.min_fps)
+            )
+            for r in records
         ]
     if not prompts:
-      logging.warning('The data set has no "eval" split records; nothing to sample for evaluation.')
+      logging.warning(
+          'The data set has no "eval" split records; nothing to sample for ' "evaluation."
+      )
     return prompts
 
   def data_metrics(self):
     return {
-      f"data/truncated_prompts_{name}": count for name, count in self.text.num_truncated.items()
+        f"data/truncated_prompts_{name}": count for name, count in self.text.num_truncated.items()
     }
 
   # ---------------------------------------------------------------- sampling
   def sample_latents(
-    self,
-    params,
-    frozen,
-    prompts: list[str],
-    latent_shape,
-    *,
-    num_steps: int,
-    schedule: str,
-    cfg_scale: float,
-    seed: int,
-    method: str = "euler",
-    step_callback=None,
+      self,
+      params,
+      frozen,
+      prompts: list[str],
+      latent_shape,
+      *,
+      num_steps: int,
+      schedule: str,
+      cfg_scale: float,
+      seed: int,
+      method: str = "euler",
+      step_callback=None,
   ) -> np.ndarray:
     """Standardised latents [N, T', h, w, C] for prompts, integrated from noise."""
     for i, prompt in enumerate(prompts):
@@ -455,14 +458,14 @@ class T2VTask(Task):
     times = flow.make_schedule(schedule, num_steps, self.config.flow.emulated_linear_steps)
 
     return np.asarray(
-      flow.solve(
-        self.guided_velocity(float(cfg_scale)),
-        noise,
-        times,
-        method,
-        step_callback,
-        args=(params, frozen, tokens),
-      )
+        flow.solve(
+            self.guided_velocity(float(cfg_scale)),
+            noise,
+            times,
+            method,
+            step_callback,
+            args=(params, frozen, tokens),
+        )
     )
 
   def guided_velocity(self, cfg_scale: float):
@@ -486,21 +489,21 @@ class T2VTask(Task):
     decode = functools.partial(self._decode, self.tae_params())
     if num_frames > tiling.tile_frames:
       video = tiled_decode(
-        decode, z, num_frames, tiling.tile_frames, tiling.tile_overlap, self.tae.temporal_factor
+          decode, z, num_frames, tiling.tile_frames, tiling.tile_overlap, self.tae.temporal_factor
       )
     else:
       video = decode(z)[:, :num_frames]
     return np.asarray(to_uint8(video))
 
   def generate(
-    self,
-    params,
-    frozen,
-    prompts: list[str],
-    num_frames: int,
-    height: int,
-    width: int,
-    **sample_kwargs,
+      self,
+      params,
+      frozen,
+      prompts: list[str],
+      num_frames: int,
+      height: int,
+      width: int,
+      **sample_kwargs,
   ) -> np.ndarray:
     """uint8 videos [N, num_frames, height, width, 3] for the prompts."""
     shape = self.latent_shape(num_frames, height, width)
@@ -525,17 +528,17 @@ class T2VTask(Task):
     for name, prompts in self.eval_prompts().items():
       bucket = by_name[name]
       videos = self.generate(
-        params,
-        frozen,
-        prompts,
-        bucket.num_frames,
-        bucket.height,
-        bucket.width,
-        num_steps=e.num_steps,
-        schedule=e.schedule,
-        method=e.method,
-        cfg_scale=e.cfg_scale,
-        seed=e.seed,
+          params,
+          frozen,
+          prompts,
+          bucket.num_frames,
+          bucket.height,
+          bucket.width,
+          num_steps=e.num_steps,
+          schedule=e.schedule,
+          method=e.method,
+          cfg_scale=e.cfg_scale,
+          seed=e.seed,
       )
       writes.append((name, prompts, videos))
       if self.config.data.name != "shapes":
@@ -552,16 +555,16 @@ class T2VTask(Task):
       results["shapes_score"] = sum(hits.values()) / sum(counts.values())
       color_motion = ("color", "motion")
       results["shapes_color_motion"] = sum(hits[k] for k in color_motion) / max(
-        sum(counts[k] for k in color_motion), 1
+          sum(counts[k] for k in color_motion), 1
       )
       if jax.process_index() == 0:
         print(
-          f"Prompt following at step {step} on {len(details)} held-out prompts "
-          f"({sum(counts.values())} attribute checks): "
-          + ", ".join(f"{k} {100 * results[f'shapes_{k}']:.1f}%" for k in counts)
-          + f"; colour and motion {100 * results['shapes_color_motion']:.1f}%"
-          + f"; all attributes {100 * results['shapes_score']:.1f}%",
-          flush=True,
+            f"Prompt following at step {step} on {len(details)} held-out prompts "
+            f"({sum(counts.values())} attribute checks): "
+            + ", ".join(f"{k} {100 * results[f'shapes_{k}']:.1f}%" for k in counts)
+            + f"; colour and motion {100 * results['shapes_color_motion']:.1f}%"
+            + f"; all attributes {100 * results['shapes_score']:.1f}%",
+            flush=True,
         )
     return results
 
@@ -590,7 +593,7 @@ def strip_fps_tag(prompt: str) -> str:
 
 
 def bucket_weights(
-  buckets: list[Bucket], sizes: dict[str, int], image_fraction: float
+    buckets: list[Bucket], sizes: dict[str, int], image_fraction: float
 ) -> list[float]:
   """Share of steps of each bucket: images get `image_fraction` in total (when there
   are image buckets), and buckets of a kind share by their number of examples."""
@@ -599,9 +602,9 @@ def bucket_weights(
   if not is_image.any() or is_image.all():
     return list(sizes / sizes.sum())
   weights = np.where(
-    is_image,
-    image_fraction * sizes / sizes[is_image].sum(),
-    (1 - image_fraction) * sizes / sizes[~is_image].sum(),
+      is_image,
+      image_fraction * sizes / sizes[is_image].sum(),
+      (1 - image_fraction) * sizes / sizes[~is_image].sum(),
   )
   return list(weights)
 
@@ -615,9 +618,9 @@ def train_tae(tae_section, tae_workdir: str, data_config, data_dir: str):
     tae_config.data.dir = data_dir
     tae_config.data.shapes = data_config.shapes
   done = (
-    Checkpointer(tae_workdir, read_only=True).latest_step()
-    if os.path.exists(os.path.join(tae_workdir, "config.json"))
-    else None
+      Checkpointer(tae_workdir, read_only=True).latest_step()
+      if os.path.exists(os.path.join(tae_workdir, "config.json"))
+      else None
   )
   if done is None or done < tae_config.train.num_steps:
     from mgjax.train import train  # the trainer imports tasks lazily
@@ -627,7 +630,7 @@ def train_tae(tae_section, tae_workdir: str, data_config, data_dir: str):
     done = Checkpointer(tae_workdir, read_only=True).latest_step()
     if done is None or done < tae_config.train.num_steps:  # stopped on SIGTERM
       raise StopRequested(
-        f"The TAE stage in {tae_workdir} stopped at step {done} of "
-        f"{tae_config.train.num_steps} on request. Rerun the same "
-        "command to resume."
+          f"The TAE stage in {tae_workdir} stopped at step {done} of "
+          f"{tae_config.train.num_steps} on request. Rerun the same "
+          "command to resume."
       )

@@ -53,22 +53,25 @@ def make_tae(model_config) -> TAE:
 
 
 class TAETask(Task):
+
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     self.model = make_tae(config.model)
     loss = config.loss
     self.discriminator = (
-      PatchDiscriminator3D(**loss.discriminator.to_dict()) if loss.adversarial_weight > 0 else None
+        PatchDiscriminator3D(**loss.discriminator.to_dict())
+        if loss.adversarial_weight > 0
+        else None
     )
     self.perceptual = PerceptualNetwork() if loss.perceptual_weight > 0 else None
     data = config.data
     self.clip_spec = ExampleSpec(
-      num_frames=data.num_frames,
-      height=data.height,
-      width=data.width,
-      fps=data.fps or None,
-      min_fps=data.min_fps,
-      scale_to=tuple(data.scale_to) if data.scale_to else None,
+        num_frames=data.num_frames,
+        height=data.height,
+        width=data.width,
+        fps=data.fps or None,
+        min_fps=data.min_fps,
+        scale_to=tuple(data.scale_to) if data.scale_to else None,
     )
     self._eval_clips = None
 
@@ -77,17 +80,17 @@ class TAETask(Task):
     """Clip batches, plus image batches (1-frame videos) when data.image_fraction > 0."""
     c = self.config
     specs = {
-      "video": {
-        "video": jax.ShapeDtypeStruct(
-          (c.train.batch_size, c.data.num_frames, c.data.height, c.data.width, 3), jnp.uint8
-        )
-      }
+        "video": {
+            "video": jax.ShapeDtypeStruct(
+                (c.train.batch_size, c.data.num_frames, c.data.height, c.data.width, 3), jnp.uint8
+            )
+        }
     }
     if c.data.image_fraction > 0:
       specs["image"] = {
-        "video": jax.ShapeDtypeStruct(
-          (c.data.image_batch_size, 1, c.data.height, c.data.width, 3), jnp.uint8
-        )
+          "video": jax.ShapeDtypeStruct(
+              (c.data.image_batch_size, 1, c.data.height, c.data.width, 3), jnp.uint8
+          )
       }
     return specs
 
@@ -124,11 +127,11 @@ class TAETask(Task):
     opl_on = (step >= cfg.opl_start_step).astype(jnp.float32)
     total = reconstruction + cfg.kl_weight * kl + cfg.opl_weight * opl_on * opl
     metrics = {
-      "reconstruction": reconstruction,
-      "kl": kl,
-      "opl": opl,
-      "latent_norm_ratio": latent_norm_ratio(mean).mean(),
-      "psnr": psnr(jnp.clip(recon, -1, 1), x).mean(),
+        "reconstruction": reconstruction,
+        "kl": kl,
+        "opl": opl,
+        "latent_norm_ratio": latent_norm_ratio(mean).mean(),
+        "psnr": psnr(jnp.clip(recon, -1, 1), x).mean(),
     }
     if self.perceptual is not None:
       perceptual = perceptual_distance(self.perceptual, frozen["perceptual"], recon, x).mean()
@@ -139,7 +142,7 @@ class TAETask(Task):
       disc_apply = lambda p, v: self.discriminator.apply({"params": p}, v)
       g_loss = hinge_g_loss(disc_apply(jax.lax.stop_gradient(params["disc"]), recon))
       d_loss = hinge_d_loss(
-        disc_apply(params["disc"], x), disc_apply(params["disc"], jax.lax.stop_gradient(recon))
+          disc_apply(params["disc"], x), disc_apply(params["disc"], jax.lax.stop_gradient(recon))
       )
       total += adversarial_on * (cfg.adversarial_weight * g_loss + d_loss)
       metrics.update(generator_adversarial=g_loss, discriminator=d_loss)
@@ -157,33 +160,33 @@ class TAETask(Task):
     records = sources.read_records(data, self.workdir, "train")
     videos = [r for r in records.records if r.get("video")]
     streams = [
-      Stream(
-        "video",
-        len(videos),
-        LoadExample(videos, self.clip_spec),
-        self.config.train.batch_size,
-        1.0 - data.image_fraction,
-      )
+        Stream(
+            "video",
+            len(videos),
+            LoadExample(videos, self.clip_spec),
+            self.config.train.batch_size,
+            1.0 - data.image_fraction,
+        )
     ]
     if data.image_fraction > 0:
       still = dataclasses.replace(self.clip_spec, num_frames=1)
       streams.append(
-        Stream(
-          "image",
-          len(records.records),
-          LoadExample(records.records, still),
-          data.image_batch_size,
-          data.image_fraction,
-        )
+          Stream(
+              "image",
+              len(records.records),
+              LoadExample(records.records, still),
+              data.image_batch_size,
+              data.image_fraction,
+          )
       )
     return DataIterator(
-      streams,
-      sources.loader_options(data, self.config.seed),
-      lambda batch: {"video": batch["pixels"]},
-      rows_of=rows_of,
-      skipped_records=records.skipped,
-      num_records=len(records.records) + sum(records.skipped.values()),
-      start=start_step,
+        streams,
+        sources.loader_options(data, self.config.seed),
+        lambda batch: {"video": batch["pixels"]},
+        rows_of=rows_of,
+        skipped_records=records.skipped,
+        num_records=len(records.records) + sum(records.skipped.values()),
+        start=start_step,
     )
 
   # ------------------------------------------------------------------- eval
@@ -192,21 +195,21 @@ class TAETask(Task):
     if self._eval_clips is None:
       e = self.config.eval
       records = [
-        r
-        for r in sources.read_records(self.config.data, self.workdir, "eval").records
-        if r.get("video")
+          r
+          for r in sources.read_records(self.config.data, self.workdir, "eval").records
+          if r.get("video")
       ][: e.num_clips]
       if not records:
         raise ValueError(
-          f"data.name={self.config.data.name!r} has no 'eval' split videos to "
-          'evaluate on; give some manifest records "split": "eval".'
+            f"data.name={self.config.data.name!r} has no 'eval' split videos to "
+            'evaluate on; give some manifest records "split": "eval".'
         )
       size = (e.height, e.width) if e.height else None
       self._eval_clips = np.stack(
-        [
-          read_clip(r["video"], e.num_frames, fps=self.config.data.fps or None, size=size)
-          for r in records
-        ]
+          [
+              read_clip(r["video"], e.num_frames, fps=self.config.data.fps or None, size=size)
+              for r in records
+          ]
       )
     return self._eval_clips
 

@@ -79,10 +79,10 @@ def _model_config(name: str, spec) -> tuple[Any, str]:
   model = dict(spec.get("model", None) or {})
   if not model:
     raise ValueError(
-      f"Text encoder {name!r} has neither a path nor a model: set "
-      f"text.encoders.{name}.path to a Hugging Face directory (config.json, "
-      f"weights, tokenizer), or text.encoders.{name}.model to HF-style config "
-      f"keys for a randomly initialised encoder."
+        f"Text encoder {name!r} has neither a path nor a model: set "
+        f"text.encoders.{name}.path to a Hugging Face directory (config.json, "
+        f"weights, tokenizer), or text.encoders.{name}.model to HF-style config "
+        f"keys for a randomly initialised encoder."
     )
   return config_cls.from_hf(model, dtype=spec.dtype), "random init"
 
@@ -91,8 +91,8 @@ def make_encoder(name: str, spec) -> Encoder:
   unknown = set(spec.keys()) - ENCODER_KEYS
   if unknown:
     raise ValueError(
-      f"Unknown keys {sorted(unknown)} in text.encoders.{name}; the keys are "
-      f"{sorted(ENCODER_KEYS)}."
+        f"Unknown keys {sorted(unknown)} in text.encoders.{name}; the keys are "
+        f"{sorted(ENCODER_KEYS)}."
     )
   if spec.kind not in KINDS:
     raise ValueError(f"text.encoders.{name}.kind is {spec.kind!r}; use one of {KINDS}.")
@@ -100,8 +100,8 @@ def make_encoder(name: str, spec) -> Encoder:
     raise ValueError(f"text.encoders.{name}.source is {spec.source!r}; use one of {SOURCES}.")
   if spec.tokenizer not in TOKENIZERS:
     raise ValueError(
-      f"text.encoders.{name}.tokenizer is {spec.tokenizer!r}; use one of "
-      f'{TOKENIZERS} ("": the one in the encoder\'s path).'
+        f"text.encoders.{name}.tokenizer is {spec.tokenizer!r}; use one of "
+        f'{TOKENIZERS} ("": the one in the encoder\'s path).'
     )
   tokenizer_kind = spec.tokenizer or ("" if spec.path else BYTE)
   model_config, origin = _model_config(name, spec)
@@ -111,25 +111,25 @@ def make_encoder(name: str, spec) -> Encoder:
     module, width = clip_text.CLIPTextEncoder(model_config), model_config.hidden_size
   vocab = model_config.vocab_size
   tokenizer = PromptTokenizer(
-    load_hf_tokenizer(tokenizer_kind, spec.path, vocab), spec.max_length, name
+      load_hf_tokenizer(tokenizer_kind, spec.path, vocab), spec.max_length, name
   )
   if len(tokenizer.hf) > vocab:
     raise ValueError(
-      f"Text encoder {name!r}: its tokenizer has {len(tokenizer.hf)} tokens but "
-      f"the model's vocab_size is {vocab}; they must come from the same model."
+        f"Text encoder {name!r}: its tokenizer has {len(tokenizer.hf)} tokens but "
+        f"the model's vocab_size is {vocab}; they must come from the same model."
     )
   logging.info(
-    "Text encoder %s: %s, %s, width %d, max_length %d, reads the %s, %s.",
-    name,
-    spec.kind,
-    origin,
-    width,
-    spec.max_length,
-    spec.source,
-    "trainable" if spec.trainable else "frozen",
+      "Text encoder %s: %s, %s, width %d, max_length %d, reads the %s, %s.",
+      name,
+      spec.kind,
+      origin,
+      width,
+      spec.max_length,
+      spec.source,
+      "trainable" if spec.trainable else "frozen",
   )
   return Encoder(
-    name, spec.kind, module, tokenizer, spec.source, bool(spec.trainable), spec.path, width
+      name, spec.kind, module, tokenizer, spec.source, bool(spec.trainable), spec.path, width
   )
 
 
@@ -143,7 +143,7 @@ class TextConditioner:
 
   # ---------------------------------------------------------------- host side
   def token_specs(
-    self, batch_size: int, precomputed: Sequence[str] = ()
+      self, batch_size: int, precomputed: Sequence[str] = ()
   ) -> dict[str, jax.ShapeDtypeStruct]:
     """Batch entries of the text: ids and mask, or (`precomputed`) embeddings and mask."""
     specs = {}
@@ -180,9 +180,9 @@ class TextConditioner:
   def truncation_report(self) -> str:
     """'' or a line naming each encoder that truncated prompts, with its limit."""
     parts = [
-      f"{e.name}: {e.tokenizer.num_truncated} (max {e.tokenizer.max_length} tokens)"
-      for e in self.encoders
-      if e.tokenizer.num_truncated
+        f"{e.name}: {e.tokenizer.num_truncated} (max {e.tokenizer.max_length} tokens)"
+        for e in self.encoders
+        if e.tokenizer.num_truncated
     ]
     return "Prompts truncated per text encoder: " + ", ".join(parts) if parts else ""
 
@@ -210,12 +210,12 @@ class TextConditioner:
     return trainable, frozen
 
   def embed(
-    self,
-    trainable: Mapping,
-    frozen: Mapping,
-    tokens: Mapping[str, jax.Array],
-    keep: jax.Array | None = None,
-    names: Sequence[str] | None = None,
+      self,
+      trainable: Mapping,
+      frozen: Mapping,
+      tokens: Mapping[str, jax.Array],
+      keep: jax.Array | None = None,
+      names: Sequence[str] | None = None,
   ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """{name: (emb [B, L, width], mask [B, L])} of the encoders `names` (default all);
     rows with keep False get no tokens. Precomputed `<name>_emb` entries are used as
@@ -236,9 +236,9 @@ class TextConditioner:
   def example_inputs(self, batch_size: int = 1) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Zero embeddings of every encoder's shape, to initialise the model that reads them."""
     return {
-      e.name: (
-        jnp.zeros((batch_size, e.tokenizer.max_length, e.width)),
-        jnp.ones((batch_size, e.tokenizer.max_length), bool),
-      )
-      for e in self.encoders
+        e.name: (
+            jnp.zeros((batch_size, e.tokenizer.max_length, e.width)),
+            jnp.ones((batch_size, e.tokenizer.max_length), bool),
+        )
+        for e in self.encoders
     }

@@ -49,18 +49,18 @@ def read_captions(path: str) -> list[str]:
 
 
 def precompute(
-  conditioner: TextConditioner,
-  captions: list[str],
-  batch_size: int = 64,
-  seed: int = 0,
-  dtype=np.float32,
+    conditioner: TextConditioner,
+    captions: list[str],
+    batch_size: int = 64,
+    seed: int = 0,
+    dtype=np.float32,
 ) -> dict[str, np.ndarray]:
   """{captions, <name>_emb, <name>_mask} of every caption, with the frozen encoders."""
   trainable = [e.name for e in conditioner.encoders if e.trainable]
   if trainable:
     raise ValueError(
-      f"Text encoders {trainable} are trainable: their embeddings change during "
-      f"training, so there is nothing to precompute. Set trainable=False."
+        f"Text encoders {trainable} are trainable: their embeddings change during "
+        f"training, so there is nothing to precompute. Set trainable=False."
     )
   _, frozen = conditioner.init(jax.random.key(seed))
   _, pretrained = conditioner.pretrained()
@@ -93,11 +93,11 @@ def main(argv):
   captions = read_captions(FLAGS.captions)
   conditioner = TextConditioner(config.text)
   result = precompute(
-    conditioner,
-    captions,
-    FLAGS.batch_size,
-    config.get("seed", 0),
-    np.float16 if FLAGS.float16 else np.float32,
+      conditioner,
+      captions,
+      FLAGS.batch_size,
+      config.get("seed", 0),
+      np.float16 if FLAGS.float16 else np.float32,
   )
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   tmp = FLAGS.out + ".tmp.npz"
@@ -107,8 +107,8 @@ def main(argv):
   if report:
     logging.warning(report)
   print(
-    f"Encoded {len(captions)} captions with {len(conditioner.encoders)} encoders -> "
-    f"{FLAGS.out}" + (f"; {report}" if report else "")
+      f"Encoded {len(captions)} captions with {len(conditioner.encoders)} encoders -> "
+      f"{FLAGS.out}" + (f"; {report}" if report else "")
   )
 
 

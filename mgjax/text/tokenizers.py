@@ -43,7 +43,8 @@ class HashedWordTokenizer:
   def __init__(self, vocab_size: int):
     if vocab_size <= len(self.all_special_ids):
       raise ValueError(
-        f"A words tokenizer needs a vocab_size above {len(self.all_special_ids)}; got {vocab_size}."
+          f"A words tokenizer needs a vocab_size above "
+          f"{len(self.all_special_ids)}; got {vocab_size}."
       )
     self.vocab_size = vocab_size
 
@@ -71,15 +72,15 @@ def load_hf_tokenizer(kind: str, path: str, vocab_size: int = 0):
     return transformers.ByT5Tokenizer()
   if not os.path.isdir(path):
     raise FileNotFoundError(
-      f"Tokenizer directory {path!r} does not exist; give the encoder's "
-      f"Hugging Face directory, or tokenizer='byte' or 'words'."
+        f"Tokenizer directory {path!r} does not exist; give the encoder's "
+        f"Hugging Face directory, or tokenizer='byte' or 'words'."
     )
   try:
     return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
   except (OSError, ValueError) as e:
     raise FileNotFoundError(
-      f"No tokenizer in {path!r} ({e}). Save it beside the weights with "
-      f"tokenizer.save_pretrained({path!r}), or set the encoder's tokenizer='byte'."
+        f"No tokenizer in {path!r} ({e}). Save it beside the weights with "
+        f"tokenizer.save_pretrained({path!r}), or set the encoder's tokenizer='byte'."
     ) from e
 
 

@@ -37,8 +37,8 @@ def _leaf_descriptions(metadata, prefix: str) -> dict[str, tuple]:
   subtree = metadata.get(prefix) if hasattr(metadata, "get") else getattr(metadata, prefix)
   leaves = jax.tree_util.tree_flatten_with_path(subtree or {})[0]
   return {
-    "/".join([prefix, *path_names(path)]): (tuple(leaf.shape), str(leaf.dtype))
-    for path, leaf in leaves
+      "/".join([prefix, *path_names(path)]): (tuple(leaf.shape), str(leaf.dtype))
+      for path, leaf in leaves
   }
 
 
@@ -80,24 +80,24 @@ def check_compatible(inputs: list[str], steps: list[int]) -> list[str]:
     difference = first_difference(trees[0]["params"], tree["params"])
     if difference:
       raise ValueError(
-        f"Cannot merge {inputs[0]} and {workdir}: their parameters differ "
-        f"at {difference}. Merge runs of the same model config only."
+          f"Cannot merge {inputs[0]} and {workdir}: their parameters differ "
+          f"at {difference}. Merge runs of the same model config only."
       )
   names = ["params"]
   if all(tree["ema_params"] for tree in trees):
     if any(first_difference(trees[0]["ema_params"], t["ema_params"]) for t in trees[1:]):
       raise ValueError(
-        "The runs' EMA parameter trees differ; merge runs of the same model config only."
+          "The runs' EMA parameter trees differ; merge runs of the same " "model config only."
       )
     names.append("ema_params")
   return names
 
 
 def merge(
-  inputs: list[str],
-  out: str,
-  weights: list[float] | None = None,
-  steps: list[int | None] | None = None,
+    inputs: list[str],
+    out: str,
+    weights: list[float] | None = None,
+    steps: list[int | None] | None = None,
 ) -> str:
   """Writes the merged workdir `out`; returns its checkpoint directory."""
   if len(inputs) < 2:
@@ -106,7 +106,8 @@ def merge(
   steps = list(steps) if steps else [None] * len(inputs)
   if len(weights) != len(inputs) or len(steps) != len(inputs):
     raise ValueError(
-      f"{len(inputs)} inputs but {len(weights)} weights and {len(steps)} steps; give one per input."
+        f"{len(inputs)} inputs but {len(weights)} weights and {len(steps)} "
+        "steps; give one per input."
     )
   if any(w < 0 for w in weights) or sum(weights) <= 0:
     raise ValueError(f"Weights must be >= 0 with a positive sum, got {weights}.")
@@ -118,28 +119,30 @@ def merge(
   # One run in memory at a time beside the float32 running sums.
   config, _, first = train_lib.restore_train_state(inputs[0], steps[0])
   sums = {
-    name: jax.tree.map(lambda x: weights[0] * x.astype(jnp.float32), getattr(first, name))
-    for name in names
+      name: jax.tree.map(lambda x: weights[0] * x.astype(jnp.float32), getattr(first, name))
+      for name in names
   }
   for workdir, step, weight in zip(inputs[1:], steps[1:], weights[1:]):
     state = train_lib.restore_train_state(workdir, step)[2]
     sums = {
-      name: jax.tree.map(
-        lambda total, x: total + weight * x.astype(jnp.float32),  # noqa: B023 (called now)
-        sums[name],
-        getattr(state, name),
-      )
-      for name in names
+        name: jax.tree.map(
+            lambda total, x: total + weight * x.astype(jnp.float32),  # noqa: B023 (called now)
+            sums[name],
+            getattr(state, name),
+        )
+        for name in names
     }
     del state
   total_weight = float(sum(weights))
   merged = first.replace(
-    **{
-      name: jax.tree.map(
-        lambda total, x: (total / total_weight).astype(x.dtype), sums[name], getattr(first, name)
-      )
-      for name in names
-    }
+      **{
+          name: jax.tree.map(
+              lambda total, x: (total / total_weight).astype(x.dtype),
+              sums[name],
+              getattr(first, name),
+          )
+          for name in names
+      }
   )
 
   os.makedirs(out, exist_ok=True)
@@ -150,11 +153,14 @@ def merge(
   checkpointer.close()
   with open(os.path.join(out, "merge.json"), "w") as f:
     json.dump(
-      dict(
-        inputs=[os.path.abspath(i) for i in inputs], steps=steps, weights=weights, averaged=names
-      ),
-      f,
-      indent=2,
+        dict(
+            inputs=[os.path.abspath(i) for i in inputs],
+            steps=steps,
+            weights=weights,
+            averaged=names,
+        ),
+        f,
+        indent=2,
     )
   return checkpointer.directory
 
@@ -163,7 +169,7 @@ def main():
   inputs = flags.DEFINE_list("inputs", None, "Training workdirs to merge (2 or more).")
   weights = flags.DEFINE_list("weights", None, "One weight per input (default: equal).")
   steps = flags.DEFINE_list(
-    "steps", None, "One checkpoint step per input (default: each one's latest)."
+      "steps", None, "One checkpoint step per input (default: " "each one's latest)."
   )
   out = flags.DEFINE_string("out", None, "Workdir to write the merged checkpoint to.")
 
@@ -174,10 +180,10 @@ def main():
       raise app.UsageError("--inputs=A,B[,...] and --out=DIR are required.")
     try:
       directory = merge(
-        inputs.value,
-        out.value,
-        [float(w) for w in weights.value] if weights.value else None,
-        [int(s) for s in steps.value] if steps.value else None,
+          inputs.value,
+          out.value,
+          [float(w) for w in weights.value] if weights.value else None,
+          [int(s) for s in steps.value] if steps.value else None,
       )
     except ValueError as e:
       sys.stderr.write(f"merge_checkpoints: {e}\n")

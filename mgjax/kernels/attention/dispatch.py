@@ -39,8 +39,8 @@ from mgjax.kernels.attention import reference
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
 # Modules holding each Pallas kernel's `flash_attention`, imported on first use.
 _PALLAS_MODULES = {
-  "pallas_gpu": "mgjax.kernels.attention.pallas_gpu",
-  "pallas_tpu": "mgjax.kernels.attention.pallas_tpu",
+    "pallas_gpu": "mgjax.kernels.attention.pallas_gpu",
+    "pallas_tpu": "mgjax.kernels.attention.pallas_tpu",
 }
 
 
@@ -65,13 +65,13 @@ def _platform() -> str:
 
 
 def resolve(
-  implementation: str, query: jax.Array, return_lse: bool = False, masked: bool = False
+    implementation: str, query: jax.Array, return_lse: bool = False, masked: bool = False
 ) -> str:
   """The concrete implementation `implementation` stands for on this platform and shape
   (`masked`: segment ids are given)."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
-      f"Unknown attention implementation {implementation!r}; use one of {IMPLEMENTATIONS}."
+        f"Unknown attention implementation {implementation!r}; use one of " f"{IMPLEMENTATIONS}."
     )
   if implementation != "auto":
     return implementation
@@ -84,15 +84,15 @@ def resolve(
 
 
 def attention(
-  query: jax.Array,
-  key: jax.Array,
-  value: jax.Array,
-  *,
-  q_segment_ids: jax.Array | None = None,
-  kv_segment_ids: jax.Array | None = None,
-  scale: float | None = None,
-  return_lse: bool = False,
-  implementation: str = "auto",
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+    implementation: str = "auto",
 ):
   """Bidirectional softmax attention: query [B, Q, N, D], key/value [B, K, N, D] ->
   out [B, Q, N, D] (and lse [B, N, Q] float32 with `return_lse`).
@@ -102,7 +102,7 @@ def attention(
   """
   name = resolve(implementation, query, return_lse, masked=q_segment_ids is not None)
   kwargs = dict(
-    q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale, return_lse=return_lse
+      q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale, return_lse=return_lse
   )
   if name == "xla":
     return reference.attention(query, key, value, **kwargs)
@@ -116,21 +116,21 @@ def _cudnn_is_fastest(query, return_lse: bool, masked: bool) -> bool:
   """cuDNN runs the call (half precision, head dim <= 128 and a multiple of 8, no lse)
   and wins it: only unmasked, by the measurements quoted above."""
   return (
-    query.dtype in (jnp.bfloat16, jnp.float16)
-    and query.shape[-1] <= 128
-    and query.shape[-1] % 8 == 0
-    and not return_lse
-    and not masked
+      query.dtype in (jnp.bfloat16, jnp.float16)
+      and query.shape[-1] <= 128
+      and query.shape[-1] % 8 == 0
+      and not return_lse
+      and not masked
   )
 
 
 def _cudnn(query, key, value, *, q_segment_ids, kv_segment_ids, scale, return_lse):
   if return_lse:
     raise ValueError(
-      "The cudnn attention gives no differentiable log-sum-exp; use "
-      "implementation='pallas_gpu' (or 'xla') where lse is needed."
+        "The cudnn attention gives no differentiable log-sum-exp; use "
+        "implementation='pallas_gpu' (or 'xla') where lse is needed."
     )
   mask = reference.segment_mask(q_segment_ids, kv_segment_ids)  # [B, 1, Q, K] or None
   return jax.nn.dot_product_attention(
-    query, key, value, mask=mask, scale=scale, implementation="cudnn"
+      query, key, value, mask=mask, scale=scale, implementation="cudnn"
   )

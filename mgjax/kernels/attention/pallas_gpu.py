@@ -127,17 +127,17 @@ def _logits(q, k, scale, mask):
 
 
 def _fwd_kernel(
-  q_ref,
-  k_ref,
-  v_ref,
-  q_ids_ref,
-  kv_ids_ref,
-  o_ref,
-  lse_ref,
-  *,
-  scale: float,
-  block_k: int,
-  kv_len: int | None,
+    q_ref,
+    k_ref,
+    v_ref,
+    q_ids_ref,
+    kv_ids_ref,
+    o_ref,
+    lse_ref,
+    *,
+    scale: float,
+    block_k: int,
+    kv_len: int | None,
 ):
   """One (batch, head, query block): loops over all key blocks with an online softmax.
 
@@ -165,9 +165,9 @@ def _fwd_kernel(
     return acc, m_new, l
 
   init = (
-    jnp.zeros((block_q, head_dim), jnp.float32),
-    jnp.full((block_q,), _NEG_INF, jnp.float32),
-    jnp.zeros((block_q,), jnp.float32),
+      jnp.zeros((block_q, head_dim), jnp.float32),
+      jnp.full((block_q,), _NEG_INF, jnp.float32),
+      jnp.zeros((block_q,), jnp.float32),
   )
   acc, m, l = lax.fori_loop(0, k_ref.shape[0] // block_k, body, init)
   has_key = l > 0.0  # [block_q]; False only for rows whose every key is masked
@@ -211,26 +211,26 @@ def _forward(q, k, v, q_ids, kv_ids, cfg: _Config):
   q_spec = _seq_spec(block_q, d_pad, True)
   kv_spec = _seq_spec(kv_pad, d_pad, False)
   kernel = functools.partial(
-    _fwd_kernel, scale=cfg.scale, block_k=block_k, kv_len=kv_len if kv_pad != kv_len else None
+      _fwd_kernel, scale=cfg.scale, block_k=block_k, kv_len=kv_len if kv_pad != kv_len else None
   )
   out, lse = pl.pallas_call(
-    kernel,
-    grid=(batch, heads, q_pad // block_q),
-    in_specs=[
-      q_spec,
-      kv_spec,
-      kv_spec,
-      _ids_spec(block_q, True, has_ids),
-      _ids_spec(kv_pad, False, has_ids),
-    ],
-    out_specs=[q_spec, _row_spec(block_q, True)],
-    out_shape=[
-      jax.ShapeDtypeStruct(q.shape, q.dtype),
-      jax.ShapeDtypeStruct((batch, heads, q_pad), jnp.float32),
-    ],
-    compiler_params=cfg.forward.params(d_pad),
-    interpret=cfg.interpret,
-    name="flash_attention_fwd",
+      kernel,
+      grid=(batch, heads, q_pad // block_q),
+      in_specs=[
+          q_spec,
+          kv_spec,
+          kv_spec,
+          _ids_spec(block_q, True, has_ids),
+          _ids_spec(kv_pad, False, has_ids),
+      ],
+      out_specs=[q_spec, _row_spec(block_q, True)],
+      out_shape=[
+          jax.ShapeDtypeStruct(q.shape, q.dtype),
+          jax.ShapeDtypeStruct((batch, heads, q_pad), jnp.float32),
+      ],
+      compiler_params=cfg.forward.params(d_pad),
+      interpret=cfg.interpret,
+      name="flash_attention_fwd",
   )(q, k, v, q_ids, kv_ids)
   return out[:, :q_len, :, :head_dim], lse[:, :, :q_len]
 
@@ -239,20 +239,20 @@ def _forward(q, k, v, q_ids, kv_ids, cfg: _Config):
 
 
 def _dkv_kernel(
-  q_ref,
-  k_ref,
-  v_ref,
-  do_ref,
-  lse_ref,
-  delta_ref,
-  q_ids_ref,
-  kv_ids_ref,
-  dk_ref,
-  dv_ref,
-  *,
-  scale: float,
-  block_q: int,
-  kv_len: int | None,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    q_ids_ref,
+    kv_ids_ref,
+    dk_ref,
+    dv_ref,
+    *,
+    scale: float,
+    block_q: int,
+    kv_len: int | None,
 ):
   """One (batch, head, key block): dK and dV, looping over all query blocks.
 
@@ -284,19 +284,19 @@ def _dkv_kernel(
 
 
 def _dq_kernel(
-  q_ref,
-  k_ref,
-  v_ref,
-  do_ref,
-  lse_ref,
-  delta_ref,
-  q_ids_ref,
-  kv_ids_ref,
-  dq_ref,
-  *,
-  scale: float,
-  block_k: int,
-  kv_len: int | None,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    q_ids_ref,
+    kv_ids_ref,
+    dq_ref,
+    *,
+    scale: float,
+    block_k: int,
+    kv_len: int | None,
 ):
   """One (batch, head, query block): dQ, looping over all key blocks.
 
@@ -319,7 +319,7 @@ def _dq_kernel(
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
   dq = lax.fori_loop(
-    0, k_ref.shape[0] // block_k, body, jnp.zeros((block_q, head_dim), jnp.float32)
+      0, k_ref.shape[0] // block_k, body, jnp.zeros((block_q, head_dim), jnp.float32)
   )
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)  # scale once here, not per logit
 
@@ -336,7 +336,7 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, d_lse, cfg: _Config):
   d_pad = max(16, pl.next_power_of_2(head_dim))
 
   delta = (
-    jnp.einsum("bqnd,bqnd->bnq", out.astype(jnp.float32), d_out.astype(jnp.float32)) - d_lse
+      jnp.einsum("bqnd,bqnd->bnq", out.astype(jnp.float32), d_out.astype(jnp.float32)) - d_lse
   )  # [B, N, Q]
   # The kernels take lse in base 2. exp2(s - lse) must be 0 on rows with no key
   # (lse = -inf) and on padded rows: +inf does it.
@@ -351,46 +351,46 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, d_lse, cfg: _Config):
 
   # dK/dV: grid axis 2 walks key blocks and queries are whole; dQ: the other way round.
   dkv_specs = [
-    _seq_spec(q_pad, d_pad, False),
-    _seq_spec(block_k_dkv, d_pad, True),
-    _seq_spec(block_k_dkv, d_pad, True),
-    _seq_spec(q_pad, d_pad, False),
-    _row_spec(q_pad, False),
-    _row_spec(q_pad, False),
-    _ids_spec(q_pad, False, has_ids),
-    _ids_spec(block_k_dkv, True, has_ids),
+      _seq_spec(q_pad, d_pad, False),
+      _seq_spec(block_k_dkv, d_pad, True),
+      _seq_spec(block_k_dkv, d_pad, True),
+      _seq_spec(q_pad, d_pad, False),
+      _row_spec(q_pad, False),
+      _row_spec(q_pad, False),
+      _ids_spec(q_pad, False, has_ids),
+      _ids_spec(block_k_dkv, True, has_ids),
   ]
   dq_specs = [
-    _seq_spec(block_q_dq, d_pad, True),
-    _seq_spec(kv_pad, d_pad, False),
-    _seq_spec(kv_pad, d_pad, False),
-    _seq_spec(block_q_dq, d_pad, True),
-    _row_spec(block_q_dq, True),
-    _row_spec(block_q_dq, True),
-    _ids_spec(block_q_dq, True, has_ids),
-    _ids_spec(kv_pad, False, has_ids),
+      _seq_spec(block_q_dq, d_pad, True),
+      _seq_spec(kv_pad, d_pad, False),
+      _seq_spec(kv_pad, d_pad, False),
+      _seq_spec(block_q_dq, d_pad, True),
+      _row_spec(block_q_dq, True),
+      _row_spec(block_q_dq, True),
+      _ids_spec(block_q_dq, True, has_ids),
+      _ids_spec(kv_pad, False, has_ids),
   ]
 
   dk, dv = pl.pallas_call(
-    functools.partial(_dkv_kernel, scale=cfg.scale, block_q=block_q_dkv, kv_len=masked_len),
-    grid=(batch, heads, kv_pad // block_k_dkv),
-    in_specs=dkv_specs,
-    out_specs=[dkv_specs[1], dkv_specs[2]],
-    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-    compiler_params=cfg.dkv.params(d_pad),
-    interpret=cfg.interpret,
-    name="flash_attention_bwd_dkv",
+      functools.partial(_dkv_kernel, scale=cfg.scale, block_q=block_q_dkv, kv_len=masked_len),
+      grid=(batch, heads, kv_pad // block_k_dkv),
+      in_specs=dkv_specs,
+      out_specs=[dkv_specs[1], dkv_specs[2]],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      compiler_params=cfg.dkv.params(d_pad),
+      interpret=cfg.interpret,
+      name="flash_attention_bwd_dkv",
   )(*operands)
 
   dq = pl.pallas_call(
-    functools.partial(_dq_kernel, scale=cfg.scale, block_k=block_k_dq, kv_len=masked_len),
-    grid=(batch, heads, q_pad // block_q_dq),
-    in_specs=dq_specs,
-    out_specs=dq_specs[0],
-    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-    compiler_params=cfg.dq.params(d_pad),
-    interpret=cfg.interpret,
-    name="flash_attention_bwd_dq",
+      functools.partial(_dq_kernel, scale=cfg.scale, block_k=block_k_dq, kv_len=masked_len),
+      grid=(batch, heads, q_pad // block_q_dq),
+      in_specs=dq_specs,
+      out_specs=dq_specs[0],
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      compiler_params=cfg.dq.params(d_pad),
+      interpret=cfg.interpret,
+      name="flash_attention_bwd_dq",
   )(*operands)
   return (dq[:, :q_len, :, :head_dim], dk[:, :kv_len, :, :head_dim], dv[:, :kv_len, :, :head_dim])
 
@@ -419,21 +419,22 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 @functools.partial(
-  jax.jit, static_argnames=("scale", "return_lse", "tiling", "dkv_tiling", "dq_tiling", "interpret")
+    jax.jit,
+    static_argnames=("scale", "return_lse", "tiling", "dkv_tiling", "dq_tiling", "interpret"),
 )
 def flash_attention(
-  query,
-  key,
-  value,
-  *,
-  q_segment_ids=None,
-  kv_segment_ids=None,
-  scale=None,
-  return_lse=False,
-  tiling: Tiling = FORWARD_TILING,
-  dkv_tiling: Tiling = DKV_TILING,
-  dq_tiling: Tiling = DQ_TILING,
-  interpret=False,
+    query,
+    key,
+    value,
+    *,
+    q_segment_ids=None,
+    kv_segment_ids=None,
+    scale=None,
+    return_lse=False,
+    tiling: Tiling = FORWARD_TILING,
+    dkv_tiling: Tiling = DKV_TILING,
+    dq_tiling: Tiling = DQ_TILING,
+    interpret=False,
 ):
   """Softmax attention, out [B, Q, N, D] in query's dtype; with `return_lse` also
   lse [B, N, Q] float32 (differentiable). Matches `reference.attention`.
@@ -445,14 +446,14 @@ def flash_attention(
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Give both q_segment_ids and kv_segment_ids, or neither.")
   if (
-    query.ndim != 4
-    or key.shape != value.shape
-    or key.shape[0] != query.shape[0]
-    or key.shape[2:] != query.shape[2:]
+      query.ndim != 4
+      or key.shape != value.shape
+      or key.shape[0] != query.shape[0]
+      or key.shape[2:] != query.shape[2:]
   ):
     raise ValueError(
-      f"Expected query [B, Q, N, D] and key/value [B, K, N, D], got "
-      f"{query.shape}, {key.shape}, {value.shape}."
+        f"Expected query [B, Q, N, D] and key/value [B, K, N, D], got "
+        f"{query.shape}, {key.shape}, {value.shape}."
     )
   if q_segment_ids is not None:
     q_segment_ids = q_segment_ids.astype(jnp.int32)
@@ -460,7 +461,7 @@ def flash_attention(
   if scale is None:
     scale = query.shape[-1] ** -0.5
   cfg = _Config(
-    scale=float(scale), forward=tiling, dkv=dkv_tiling, dq=dq_tiling, interpret=interpret
+      scale=float(scale), forward=tiling, dkv=dkv_tiling, dq=dq_tiling, interpret=interpret
   )
   out, lse = _flash(query, key, value, q_segment_ids, kv_segment_ids, cfg)
   return (out, lse) if return_lse else out

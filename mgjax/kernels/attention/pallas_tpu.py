@@ -55,7 +55,7 @@ _NEG_INF = float("-inf")
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 _PARALLEL_LAST_SEQUENTIAL = pltpu.CompilerParams(
-  dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+    dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
 )
 
 
@@ -115,10 +115,10 @@ def _vary_alike(*xs):
   varying = lambda x: jax.typeof(x).mat.varying
   axes = frozenset().union(*(varying(x) for x in xs if x is not None))
   return [
-    x
-    if x is None or not axes - varying(x)
-    else lax.pcast(x, tuple(axes - varying(x)), to="varying")
-    for x in xs
+      x
+      if x is None or not axes - varying(x)
+      else lax.pcast(x, tuple(axes - varying(x)), to="varying")
+      for x in xs
   ]
 
 
@@ -157,7 +157,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, cfg: _Config, masked: bool):
     acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
   s = (
-    lax.dot_general(q_ref[...], k_ref[...], _NT, preferred_element_type=jnp.float32) * cfg.scale
+      lax.dot_general(q_ref[...], k_ref[...], _NT, preferred_element_type=jnp.float32) * cfg.scale
   )  # [bq, bk]
   mask = _mask(q_ids, kv_ids, 1, kv_step * cfg.block_k, s.shape, cfg.kv_len)
   if mask is not None:
@@ -198,24 +198,24 @@ def _forward(q, k, v, q_ids, kv_ids, cfg: _Config):
   in_specs, args = [q_spec, kv_spec, kv_spec], [q, k, v]
   if masked:
     in_specs += [
-      pl.BlockSpec((None, bq, _LANES), lambda b, n, i, j: (b, i, 0)),
-      pl.BlockSpec((None, _SUBLANES, bk), lambda b, n, i, j: (b, 0, j)),
+        pl.BlockSpec((None, bq, _LANES), lambda b, n, i, j: (b, i, 0)),
+        pl.BlockSpec((None, _SUBLANES, bk), lambda b, n, i, j: (b, 0, j)),
     ]
     args += [_as_column(q_ids), _as_row(kv_ids)]
   return pl.pallas_call(
-    functools.partial(_fwd_kernel, cfg=cfg, masked=masked),
-    grid=(batch, heads, q_len // bq, kv_len // bk),
-    in_specs=in_specs,
-    out_specs=[q_spec, row_spec],
-    out_shape=[_out(q.shape, q.dtype, q), _out((batch, heads, 1, q_len), jnp.float32, q)],
-    scratch_shapes=[
-      pltpu.VMEM((bq, _LANES), jnp.float32),
-      pltpu.VMEM((bq, _LANES), jnp.float32),
-      pltpu.VMEM((bq, dim), jnp.float32),
-    ],
-    compiler_params=_PARALLEL_LAST_SEQUENTIAL,
-    interpret=cfg.interpret,
-    name="flash_attention_fwd",
+      functools.partial(_fwd_kernel, cfg=cfg, masked=masked),
+      grid=(batch, heads, q_len // bq, kv_len // bk),
+      in_specs=in_specs,
+      out_specs=[q_spec, row_spec],
+      out_shape=[_out(q.shape, q.dtype, q), _out((batch, heads, 1, q_len), jnp.float32, q)],
+      scratch_shapes=[
+          pltpu.VMEM((bq, _LANES), jnp.float32),
+          pltpu.VMEM((bq, _LANES), jnp.float32),
+          pltpu.VMEM((bq, dim), jnp.float32),
+      ],
+      compiler_params=_PARALLEL_LAST_SEQUENTIAL,
+      interpret=cfg.interpret,
+      name="flash_attention_fwd",
   )(*args)
 
 
@@ -229,7 +229,7 @@ def _transposed_p_ds(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_st
   broadcast over the tile directly. Masked logits are -inf, so p = exp(-inf) = 0 there;
   rows with no key come in with lse 0 (not -inf), which keeps that exp NaN-free."""
   s_t = (
-    lax.dot_general(k_ref[...], q_ref[...], _NT, preferred_element_type=jnp.float32) * cfg.scale
+      lax.dot_general(k_ref[...], q_ref[...], _NT, preferred_element_type=jnp.float32) * cfg.scale
   )  # [bk, bq]
   kv_ids, q_ids = ids if ids is not None else (None, None)
   mask = _mask(kv_ids, q_ids, 0, kv_start, s_t.shape, cfg.kv_len)
@@ -237,7 +237,7 @@ def _transposed_p_ds(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_st
     s_t = jnp.where(mask, s_t, _NEG_INF)
   p_t = jnp.exp(s_t - lse_ref[...])
   dp_t = lax.dot_general(
-    v_ref[...], do_ref[...].astype(v_ref.dtype), _NT, preferred_element_type=jnp.float32
+      v_ref[...], do_ref[...].astype(v_ref.dtype), _NT, preferred_element_type=jnp.float32
   )  # [bk, bq]
   return p_t, p_t * (dp_t - delta_ref[...])
 
@@ -252,8 +252,8 @@ def _bwd_specs(dim: int, masked: bool, q_axis: int, kv_axis: int, bq: int, bk: i
   specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
   if masked:
     specs += [
-      pl.BlockSpec((None, bk, _LANES), lambda b, n, *ij: (b, pick(ij, kv_axis), 0)),
-      pl.BlockSpec((None, _SUBLANES, bq), lambda b, n, *ij: (b, 0, pick(ij, q_axis))),
+        pl.BlockSpec((None, bk, _LANES), lambda b, n, *ij: (b, pick(ij, kv_axis), 0)),
+        pl.BlockSpec((None, _SUBLANES, bq), lambda b, n, *ij: (b, 0, pick(ij, q_axis))),
     ]
   return specs, q_spec, kv_spec
 
@@ -274,13 +274,13 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Co
     dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
 
   p_t, ds_t = _transposed_p_ds(
-    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_block * cfg.block_k, cfg
+      q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_block * cfg.block_k, cfg
   )
   dv_acc[...] += jnp.dot(
-    p_t.astype(do_ref.dtype), do_ref[...], preferred_element_type=jnp.float32
+      p_t.astype(do_ref.dtype), do_ref[...], preferred_element_type=jnp.float32
   )  # p^T dO  [bk, D]
   dk_acc[...] += jnp.dot(
-    ds_t.astype(q_ref.dtype), q_ref[...], preferred_element_type=jnp.float32
+      ds_t.astype(q_ref.dtype), q_ref[...], preferred_element_type=jnp.float32
   )  # ds^T Q  [bk, D]
 
   @pl.when(q_step == pl.num_programs(3) - 1)
@@ -304,10 +304,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _Con
     dq_acc[...] = jnp.zeros(dq_acc.shape, jnp.float32)
 
   _, ds_t = _transposed_p_ds(
-    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_step * cfg.block_k, cfg
+      q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, ids, kv_step * cfg.block_k, cfg
   )
   dq_acc[...] += lax.dot_general(
-    ds_t.astype(k_ref.dtype), k_ref[...], _TN, preferred_element_type=jnp.float32
+      ds_t.astype(k_ref.dtype), k_ref[...], _TN, preferred_element_type=jnp.float32
   )  # ds K  [bq, D]
 
   @pl.when(kv_step == pl.num_programs(3) - 1)
@@ -332,28 +332,28 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, d_lse, cfg: _Config):
 
   specs, _, kv_spec = _bwd_specs(dim, masked, q_axis=3, kv_axis=2, bq=bq, bk=bk)
   dk, dv = pl.pallas_call(
-    functools.partial(_dkv_kernel, cfg=cfg, masked=masked),
-    grid=(batch, heads, kv_len // bk, q_len // bq),
-    in_specs=specs,
-    out_specs=[kv_spec, kv_spec],
-    out_shape=[_out(k.shape, k.dtype, q), _out(v.shape, v.dtype, q)],
-    scratch_shapes=[pltpu.VMEM((bk, dim), jnp.float32), pltpu.VMEM((bk, dim), jnp.float32)],
-    compiler_params=_PARALLEL_LAST_SEQUENTIAL,
-    interpret=cfg.interpret,
-    name="flash_attention_bwd_dkv",
+      functools.partial(_dkv_kernel, cfg=cfg, masked=masked),
+      grid=(batch, heads, kv_len // bk, q_len // bq),
+      in_specs=specs,
+      out_specs=[kv_spec, kv_spec],
+      out_shape=[_out(k.shape, k.dtype, q), _out(v.shape, v.dtype, q)],
+      scratch_shapes=[pltpu.VMEM((bk, dim), jnp.float32), pltpu.VMEM((bk, dim), jnp.float32)],
+      compiler_params=_PARALLEL_LAST_SEQUENTIAL,
+      interpret=cfg.interpret,
+      name="flash_attention_bwd_dkv",
   )(*args)
 
   specs, q_spec, _ = _bwd_specs(dim, masked, q_axis=2, kv_axis=3, bq=bq, bk=bk)
   dq = pl.pallas_call(
-    functools.partial(_dq_kernel, cfg=cfg, masked=masked),
-    grid=(batch, heads, q_len // bq, kv_len // bk),
-    in_specs=specs,
-    out_specs=q_spec,
-    out_shape=_out(q.shape, q.dtype, q),
-    scratch_shapes=[pltpu.VMEM((bq, dim), jnp.float32)],
-    compiler_params=_PARALLEL_LAST_SEQUENTIAL,
-    interpret=cfg.interpret,
-    name="flash_attention_bwd_dq",
+      functools.partial(_dq_kernel, cfg=cfg, masked=masked),
+      grid=(batch, heads, q_len // bq, kv_len // bk),
+      in_specs=specs,
+      out_specs=q_spec,
+      out_shape=_out(q.shape, q.dtype, q),
+      scratch_shapes=[pltpu.VMEM((bq, dim), jnp.float32)],
+      compiler_params=_PARALLEL_LAST_SEQUENTIAL,
+      interpret=cfg.interpret,
+      name="flash_attention_bwd_dq",
   )(*args)
   return dq, dk, dv
 
@@ -382,17 +382,17 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def flash_attention(
-  query: jax.Array,
-  key: jax.Array,
-  value: jax.Array,
-  *,
-  q_segment_ids: jax.Array | None = None,
-  kv_segment_ids: jax.Array | None = None,
-  scale: float | None = None,
-  return_lse: bool = False,
-  block_q: int = 128,
-  block_k: int = 128,
-  interpret: Any = False,
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+    block_q: int = 128,
+    block_k: int = 128,
+    interpret: Any = False,
 ):
   """Bidirectional flash attention on TPU: query [B, Q, N, D], key/value [B, K, N, D] ->
   out [B, Q, N, D] (query's dtype) and, with `return_lse`, lse [B, N, Q] float32 (the
@@ -407,7 +407,7 @@ def flash_attention(
     raise ValueError("Give both q_segment_ids and kv_segment_ids, or neither.")
   if not query.dtype == key.dtype == value.dtype:
     raise ValueError(
-      f"query, key and value need one dtype, got {query.dtype}, {key.dtype}, {value.dtype}."
+        f"query, key and value need one dtype, got {query.dtype}, " f"{key.dtype}, {value.dtype}."
     )
   (_, q_len, _, dim), kv_len = query.shape, key.shape[1]
   if scale is None:
@@ -417,11 +417,11 @@ def flash_attention(
   if interpret is True:
     interpret = pltpu.InterpretParams()
   cfg = _Config(
-    scale=float(scale),
-    block_q=bq,
-    block_k=bk,
-    kv_len=kv_len if kv_padded != kv_len else None,
-    interpret=interpret,
+      scale=float(scale),
+      block_q=bq,
+      block_k=bk,
+      kv_len=kv_len if kv_padded != kv_len else None,
+      interpret=interpret,
   )
 
   to_kernel = lambda x, length: _pad(jnp.swapaxes(x, 1, 2), 2, length)  # [B, N, S, D]
@@ -430,11 +430,11 @@ def flash_attention(
     q_ids = _pad(jnp.asarray(q_segment_ids, jnp.int32), 1, q_padded)  # [B, Qp]
     kv_ids = _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, kv_padded)  # [B, Kp]
   args = _vary_alike(
-    to_kernel(query, q_padded),
-    to_kernel(key, kv_padded),
-    to_kernel(value, kv_padded),
-    q_ids,
-    kv_ids,
+      to_kernel(query, q_padded),
+      to_kernel(key, kv_padded),
+      to_kernel(value, kv_padded),
+      q_ids,
+      kv_ids,
   )
   out, lse = _flash(*args, cfg)
   out = jnp.swapaxes(out[:, :, :q_len], 1, 2)  # [B, Q, N, D]

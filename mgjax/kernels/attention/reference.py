@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 
 def segment_mask(
-  q_segment_ids: jax.Array | None,
-  kv_segment_ids: jax.Array | None,
+    q_segment_ids: jax.Array | None,
+    kv_segment_ids: jax.Array | None,
 ) -> jax.Array | None:
   """bool [B, 1, Q, K] (True = attend) from segment ids [B, Q] and [B, K]; None if both are None."""
   if q_segment_ids is None and kv_segment_ids is None:
@@ -26,21 +26,21 @@ def segment_mask(
 
 
 def attention(
-  query: jax.Array,
-  key: jax.Array,
-  value: jax.Array,
-  *,
-  q_segment_ids: jax.Array | None = None,
-  kv_segment_ids: jax.Array | None = None,
-  scale: float | None = None,
-  return_lse: bool = False,
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
 ):
   """Softmax attention in float32: out [B, Q, N, D] (query's dtype) and, with
   `return_lse`, the log-sum-exp of each query row's scaled logits, lse [B, N, Q]."""
   if scale is None:
     scale = query.shape[-1] ** -0.5
   logits = (
-    jnp.einsum("bqnd,bknd->bnqk", query.astype(jnp.float32), key.astype(jnp.float32)) * scale
+      jnp.einsum("bqnd,bknd->bnqk", query.astype(jnp.float32), key.astype(jnp.float32)) * scale
   )  # [B, N, Q, K]
   mask = segment_mask(q_segment_ids, kv_segment_ids)
   if mask is not None:
