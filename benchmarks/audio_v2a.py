@@ -73,7 +73,7 @@ def main(argv):
     recon = np.asarray(task.codec.decode(task.codec.encode(waves), waves.shape[1]))
     generated = np.concatenate(
         [
-            task.generate(
+            task.generate_audio(
                 params,
                 frozen,
                 np.stack([c[0] for c in clips[i : i + e.batch_size]]),
@@ -125,14 +125,14 @@ def main(argv):
   video_lib.write_video(video_path, frames, fps=task.video_fps)
   num_frames = int(round(3 * seconds * config.model.latent_rate))
   start = time.time()
-  long_latent = task.sample_latents(
+  long_latent = task.sample_audio_latents(
       params, frozen, frames[None], [caption], num_frames, **kwargs
   )  # [1, 3W, C]
   long_s = time.time() - start
   window = int(round(seconds * config.model.latent_rate))
   naive = np.concatenate(
       [
-          task.sample_latents(
+          task.sample_audio_latents(
               params, frozen, clips[i][0][None], [caption], window, **dict(kwargs, seed=e.seed + k)
           )
           for k, i in enumerate(order)
@@ -143,7 +143,7 @@ def main(argv):
   # boundaries are what the content alone gives there (a click just after a boundary
   # is a large energy ratio with no seam at all).
   own = np.asarray(task.codec.encode(np.concatenate([clips[i][1] for i in order])[None]))
-  mean, std = task.stats()
+  mean, std = task.stats().mean, task.stats().std
   boundaries = edges(num_frames, int(lf.window_frames), int(lf.overlap_frames))
   for name, z in (
       (f"long form ({lf.method})", long_latent),

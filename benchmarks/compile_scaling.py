@@ -28,8 +28,8 @@ def compile_seconds(config, layers: int, scan: bool, devices) -> float:
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.update(num_layers=layers, scan_layers=scan)
   config.data.buckets = config.data.buckets[-1:]  # one (video) batch shape
-  workdir = aot._prepared_workdir(config, "experiments/tae.py:paper")
-  ((_, seconds, _),) = aot._compiled_steps(config, devices, workdir)[1].values()
+  tae = aot.codec_config_of("experiments/tae.py:paper")
+  ((_, seconds, _),) = aot._compiled_steps(config, devices, tae)[1].values()
   return seconds
 
 

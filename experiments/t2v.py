@@ -226,7 +226,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       ),
       image_fraction=0.1,  # share of steps on image buckets (text-to-image)
       # Precomputed latents (mgjax/data/latent_shards.py): made by
-      # `python -m mgjax.data.precompute`, or in <workdir>/latents when empty.
+      # `python -m mgjax.precompute`, or in <workdir>/latents when empty.
       latents_dir="",
       shard_size=256,  # examples per ArrayRecord shard
       # Also store the outputs of the frozen text encoders that load weights from a

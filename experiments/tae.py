@@ -44,7 +44,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
           opl_r=3.0,
           opl_start_step=0,
           perceptual_weight=0.0,  # needs pretrained features; none ship with mgjax
-          perceptual_params="",  # .npz of PerceptualNetwork weights
+          perceptual_params="",  # .npz of PerceptualNetwork weights (tasks/perceptual_weights.py)
           adversarial_weight=0.0,
           adversarial_start_step=0,
           discriminator=ml_collections.ConfigDict(
@@ -66,6 +66,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       scale_to=(),  # (h, w) to scale-to-cover frames to before cropping; (): none
       height=64,  # training crop
       width=64,
+      # A data set with no "eval" split videos: evaluate on this share of the training
+      # videos, held out from training (chosen by file name). 0: skip evaluation.
+      eval_holdout_fraction=0.0,
   )
 
   config.eval = ml_collections.ConfigDict(

@@ -21,9 +21,10 @@ backward kernels' recomputation of the scores, the forward's recomputation under
 remat and the padding of short sequences to whole blocks. Model FLOPs (and so MFU)
 count none of that: 12 x D x S x S' per layer.
 
-A text-to-video config needs its TAE's config for the latent shape: the TAE workdir's
-when it has one, else --tae_config (default: the paper's TAE). No data is read; the
-latent statistics are taken as 0 / 1, which changes no cost.
+A latent flow config needs its codec's config for the latent shape: --tae_config
+when given, else the codec workdir's saved config, else the codec stage's
+train_config, else the paper's TAE / audio VAE (`Task.for_shapes`). No file of a run
+is needed and none is written; the latent statistics are 0 / 1, which changes no cost.
 
 Text encoders need no weights either. One with neither `path` nor `model` is built
 from `text.architectures.<name>` (HF config keys; the big t2v configs hold the
@@ -43,7 +44,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 
 import flax.linen as nn
@@ -133,27 +133,10 @@ class BucketReport:
     return 1.0 - self.total_bytes / self.hbm_bytes
 
 
-def _prepared_workdir(config: ml_collections.ConfigDict, tae_config: str) -> str:
-  """A scratch workdir with what a t2v task reads before compiling: its TAE's config
-  (tae/config.json) and latent statistics (latents/stats.json, 0 / 1)."""
-  workdir = tempfile.mkdtemp(prefix="mgjax_aot_")
-  if config.task != "t2v":
-    return workdir
-  existing = os.path.join(config.tae.workdir, "config.json") if config.tae.workdir else ""
-  if existing and os.path.exists(existing):
-    with open(existing) as f:
-      tae = ml_collections.ConfigDict(json.load(f))
-  else:
-    tae = configs.load_config(tae_config)
-  config.tae.workdir = os.path.join(workdir, "tae")
-  os.makedirs(config.tae.workdir)
-  with open(os.path.join(config.tae.workdir, "config.json"), "w") as f:
-    f.write(tae.to_json())
-  channels = tae.model.latent_channels
-  os.makedirs(os.path.join(workdir, "latents"))
-  with open(os.path.join(workdir, "latents", "stats.json"), "w") as f:
-    json.dump({"mean": [0.0] * channels, "std": [1.0] * channels}, f)
-  return workdir
+def codec_config_of(spec: str) -> ml_collections.ConfigDict | None:
+  """The codec run config `spec` ("file.py:arg") names, or None: the task's own (its
+  codec run's saved config, its stage's train_config, else the paper's)."""
+  return configs.load_config(spec) if spec else None
 
 
 def fill_text_architectures(config: ml_collections.ConfigDict) -> list[str]:
@@ -194,10 +177,10 @@ def text_inputs(task) -> tuple[tuple[str, ...], tuple[str, ...]]:
   return tuple(e.name for e in encoders if e.name not in precomputed), precomputed
 
 
-def _compiled_steps(config, devices, workdir: str):
+def _compiled_steps(config, devices, codec_config=None):
   """(task, {bucket: (compiled step, compile seconds, batch spec)}) for the config on
   `devices`, compiled as the trainer compiles it."""
-  task = get_task_class(config.task)(config, workdir)
+  task = get_task_class(config.task).for_shapes(config, codec_config=codec_config)
   precompute_frozen_text(task, config)
   mesh = mesh_lib.mesh_from_config(config, devices)
   task.check_mesh(mesh)
@@ -273,7 +256,7 @@ def _step_flops(executable) -> tuple[float, float]:
 
 
 def _unrolled_layer_flops(
-    config, devices, workdir: str
+    config, devices, codec_config=None
 ) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
   """{bucket: (per-layer FLOPs, FLOPs outside the layers)}, each (XLA-counted,
   attention-kernel), from 1- and 2-layer unrolled compiles of the same config (per
@@ -283,7 +266,10 @@ def _unrolled_layer_flops(
     small = ml_collections.ConfigDict(config.to_dict())
     small.model.update(num_layers=layers, scan_layers=False)
     flops.append(
-        {name: _step_flops(c[0]) for name, c in _compiled_steps(small, devices, workdir)[1].items()}
+        {
+            name: _step_flops(c[0])
+            for name, c in _compiled_steps(small, devices, codec_config)[1].items()
+        }
     )
   return {
       name: (
@@ -343,7 +329,7 @@ def model_flops(config, task, spec) -> tuple[float, float]:
 def compile_report(
     config: ml_collections.ConfigDict,
     topology: str,
-    tae_config: str = "experiments/tae.py:paper",
+    tae_config: str = "",
     peak_fraction: float = 0.5,
     count_flops: bool = True,
 ) -> list[BucketReport]:
@@ -362,11 +348,11 @@ def compile_report(
   if "attention_implementation" in config.model:
     config.model.attention_implementation = "pallas_tpu"
   fill_text_architectures(config)
-  workdir = _prepared_workdir(config, tae_config)
-  task, compiled = _compiled_steps(config, devices, workdir)
+  codec_config = codec_config_of(tae_config)
+  task, compiled = _compiled_steps(config, devices, codec_config)
   in_step, precomputed = text_inputs(task)
   layers = (
-      _unrolled_layer_flops(config, devices, workdir)
+      _unrolled_layer_flops(config, devices, codec_config)
       if count_flops and config.model.get("scan_layers")
       else {}
   )
@@ -465,8 +451,9 @@ def main():
   )
   tae_config = flags.DEFINE_string(
       "tae_config",
-      "experiments/tae.py:paper",
-      "TAE config for t2v latent shapes, when the TAE " "workdir has none.",
+      "",
+      "Codec (TAE / audio VAE) config for latent shapes; default the run's own (its codec "
+      "workdir's config, its stage's train_config, else the paper's).",
   )
   peak_fraction = flags.DEFINE_float(
       "peak_fraction", 0.5, "Share of peak FLOP/s the " "compiled FLOPs are assumed to run at."
@@ -499,10 +486,7 @@ def main():
       reports = compile_report(
           config, topology.value, tae_config.value, peak_fraction.value, count_flops.value
       )
-    except (ValueError, FileNotFoundError) as e:
-      sys.stderr.write(f"mgjax.aot: {e}\n")
-      sys.exit(2)
-    except jax.errors.JaxRuntimeError as e:
+    except jax.errors.JaxRuntimeError as e:  # user errors: reported by cli.run
       if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
         raise
       first = next((l for l in str(e).splitlines() if "memory" in l.lower()), str(e))
@@ -525,7 +509,9 @@ def main():
         )
     sys.exit(0 if all(r.headroom >= 0 for r in reports) else 1)
 
-  app.run(run)
+  from mgjax import cli  # only the command line needs it
+
+  cli.run(run, "mgjax.aot")
 
 
 if __name__ == "__main__":

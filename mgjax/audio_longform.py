@@ -30,7 +30,8 @@ where `aligned` is a pytree of arrays on the audio latent time axis [B, T, ...]
 window gets its example's), and `args` anything else, passed unchanged (model
 variables: jit arguments, not constants baked into the compiled step). For
 multi-diffusion B' = B * num_windows (example-major); for autoregression B' = B.
-`mgjax.models.audio_dit.guided_velocity_fn` makes one from an AudioDiT.
+`mgjax.models.audio_dit.window_model_fn` makes one from an AudioDiT, guided by
+`mgjax.flow.cfg_velocity_fn`.
 """
 
 from __future__ import annotations

@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
           keep_checkpoints_every=0,  # ... plus every multiple of this step (0: none)
           ema_decay=0.0,  # > 0: keep an EMA of the weights; eval and sampling use it
           progress_bar=True,
+          # Fine-tuning: a fresh run starts from another run's weights (its EMA when it
+          # kept one). subtrees: "dest:source,..." params paths ("dit:dit", "dit/blocks:
+          # dit/blocks"); "" takes every top-level subtree the two share. Parameters
+          # only this run has keep their own init; a shape that differs is refused.
+          init_from=ml_collections.ConfigDict(dict(workdir="", step=0, subtrees="")),
       )
   )
   return config

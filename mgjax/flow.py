@@ -131,12 +131,20 @@ def drop_condition(
   return jax.random.uniform(rng, tuple(shape)) >= drop_prob  # [B]
 
 
-def velocity_loss(pred: jax.Array, target: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+def velocity_loss(
+    pred: jax.Array,
+    target: jax.Array,
+    weight: jax.Array | None = None,
+    frame_mask: jax.Array | None = None,
+) -> jax.Array:
   """Mean squared error, float32 scalar.
 
   Without `weight` it is the mean over all elements. With a per-example weight or
   mask [B] it is the weighted mean of the per-example MSEs, sum(w * mse) / sum(w),
   so a 0/1 mask averages over the kept examples only (and gives 0 when none are).
+  With a `frame_mask` broadcastable to pred ([B, T, 1] for [B, T, C]; 1 = in the
+  loss) it is the mean over the masked-in elements only: frames the model is given
+  (e.g. audio context) add nothing to the loss nor to its denominator.
   """
   if pred.shape != target.shape:
     raise ValueError(
@@ -144,6 +152,11 @@ def velocity_loss(pred: jax.Array, target: jax.Array, weight: jax.Array | None =
         f"and {tuple(target.shape)}."
     )
   squared = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))  # [B, ...]
+  if frame_mask is not None:
+    if weight is not None:
+      raise ValueError("Pass a per-example weight or a frame mask, not both.")
+    counted = jnp.broadcast_to(frame_mask, squared.shape).sum()
+    return (squared * frame_mask).sum() / jnp.maximum(counted, 1.0)
   if weight is None:
     return jnp.mean(squared)
   weight = jnp.asarray(weight, jnp.float32)
@@ -306,12 +319,15 @@ def guided_velocity(v_cond: jax.Array, v_uncond: jax.Array, scale: float) -> jax
   return v_uncond + scale * (v_cond - v_uncond)
 
 
-def cfg_velocity_fn(model_fn: ModelFn, scale: float) -> VelocityFn:
+def cfg_velocity_fn(model_fn: ModelFn, scale: float, num_batched_args: int = 0) -> VelocityFn:
   """Wraps model_fn(x, t, use_condition [B'], *args) into a guided velocity_fn(x, t, *args).
 
   Both halves run in ONE forward pass on the doubled batch [x; x] with
-  use_condition = [True] * B + [False] * B. With scale == 1 guidance is the
-  conditional velocity alone, so the unconditional half is skipped.
+  use_condition = [True] * B + [False] * B; the first `num_batched_args` args are
+  per-example pytrees (conditions [B, ...]) and are doubled with x, the rest (model
+  variables) pass unchanged. With scale == 1 guidance is the conditional velocity
+  alone, so the unconditional half is skipped. Every guided task samples through
+  this one function.
   """
   if not isinstance(scale, numbers.Real):
     raise ValueError(
@@ -328,10 +344,10 @@ def cfg_velocity_fn(model_fn: ModelFn, scale: float) -> VelocityFn:
 
   def guided(x: jax.Array, t: jax.Array, *args) -> jax.Array:
     batch = x.shape[0]
+    double = lambda tree: jax.tree.map(lambda a: jnp.concatenate([a, a]), tree)
     use_condition = jnp.arange(2 * batch) < batch  # [2B]: conditional first
-    v = model_fn(
-        jnp.concatenate([x, x]), jnp.concatenate([t, t]), use_condition, *args
-    )  # [2B, ...]
+    batched, shared = args[:num_batched_args], args[num_batched_args:]
+    v = model_fn(double(x), double(t), use_condition, *double(batched), *shared)  # [2B, ...]
     return guided_velocity(v[:batch], v[batch:], scale)  # [B, ...]
 
   return guided

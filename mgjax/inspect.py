@@ -30,8 +30,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from mgjax import sample as sample_lib
+from mgjax import runs
 from mgjax.data.video import probe, write_image, write_video
+from mgjax.tasks.outputs import SampleRequest
 from mgjax.train_state import path_names
 
 TREES = ("params", "frozen", "ema_params")  # the parameter trees of a TrainState
@@ -205,10 +206,8 @@ class Run:
 
   @functools.cached_property
   def _restored(self):
-    from mgjax.train import restore_train_state
-
     with _quiet_read_only():
-      return restore_train_state(self.workdir, self.step)  # (config, task, state)
+      return runs.restore_train_state(self.workdir, self.step)  # (config, task, state)
 
   @property
   def task(self):
@@ -223,7 +222,7 @@ class Run:
   @property
   def fps(self) -> float:
     """The frame rate the run's videos are written with."""
-    return sample_lib.video_fps(self.config)
+    return self.config.get("data", {}).get("fps") or 16
 
   def param_table(self, which: str = "params", depth: int | None = None) -> ParamTable:
     """Rows (path, shape, dtype, count) of the state's `which` tree: "params" (trained),
@@ -273,7 +272,7 @@ class Run:
       width: int | None = None,
       cfg_scale: float | None = None,
       schedule: str | None = None,
-      method: str = "euler",
+      method: str | None = None,
       seed: int = 0,
       path: str | None = None,
   ) -> np.ndarray:
@@ -302,40 +301,23 @@ class Run:
   def _sample(
       self, prompt, *, num_steps, num_frames, height, width, cfg_scale, schedule, method, seed
   ) -> np.ndarray:
-    task_name = self.config.task
-    if task_name == "t2v":
-      if not prompt:
-        raise ValueError(
-            'A text-to-video run needs a prompt: sample_video("a red circle ' 'moves to the left").'
-        )
-      videos, _ = sample_lib.generate_videos(
-          self.config,
-          self.task,
-          self.state,
-          [prompt],
-          num_steps=num_steps,
-          schedule=schedule,
-          cfg_scale=cfg_scale,
-          seed=seed,
-          num_frames=num_frames,
-          height=height,
-          width=width,
-          method=method,
-          batch_size=1,
-      )
-      return videos[0]  # [T, H, W, 3]
-    if task_name == "tae":
-      if prompt:
-        raise ValueError(
-            "A TAE run reconstructs a held-out clip and takes no prompt; call "
-            "sample_video() without one."
-        )
-      clip = self.task.eval_clips()[:1]  # [1, T, H, W, 3]
-      reconstruction, _ = jax.jit(self.task.reconstruct)(self.state.eval_params()["tae"], clip)
-      return np.concatenate([clip[0], np.asarray(reconstruction)[0]], axis=2)  # [T, H, 2W, 3]
-    raise ValueError(
-        f"sample_video supports the t2v and tae tasks; this run's is " f"{task_name!r}."
+    """The task's own preview (`Task.preview`): every task shows itself the same way."""
+    request = SampleRequest(
+        prompts=[prompt] if prompt else [],
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        num_steps=num_steps,
+        schedule=schedule,
+        method=method,
+        cfg_scale=cfg_scale,
+        seed=seed,
+        batch_size=1,
     )
+    sample = self.task.preview(self.state.eval_params(), self.state.frozen, request)
+    if sample.video is None:
+      raise ValueError(f"A {self.config.task!r} run's preview has no video to show.")
+    return sample.video  # [T, H, W, 3]
 
 
 def save_video(path: str, video: np.ndarray, fps: float):

@@ -28,14 +28,18 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from mgjax import checkpoint as checkpoint_lib
-from mgjax import optim
+from mgjax import cli, optim, runs
+from mgjax.init_from import init_from_run, with_pretrained
 from mgjax.parallel import distributed
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.parallel import sharding as sharding_lib
 from mgjax.preemption import PreemptionWatch, StopRequested
 from mgjax.tasks import get_task_class
-from mgjax.tasks.base import Task
-from mgjax.train_state import TrainState
+from mgjax.tasks.base import Stage, Task
+from mgjax.train_state import TrainState, create_state, make_init_fn  # noqa: F401 (the API)
+
+# A run's files, read back (kept here too: the trainer's API before mgjax.runs).
+restore_train_state, restore_params = runs.restore_train_state, runs.restore_params
 
 # ----------------------------------------------------------------------------- step
 
@@ -68,75 +72,6 @@ def train_step(
 
 
 # ---------------------------------------------------------------------------- state
-
-
-def make_init_fn(task: Task, optimizer, seed: int, ema: bool = False):
-  """A function () -> logically boxed TrainState, for eval_shape and jit."""
-
-  def init_boxed():
-    rng = jax.random.key(seed)
-    params, frozen = task.init(jax.random.fold_in(rng, 0))
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        frozen=frozen,
-        opt_state=optimizer.init(params),
-        rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
-        ema_params=params if ema else {},
-    )
-
-  return init_boxed
-
-
-def create_state(task: Task, optimizer, config, mesh):
-  """Initialises the state already sharded: eval_shape -> shardings -> jit(init)."""
-  init_boxed = make_init_fn(task, optimizer, config.seed, ema=config.train.ema_decay > 0)
-  rules = sharding_lib.rules_for(config)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract_boxed = jax.eval_shape(init_boxed)
-  shardings = sharding_lib.logical_to_shardings(abstract_boxed, mesh, rules)
-  init = jax.jit(lambda: nn.meta.unbox(init_boxed()), out_shardings=shardings)
-  return init, sharding_lib.strip_boxes(abstract_boxed), shardings
-
-
-def _replace_subtrees(tree, new, shardings, path: str = ""):
-  """`tree` with the leaves `new` names replaced, each placed with its sharding."""
-  if not isinstance(new, dict):
-    expected = tuple(tree.shape)
-    if tuple(np.shape(new)) != expected:
-      raise ValueError(
-          f"Pretrained weight {path} has shape {np.shape(new)}; the model " f"expects {expected}."
-      )
-    value = np.asarray(new, tree.dtype)  # the same on every host: each takes its shards
-    return jax.make_array_from_callback(value.shape, shardings, lambda index: value[index])
-  missing = set(new) - set(tree)
-  if missing:
-    raise ValueError(
-        f"Pretrained weights {sorted(missing)} under {path or '/'} are not in " f"the model."
-    )
-  out = dict(tree)
-  for key, value in new.items():
-    out[key] = _replace_subtrees(tree[key], value, shardings[key], f"{path}/{key}")
-  return out
-
-
-def with_pretrained(state: TrainState, task: Task, shardings: TrainState) -> TrainState:
-  """A fresh state with the task's pretrained weights in place (e.g. frozen text
-  encoders), loaded on the host after init so they never become jit constants;
-  pretrained trainable weights start the EMA too."""
-  pretrained = task.pretrained_weights()
-  if not jax.tree.leaves(pretrained):
-    return state
-  params, frozen = pretrained.get("params", {}), pretrained.get("frozen", {})
-  replaced = state.replace(
-      params=_replace_subtrees(state.params, params, shardings.params),
-      frozen=_replace_subtrees(state.frozen, frozen, shardings.frozen),
-  )
-  if state.ema_params and jax.tree.leaves(params):
-    replaced = replaced.replace(
-        ema_params=_replace_subtrees(state.ema_params, params, shardings.ema_params)
-    )
-  return replaced
 
 
 def batch_signature(batch) -> tuple:
@@ -273,6 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   jax.config.update("jax_threefry_partitionable", True)
   task = get_task_class(config.task)(config, workdir)
+  run_stages(task.stages())
   task.prepare()
   num_steps = config.train.num_steps
 
@@ -309,9 +245,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       state = init()
     state = with_pretrained(state, task, state_shardings)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
+    state = init_from_run(state, config.train.init_from, state_shardings)
+  if jax.process_index() == 0:
+    runs.record_config(workdir, config, start_step)
 
   # --------------------------------------------------------------------- step
   step_fns = compile_steps(
@@ -386,6 +322,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
       if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
         eval_metrics = task.evaluate(*evaluation_copy(state), done)
+        if not eval_metrics:  # nothing to evaluate (e.g. no held-out data)
+          continue
         writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
         logging.info(
             "eval step %d: %s",
@@ -400,6 +338,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer.wait()
     checkpointer.close()
   return eval_metrics
+
+
+def run_stages(stages: list[Stage]) -> None:
+  """Trains (or finishes) every earlier run a task declared, in order; a stage that
+  stops short (preempted) stops the whole run with StopRequested, so nothing starts
+  on its unfinished output. A finished stage is not touched."""
+  for stage in stages:
+    num_steps = stage.config.train.num_steps
+    if runs.is_finished(stage.workdir, num_steps):
+      continue
+    logging.info("Stage %s: training in %s", stage.name, stage.workdir)
+    train(stage.config, stage.workdir)
+    if not runs.is_finished(stage.workdir, num_steps):
+      raise StopRequested(
+          f"The {stage.name} stage in {stage.workdir} stopped at step "
+          f"{runs.latest_step(stage.workdir)} of {num_steps} on request. Rerun the same "
+          "command to resume."
+      )
 
 
 def evaluation_copy(state: TrainState):
@@ -417,34 +373,6 @@ def evaluation_copy(state: TrainState):
   device = jax.local_devices()[0]
   gathered = multihost_utils.process_allgather((params, frozen), tiled=True)
   return jax.device_put(gathered, device)
-
-
-def restore_train_state(workdir: str, step: int | None = None):
-  """(config, task, state) of a run's checkpoint, for evaluation and inspection.
-
-  Rebuilds the state exactly as `train` does from the run's saved config, on a mesh of
-  all local devices, and restores the latest (or the given) complete checkpoint.
-  """
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  task = get_task_class(config.task)(config, workdir)
-  optimizer, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
-  mesh = mesh_lib.mesh_from_config(config)
-  _, abstract_state, shardings = create_state(task, optimizer, config, mesh)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No complete checkpoint in {checkpointer.directory}.")
-  state = checkpointer.restore(
-      step, checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
-  )
-  checkpointer.close()
-  return config, task, state
-
-
-def restore_params(workdir: str, step: int | None = None):
-  """The weights to run a trained model with (the EMA when the run kept one)."""
-  return restore_train_state(workdir, step)[2].eval_params()
 
 
 def log_memory(name: str, compiled):
@@ -493,7 +421,7 @@ def main():
     except StopRequested as e:  # an earlier stage was preempted: a clean stop
       logging.warning("%s", e)
 
-  app.run(run, flags_parser=parse_flags)
+  cli.run(run, "mgjax.train", flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

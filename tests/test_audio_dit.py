@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgjax import configs
+from mgjax import configs, flow
 from mgjax.configs import DEFAULT_LOGICAL_AXIS_RULES
 from mgjax.models.audio_dit import (
     AudioDiT,
     align_video_features,
-    guided_velocity_fn,
     num_params,
     video_positions,
+    window_model_fn,
 )
 from mgjax.models.dit import loop_to_scan_params, scan_to_loop_params
 from mgjax.models.video_features import VideoFeatureEncoder
@@ -291,7 +291,7 @@ def test_bad_inputs_raise_clear_errors(model_and_params):
     shape(x, t, context, mask, video, text, text_mask, keep_video=jnp.ones(3, bool))
 
 
-def test_guided_velocity_fn_is_the_cfg_formula(model_and_params):
+def test_guided_window_model_is_the_cfg_formula(model_and_params):
   model, _, params, apply = model_and_params
   x, t, context, mask, video, text, text_mask = inputs()
   aligned = {"video": align_video_features(video, 16.0, 25.0, T)}
@@ -311,11 +311,13 @@ def test_guided_velocity_fn_is_the_cfg_formula(model_and_params):
       keep_video=jnp.zeros(2, bool),
       keep_text=jnp.zeros(2, bool),
   )
-  guided = jax.jit(guided_velocity_fn(model, 3.0))(
+  guided = jax.jit(flow.cfg_velocity_fn(window_model_fn(model), 3.0, 4))(
       x, t, context, mask, aligned, per_example, params
   )
   np.testing.assert_allclose(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-4)
-  plain = guided_velocity_fn(model, 1.0)(x, t, context, mask, aligned, per_example, params)
+  plain = flow.cfg_velocity_fn(window_model_fn(model), 1.0, 4)(
+      x, t, context, mask, aligned, per_example, params
+  )
   np.testing.assert_allclose(plain, cond, rtol=1e-5, atol=1e-5)
   assert float(jnp.abs(cond - uncond).max()) > 1e-2  # the two halves differ
 

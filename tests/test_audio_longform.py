@@ -26,7 +26,7 @@ import pytest
 
 from mgjax import audio_longform as lf
 from mgjax import flow
-from mgjax.models.audio_dit import AudioDiT, align_video_features, guided_velocity_fn
+from mgjax.models.audio_dit import AudioDiT, align_video_features, window_model_fn
 
 SIGMA = flow.SIGMA_MIN
 PERIODS = (16.0, 24.0)  # frames
@@ -371,7 +371,7 @@ def test_real_tiny_audio_dit_through_both_methods():
   variables = jax.tree.map(
       lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype), abstract
   )
-  velocity_fn = guided_velocity_fn(model, 3.0)
+  velocity_fn = flow.cfg_velocity_fn(window_model_fn(model), 3.0, 4)
   context = jnp.zeros_like(noise).at[:, :5].set(1.0)
   mask = jnp.zeros((b, num_frames, 1)).at[:, :5].set(1.0)
   for strategy in STRATEGIES:

@@ -289,7 +289,8 @@ def test_v2a_writes_wav_and_muxed_mp4_of_the_videos_duration(trained, tmp_path):
 
 def test_v2a_long_video_goes_through_sample_long(trained, tmp_path, monkeypatch):
   """A video 3x the trained window: multi-diffusion over 4 windows, 6 s of sound."""
-  from mgjax import sample_audio
+  from mgjax import sample as sample_lib
+  from mgjax.tasks.outputs import SampleRequest
 
   workdir, records, _ = trained
   clips = [
@@ -306,8 +307,8 @@ def test_v2a_long_video_goes_through_sample_long(trained, tmp_path, monkeypatch)
     return real(strategy, velocity_fn, noise, schedule, **kwargs)
 
   monkeypatch.setattr(audio_task, "sample_long", spy)
-  wav_path, mp4_path = sample_audio.video_to_audio(
-      workdir, long_video, str(tmp_path / "o"), num_steps=2
+  wav_path, mp4_path = sample_lib.sample(
+      workdir, SampleRequest(inputs=[long_video], num_steps=2), str(tmp_path / "o")
   )
   ((strategy, shape, window, overlap),) = calls
   assert strategy == "multidiffusion" and shape[1] == 150 and (window, overlap) == (50, 10)

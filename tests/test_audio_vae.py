@@ -21,13 +21,13 @@ from mgjax.models import audio_vae_losses as losses
 from mgjax.models.audio_vae import AudioVAE, Downsample, Upsample
 from mgjax.models.tae_losses import kl_divergence
 from mgjax.tasks.audio_vae import (
-    AudioVAECodec,
     AudioVAETask,
     LoadAudioCrop,
     bouncing_clips,
     make_audio_vae,
     reconstruction_scores,
 )
+from mgjax.tasks.codecs import AudioVAECodec
 
 RATE = 16_000
 

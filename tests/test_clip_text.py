@@ -21,12 +21,8 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from mgjax.models.clip_text import (
-    CLIPTextConfig,
-    CLIPTextEncoder,
-    extend_positions,
-    load_clip_text,
-)
+from mgjax.models.clip_text import CLIPTextConfig, CLIPTextEncoder, extend_positions
+from mgjax.text.hf_import import load_clip_text
 
 VOCAB = 300
 EOS = VOCAB - 1

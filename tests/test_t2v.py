@@ -20,9 +20,10 @@ from mgjax import train as train_lib
 from mgjax.data.latent_shards import LatentShards
 from mgjax.data.records import Records, read_manifest
 from mgjax.data.video import probe
-from mgjax.models.clip_text import load_clip_text
 from mgjax.parallel import mesh as mesh_lib
+from mgjax.tasks.outputs import SampleRequest
 from mgjax.tasks.t2v import T2VTask
+from mgjax.text.hf_import import load_clip_text
 from tests.test_text_conditioning import save_tiny_hf_encoders
 from tests.test_train import tiny_config as tiny_tae_config
 
@@ -160,7 +161,7 @@ def test_precompute_command_splits_work_across_processes_and_resumes(trained, tm
   command = [
       sys.executable,
       "-m",
-      "mgjax.data.precompute",
+      "mgjax.precompute",
       "--config=experiments/t2v.py:tiny",
       f"--config.tae.workdir={root}/tae",
       "--config.data.name=manifest",
@@ -213,9 +214,8 @@ def test_sample_cli_writes_videos_and_contact_sheet(trained, tmp_path):
   prompts = sample_lib.read_prompts(["a green triangle is still"], str(prompts_file))
   assert len(prompts) == 3  # blank lines skipped
   out = tmp_path / "out"
-  paths = sample_lib.sample(
-      workdir, prompts, str(out), num_steps=3, schedule="linear", cfg_scale=2.0, batch_size=2
-  )
+  request = SampleRequest(prompts, num_steps=3, schedule="linear", cfg_scale=2.0, batch_size=2)
+  paths = sample_lib.sample(workdir, request, str(out))
   assert [os.path.splitext(p)[1] for p in paths] == [".mp4"] * 3
   for path in paths:
     info = probe(path)
@@ -228,15 +228,10 @@ def test_sample_cli_writes_videos_and_contact_sheet(trained, tmp_path):
 
 def test_one_frame_samples_an_image(trained, tmp_path):
   workdir, _ = trained
-  paths = sample_lib.sample(
-      workdir,
-      ["a yellow circle"],
-      str(tmp_path),
-      num_steps=2,
-      num_frames=1,
-      height=SIZE,
-      width=2 * SIZE,
+  request = SampleRequest(
+      ["a yellow circle"], num_steps=2, num_frames=1, height=SIZE, width=2 * SIZE
   )
+  paths = sample_lib.sample(workdir, request, str(tmp_path))
   assert paths[0].endswith(".png")
   image = np.asarray(Image.open(paths[0]))
   assert image.shape == (SIZE, 2 * SIZE, 3)
@@ -255,9 +250,9 @@ def test_sampling_is_deterministic_for_a_seed(trained):
       cfg_scale=3.0,
   )
   prompts = ["FPS-16 a red square moves down"]
-  first = task.generate(state.eval_params(), state.frozen, prompts, seed=1, **kwargs)
-  again = task.generate(state.eval_params(), state.frozen, prompts, seed=1, **kwargs)
-  other = task.generate(state.eval_params(), state.frozen, prompts, seed=2, **kwargs)
+  first = task.generate_videos(state.eval_params(), state.frozen, prompts, seed=1, **kwargs)
+  again = task.generate_videos(state.eval_params(), state.frozen, prompts, seed=1, **kwargs)
+  other = task.generate_videos(state.eval_params(), state.frozen, prompts, seed=2, **kwargs)
   np.testing.assert_array_equal(first, again)
   assert np.abs(first.astype(int) - other.astype(int)).mean() > 0
 
@@ -266,16 +261,17 @@ def test_bad_prompts_and_sizes_are_clear_errors(trained, tmp_path):
   workdir, _ = trained
   with pytest.raises(ValueError, match="Prompt 2 is empty"):
     sample_lib.read_prompts(["a red circle", "   "], None)
-  with pytest.raises(ValueError, match="No prompts"):
-    sample_lib.read_prompts(None, None)
   empty_file = tmp_path / "blank.txt"
   empty_file.write_text("\n \n")
+  assert sample_lib.read_prompts(None, str(empty_file)) == []
   with pytest.raises(ValueError, match="No prompts"):
-    sample_lib.read_prompts(None, str(empty_file))
+    sample_lib.sample(workdir, SampleRequest([]), str(tmp_path))
   with pytest.raises(ValueError, match="does not exist"):
     sample_lib.read_prompts(None, str(tmp_path / "missing.txt"))
   with pytest.raises(ValueError, match="multiples of 16"):
-    sample_lib.sample(workdir, ["a red circle"], str(tmp_path), num_steps=1, height=40, width=SIZE)
+    sample_lib.sample(
+        workdir, SampleRequest(["a red circle"], num_steps=1, height=40, width=SIZE), str(tmp_path)
+    )
 
 
 def test_cli_reports_bad_input_in_one_line(trained):

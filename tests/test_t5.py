@@ -19,7 +19,8 @@ import torch
 import transformers
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from mgjax.models.t5 import T5Config, T5Encoder, load_t5_encoder, relative_position_bucket
+from mgjax.models.t5 import T5Config, T5Encoder, relative_position_bucket
+from mgjax.text.hf_import import load_t5_encoder
 
 VOCAB = 300
 LENGTHS = (40, 27, 9)  # one full row, two padded; 40 > max_distance 32 reaches the far bucket

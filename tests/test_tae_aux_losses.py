@@ -12,12 +12,8 @@ import pytest
 from scipy import ndimage
 
 from mgjax.models.discriminator import PatchDiscriminator3D, hinge_d_loss, hinge_g_loss
-from mgjax.models.perceptual import (
-    PerceptualNetwork,
-    load_perceptual_params,
-    perceptual_distance,
-    save_perceptual_params,
-)
+from mgjax.models.perceptual import PerceptualNetwork, perceptual_distance
+from mgjax.tasks.perceptual_weights import load_perceptual_params, save_perceptual_params
 
 SMALL_DISCRIMINATOR = dict(channels=(8, 16), norm_groups=4)
 SMALL_PERCEPTUAL = dict(stage_channels=(8, 16, 16))

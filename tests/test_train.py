@@ -10,17 +10,17 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from experiments import tae as tae_config
 from mgjax import checkpoint as checkpoint_lib
+from mgjax import configs
 from mgjax import train as train_lib
 from mgjax.data.pipeline import DataQualityError
 from mgjax.data.video import probe
 from mgjax.preemption import PreemptionWatch, StopRequested
-from mgjax.tasks.t2v import train_tae
+from mgjax.tasks.base import Stage
 from mgjax.tasks.tae import TAETask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,12 +225,12 @@ def test_preempted_first_stage_stops_the_whole_run(tmp_path, monkeypatch):
   the command reports and exits 0 on) instead of going on to train the DiT on the
   unfinished TAE's latents."""
   monkeypatch.setattr(train_lib.PreemptionWatch, "reached", lambda self, step: step == 2)
-  tae_section = ml_collections.ConfigDict(
-      dict(train_config=os.path.join(ROOT, "tests", "configs", "tae_tiny.py") + ":6", train_steps=0)
-  )
+  tae_config = configs.load_config(os.path.join(ROOT, "tests", "configs", "tae_tiny.py") + ":6")
+  with tae_config.unlocked():
+    tae_config.data.dir = str(tmp_path / "shapes")
   tae_workdir = str(tmp_path / "tae")
   with pytest.raises(StopRequested, match="stopped at step 2 of 6"):
-    train_tae(tae_section, tae_workdir, tiny_config(6).data, str(tmp_path / "shapes"))
+    train_lib.run_stages([Stage("TAE", tae_workdir, tae_config)])
   assert checkpoint_lib.Checkpointer(tae_workdir, read_only=True).all_steps() == [2]
 
 

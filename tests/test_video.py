@@ -196,6 +196,92 @@ def test_bad_arguments_raise_value_error(index_video):
 
 
 # ----------------------------------------------------------------------------
+# Rotated files: a display matrix (as phones write for portrait video) turns
+# the stored frames for display; probe and read_clip return what is shown.
+
+BLOCK = 8
+
+
+def _block_pattern(height=32, width=48):
+  """uint8 [H, W, 3] of flat 8x8 blocks, each a different colour.
+
+  No rotation or mirror of it equals another, so a wrong turn is obvious.
+  """
+  rows, cols = height // BLOCK, width // BLOCK
+  r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+  blocks = np.stack([40 + 180 * r / (rows - 1), 40 + 180 * c / (cols - 1), 230 - 25 * (r + c)], -1)
+  return np.repeat(np.repeat(blocks, BLOCK, 0), BLOCK, 1).clip(0, 255).astype(np.uint8)
+
+
+def _write_rotated(path, frame, degrees, hflip=False, num_frames=4, fps=8):
+  """H.264 .mp4 storing `frame` plus a display matrix turning it CCW by degrees."""
+  with av.open(path, mode="w", format="mp4") as container:
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height = frame.shape[1], frame.shape[0]
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"crf": "12"}
+    stream.set_display_rotation(degrees, hflip=hflip)
+    for i in range(num_frames):
+      av_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+      av_frame.pts = i
+      for packet in stream.encode(av_frame):
+        container.mux(packet)
+    for packet in stream.encode(None):
+      container.mux(packet)
+
+
+def _mean_error(a, b):
+  return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+
+@pytest.mark.parametrize(
+    "degrees, hflip, turns",
+    [(90, False, 1), (180, False, 2), (270, False, 3), (90, True, 1)],
+)
+def test_rotated_video_is_read_as_displayed(tmp_path, degrees, hflip, turns):
+  stored = _block_pattern()  # [32, 48, 3]: landscape, as a phone stores it.
+  path = str(tmp_path / f"rot{degrees}.mp4")
+  _write_rotated(path, stored, degrees, hflip=hflip)
+  # set_display_rotation's degrees are counter-clockwise, as np.rot90's turns.
+  shown = np.rot90(stored, turns)
+  if hflip:
+    shown = shown[:, ::-1]
+
+  info = video.probe(path)
+  assert info.rotation == degrees
+  assert (info.height, info.width) == shown.shape[:2]
+  assert (info.height, info.width) == ((48, 32) if degrees % 180 else (32, 48))
+
+  clip = video.read_clip(path, 2)
+  assert clip.shape == (2, *shown.shape)
+  assert _mean_error(clip, shown[None]) < 3.0
+  # Every other orientation of the pattern is far from what was read.
+  for other in range(4):
+    for flip in (False, True):
+      candidate = np.rot90(stored, other)
+      candidate = candidate[:, ::-1] if flip else candidate
+      if (other, flip) != (turns, hflip) and candidate.shape == shown.shape:
+        assert _mean_error(clip[0], candidate) > 30.0
+  # Blocks land where they are displayed: the shown top-left block's colour.
+  assert np.abs(clip[0, 2:6, 2:6].astype(int) - shown[4, 4].astype(int)).max() < 12
+
+  # Resizing applies to the displayed frame: crop keeps the displayed centre.
+  square = min(shown.shape[:2])
+  top, left = (shown.shape[0] - square) // 2, (shown.shape[1] - square) // 2
+  crop = video.read_clip(path, 1, size=(square, square), resize="crop")
+  assert _mean_error(crop[0], shown[top : top + square, left : left + square]) < 3.0
+  # Half size: each 8x8 block becomes a 4x4 block of the same colour.
+  half = video.read_clip(path, 1, size=(shown.shape[0] // 2, shown.shape[1] // 2))
+  assert _mean_error(half[0], shown[::2, ::2]) < 8.0
+  stretch = video.read_clip(path, 1, size=(40, 40), resize="stretch")
+  assert stretch.shape == (1, 40, 40, 3)
+
+
+def test_unrotated_video_reports_rotation_zero(index_video):
+  assert video.probe(index_video).rotation == 0
+
+
+# ----------------------------------------------------------------------------
 # Bad files: each kind raises VideoDecodeError with that kind and the path.
 
 

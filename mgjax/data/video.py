@@ -34,6 +34,7 @@ import tempfile
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as _SideDataType
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 VIDEO_KINDS = ("missing", "empty", "truncated", "undecodable", "too_short")
@@ -78,11 +79,17 @@ class ImageDecodeError(MediaDecodeError):
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
+  """A video's metadata. width/height are as displayed (after `rotation`)."""
+
   fps: float
   num_frames: int
   width: int
   height: int
   duration: float  # seconds
+  # Degrees counter-clockwise (0, 90, 180 or 270) by which the file's display
+  # matrix turns its stored frames for display, as PyAV's VideoFrame.rotation;
+  # phones record portrait video as landscape frames plus 90 or 270.
+  rotation: int = 0
 
 
 # ----------------------------------------------------------------------------
@@ -206,19 +213,109 @@ def _info_from_stream(path: str, container, stream) -> VideoInfo:
   )
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
-  """Reads a video's metadata without decoding frames.
+@dataclasses.dataclass(frozen=True)
+class _Orientation:
+  """How a stored frame [H, W] becomes the displayed one.
 
-  num_frames comes from the stream header when present, else is estimated
-  as round(duration * fps). Without decoding, truncation is found only by
-  the .mp4 box check (rule (a) in the module docstring).
+  Displayed = stored, transposed if `transpose`, then with its rows and/or
+  columns reversed. This covers the 8 axis-aligned display matrices
+  (rotations by multiples of 90 degrees, with or without a mirror).
+  """
+
+  transpose: bool = False
+  flip_rows: bool = False
+  flip_cols: bool = False
+  rotation: int = 0  # Counter-clockwise degrees, FFmpeg's convention.
+
+  def displayed_size(self, height: int, width: int) -> tuple[int, int]:
+    return (width, height) if self.transpose else (height, width)
+
+  def apply(self, rgb: np.ndarray) -> np.ndarray:
+    """Stored uint8 [H, W, 3] -> displayed [H', W', 3]."""
+    if self.transpose:
+      rgb = rgb.transpose(1, 0, 2)
+    if self.flip_rows:
+      rgb = rgb[::-1]
+    if self.flip_cols:
+      rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+_UPRIGHT = _Orientation()
+
+
+def _orientation_from_matrix(matrix: np.ndarray) -> _Orientation:
+  """The orientation of an FFmpeg display matrix (9 int32, row-major).
+
+  FFmpeg's matrix maps a stored pixel (x, y), y pointing down, to the
+  displayed x' = a*x + c*y (+ offset), y' = b*x + d*y (+ offset), where
+  a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]. Angles that are
+  not multiples of 90 degrees snap to the nearest one (scaling is ignored).
+  """
+  a, b, c, d = (float(matrix[i]) for i in (0, 1, 3, 4))
+  if not any((a, b, c, d)):
+    return _UPRIGHT
+  if abs(a) + abs(d) >= abs(b) + abs(c):  # x' ~ +-x, y' ~ +-y.
+    a, b, c, d = np.sign(a), 0.0, 0.0, np.sign(d)
+    orientation = dict(transpose=False, flip_rows=d < 0, flip_cols=a < 0)
+  else:  # x' ~ +-y, y' ~ +-x: rows and columns swap.
+    a, b, c, d = 0.0, np.sign(b), np.sign(c), 0.0
+    orientation = dict(transpose=True, flip_rows=b < 0, flip_cols=c < 0)
+  # As av_display_rotation_get: the counter-clockwise angle of the matrix.
+  rotation = int(round(-np.degrees(np.arctan2(b, a)))) % 360
+  return _Orientation(rotation=rotation, **orientation)
+
+
+def _frame_orientation(frame) -> _Orientation:
+  """The display orientation FFmpeg attached to a decoded frame.
+
+  FFmpeg copies the stream's display matrix (an .mp4 track matrix, for
+  instance) onto every decoded frame as DISPLAYMATRIX side data; frames
+  without one are shown as stored.
+  """
+  side_data = frame.side_data
+  if _SideDataType.DISPLAYMATRIX not in side_data:
+    return _UPRIGHT
+  raw = bytes(side_data[_SideDataType.DISPLAYMATRIX])
+  if len(raw) < 36:
+    return _UPRIGHT
+  return _orientation_from_matrix(np.frombuffer(raw[:36], dtype=np.int32))
+
+
+def _first_frame_orientation(container, stream) -> _Orientation:
+  """The orientation of the first decodable frame; upright if none decodes.
+
+  A file whose frames cannot be decoded is left for read_clip to report.
+  """
+  try:
+    for frame in container.decode(stream):
+      return _frame_orientation(frame)
+  except av.FFmpegError:
+    pass
+  return _UPRIGHT
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+  """Reads a video's metadata, decoding only its first frame.
+
+  width/height are the displayed size: a file whose display matrix turns
+  its frames by 90 or 270 degrees (portrait phone video) reports its stored
+  width and height swapped, and `rotation` says by how much it turns (the
+  first frame is decoded to read the display matrix, which FFmpeg attaches
+  to decoded frames). num_frames comes from the stream header when present,
+  else is estimated as round(duration * fps). Without decoding the whole
+  file, truncation is found only by the .mp4 box check (rule (a) in the
+  module docstring).
   """
   path = os.fspath(path)
   container, stream = _open_video(path)
   try:
     info = _info_from_stream(path, container, stream)
+    orientation = _first_frame_orientation(container, stream)
   finally:
     container.close()
+  height, width = orientation.displayed_size(info.height, info.width)
+  info = dataclasses.replace(info, width=width, height=height, rotation=orientation.rotation)
   if info.num_frames <= 0 and info.duration <= 0:
     raise VideoDecodeError(path, "empty", "the video stream declares no frames; remove the file")
   return info
@@ -245,22 +342,29 @@ def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _frame_to_rgb(frame, size, resize: str) -> np.ndarray:
-  """One decoded frame as uint8 [H, W, 3], scaled by swscale.
+  """One decoded frame as displayed, uint8 [H, W, 3], scaled by swscale.
 
-  swscale's bicubic filter widens with the downscale factor, so downscaling
-  is antialiased, and colour conversion and scaling happen in one pass.
+  The frame is turned by its display matrix (see _frame_orientation), and
+  `size`/`resize` apply to the turned frame. swscale scales the stored frame
+  straight to the size that becomes the target once turned (turning and
+  scaling commute), so colour conversion and scaling happen in one pass,
+  and its bicubic filter widens with the downscale factor, so downscaling
+  is antialiased. The centre crop comes after turning.
   """
-  if size is None or (frame.height, frame.width) == tuple(size):
-    return frame.to_ndarray(format="rgb24")
+  orientation = _frame_orientation(frame)
+  shown_h, shown_w = orientation.displayed_size(frame.height, frame.width)
+  if size is None or (shown_h, shown_w) == tuple(size):
+    return orientation.apply(frame.to_ndarray(format="rgb24"))
   height, width = size
   if resize == "stretch":
     out_h, out_w = height, width
   else:
-    out_h, out_w = _cover_size(frame.height, frame.width, height, width)
+    out_h, out_w = _cover_size(shown_h, shown_w, height, width)
+  stored_h, stored_w = orientation.displayed_size(out_h, out_w)  # Its own inverse.
   rgb = frame.reformat(
-      width=out_w, height=out_h, format="rgb24", interpolation="BICUBIC"
+      width=stored_w, height=stored_h, format="rgb24", interpolation="BICUBIC"
   ).to_ndarray()
-  return np.ascontiguousarray(_center_crop(rgb, height, width))
+  return np.ascontiguousarray(_center_crop(orientation.apply(rgb), height, width))
 
 
 def _frame_time(frame, stream, origin: float, index: int, native_fps: float) -> float:
@@ -344,8 +448,11 @@ def read_clip(
     start_time: float = 0.0,
     resize: str = "crop",
 ) -> np.ndarray:
-  """Decodes `num_frames` RGB frames as uint8 [T, H, W, 3].
+  """Decodes `num_frames` RGB frames as uint8 [T, H, W, 3], as displayed.
 
+  Frames are turned by the file's display matrix (portrait phone video is
+  stored as landscape frames plus a 90/270 degree rotation), so H, W match
+  probe's height/width; resizing and cropping apply to the turned frames.
   Frame i is the decoded frame shown at time start_time + i / fps (the
   latest frame whose presentation time is at or before it). fps=None takes
   consecutive frames at the file's own rate. size=(height, width) scales

@@ -50,7 +50,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from mgjax import flow
 from mgjax.models.dit import TextInput, VideoDiT, text_inputs
 from mgjax.models.dit_blocks import (
     ACTIVATION_AXES,
@@ -475,18 +474,17 @@ def _context_inputs(x, context, context_mask):
 # ------------------------------------------------------------------------ sampling
 
 
-def guided_velocity_fn(model: AudioDiT, cfg_scale: float) -> Callable:
-  """The model as the velocity_fn of `mgjax.audio_longform`, with classifier-free
-  guidance: fn(x [B, T, C], t [B], context, context_mask [B, T, 1], aligned,
-  per_example, variables) -> v [B, T, C].
+def window_model_fn(model: AudioDiT) -> Callable:
+  """The model as the window model of `mgjax.audio_longform`, before guidance:
+  fn(x [B, T, C], t [B], use_condition [B], context, context_mask [B, T, 1], aligned,
+  per_example, variables) -> v [B, T, C]. Guided with
+  `flow.cfg_velocity_fn(window_model_fn(model), scale, num_batched_args=4)`.
 
   `aligned` is {"video": features [B, T, Fv] already at the latent rate} (see
   `align_video_features`; windows slice it like the audio) or None for a model
-  without video; `per_example` is {"text": text input as for `AudioDiT`}. The
-  conditional and unconditional halves run as one doubled batch; the unconditional
-  half drops both video and text and keeps the audio context (the context is what is
-  being extended, not a prompt to guide towards). cfg_scale 1 runs only the
-  conditional half.
+  without video; `per_example` is {"text": text input as for `AudioDiT`}. Rows with
+  use_condition False drop both video and text and keep the audio context (the
+  context is what is being extended, not a prompt to guide towards).
   """
 
   def model_fn(x, t, use_condition, context, context_mask, aligned, per_example, variables):
@@ -504,28 +502,7 @@ def guided_velocity_fn(model: AudioDiT, cfg_scale: float) -> Callable:
         video_fps=model.latent_rate,
     )
 
-  if cfg_scale == 1.0:
-
-    def conditional(x, t, context, context_mask, aligned, per_example, variables):
-      return model_fn(
-          x, t, jnp.ones(x.shape[:1], bool), context, context_mask, aligned, per_example, variables
-      )
-
-    return conditional
-
-  def guided(x, t, context, context_mask, aligned, per_example, variables):
-    batch = x.shape[0]
-    double = lambda tree: jax.tree.map(lambda a: jnp.concatenate([a, a]), tree)
-    use_condition = jnp.arange(2 * batch) < batch  # [2B]: conditional first
-    v = model_fn(
-        *double((x, t)),
-        use_condition,
-        *double((context, context_mask, aligned, per_example)),
-        variables,
-    )
-    return flow.guided_velocity(v[:batch], v[batch:], cfg_scale)  # [B, T, C]
-
-  return guided
+  return model_fn
 
 
 def num_params(tree: Mapping | Any) -> int:

@@ -9,8 +9,10 @@ not truncated. This module provides
   * `CLIPTextEncoder`: the network, numerically matching transformers'
     `CLIPTextModel` (last_hidden_state and pooler_output);
   * `extend_positions`: grows the learned position table (77 -> 256) without
-    changing what the encoder computes for prompts that fit the old table;
-  * `load_clip_text`: imports the weights of a Hugging Face-format directory.
+    changing what the encoder computes for prompts that fit the old table.
+
+This module reads no files: `mgjax.text.hf_import.load_clip_text` imports the
+weights of a Hugging Face-format directory.
 
 The network, one pre-LN block per layer:
 
@@ -33,10 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from mgjax.models.attention import attention
-from mgjax.models.hf_checkpoint import TensorReader, read_config, read_tensors
 from mgjax.models.layers import dense, logical_init
 
 ACTIVATIONS = {
@@ -67,10 +67,6 @@ _HF_DEFAULTS = dict(
     layer_norm_eps=1e-5,
     eos_token_id=49407,
 )
-
-# Prefixes of text-tower tensors: both a CLIPTextModel and a CLIPModel
-# checkpoint name them "text_model.*"; "" takes a bare state dict of the tower.
-_CHECKPOINT_PREFIXES = ("text_model.", "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +168,7 @@ class CLIPTextEmbeddings(nn.Module):
           f"CLIPTextEncoder got {length} tokens but max_position_embeddings is "
           f"{cfg.max_position_embeddings}; truncate the prompt or grow the position table "
           f"with extend_positions(params, config, {length}) (or "
-          f"load_clip_text(directory, max_length={length}))."
+          f"mgjax.text.hf_import.load_clip_text(directory, max_length={length}))."
       )
     init = nn.initializers.normal(0.02)
     tokens = nn.Embed(
@@ -353,80 +349,3 @@ def _mutable_copy(tree):
   if isinstance(tree, Mapping):
     return {k: _mutable_copy(v) for k, v in tree.items()}
   return tree
-
-
-def load_clip_text(
-    directory: str, max_length: int | None = None, dtype: str = "float32"
-) -> tuple[CLIPTextConfig, dict]:
-  """(config, params) of the CLIP text tower saved in a Hugging Face-format directory.
-
-  Accepts a `CLIPTextModel` checkpoint or a full `CLIPModel` one (its vision tower
-  and projections are ignored). If `max_length` exceeds the checkpoint's
-  position table, the table is grown with `extend_positions`. The params are
-  plain float32 arrays for `CLIPTextEncoder(config).apply({"params": params}, ...)`.
-  """
-  config = CLIPTextConfig.from_hf(read_config(directory), dtype=dtype)
-  reader = TensorReader(read_tensors(directory), directory, _CHECKPOINT_PREFIXES)
-  params = _import_params(reader, config)
-  unused = reader.unused()
-  if unused:
-    logging.info(
-        "load_clip_text: %d tensors of %s are not part of the text tower (e.g. %s).",
-        len(unused),
-        directory,
-        unused[0],
-    )
-  if max_length is not None and max_length > config.max_position_embeddings:
-    params, config = extend_positions(params, config, max_length)
-  return config, params
-
-
-def _import_params(reader: TensorReader, cfg: CLIPTextConfig) -> dict:
-  """transformers' CLIPTextModel tensors -> the CLIPTextEncoder parameter tree."""
-  d, f, n, dh = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim
-
-  def linear(name: str, d_in: int, d_out: int, kernel_shape, bias_shape) -> dict:
-    # torch Linear weight [out, in] -> Flax kernel [in, out], then split heads.
-    kernel = reader.take(f"{name}.weight", (d_in, d_out), transpose=True)
-    bias = reader.take(f"{name}.bias", (d_out,))
-    return {
-        "kernel": jnp.asarray(kernel.reshape(kernel_shape)),
-        "bias": jnp.asarray(bias.reshape(bias_shape)),
-    }
-
-  def layer_norm(name: str) -> dict:
-    return {
-        "scale": jnp.asarray(reader.take(f"{name}.weight", (d,))),
-        "bias": jnp.asarray(reader.take(f"{name}.bias", (d,))),
-    }
-
-  params = {
-      "embeddings": {
-          "token_embedding": {
-              "embedding": jnp.asarray(
-                  reader.take("embeddings.token_embedding.weight", (cfg.vocab_size, d))
-              )
-          },
-          "position_embedding": jnp.asarray(
-              reader.take("embeddings.position_embedding.weight", (cfg.max_position_embeddings, d))
-          ),
-      }
-  }
-  for i in range(cfg.num_layers):
-    prefix = f"encoder.layers.{i}"
-    attn = {
-        name: linear(f"{prefix}.self_attn.{name}", d, d, (d, n, dh), (n, dh))
-        for name in ("q_proj", "k_proj", "v_proj")
-    }
-    attn["out_proj"] = linear(f"{prefix}.self_attn.out_proj", d, d, (n, dh, d), (d,))
-    params[f"layers_{i}"] = {
-        "layer_norm1": layer_norm(f"{prefix}.layer_norm1"),
-        "self_attn": attn,
-        "layer_norm2": layer_norm(f"{prefix}.layer_norm2"),
-        "mlp": {
-            "fc1": linear(f"{prefix}.mlp.fc1", d, f, (d, f), (f,)),
-            "fc2": linear(f"{prefix}.mlp.fc2", f, d, (f, d), (d,)),
-        },
-    }
-  params["final_layer_norm"] = layer_norm("final_layer_norm")
-  return params

@@ -8,9 +8,9 @@ position, their squared difference is weighted per channel by a 1x1 "lin" conv,
 averaged over space and summed over stages.
 
 No pretrained network can be downloaded in this project, so the weights are
-whatever the caller supplies: random initialisation by default, or arrays
-loaded from an `.npz` file with `load_perceptual_params` (keys are the flattened
-parameter paths, e.g. "stage_0/conv/kernel", "lin_0/kernel").
+whatever the caller supplies: random initialisation by default, or arrays the
+caller loaded (`mgjax/tasks/perceptual_weights.py` reads and writes them as `.npz`;
+this module does no file I/O).
 """
 
 from collections.abc import Callable, Sequence
@@ -19,8 +19,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
 CONV2D_KERNEL_AXES = (None, None, "conv_in", "conv_out")
 BIAS_AXES = ("conv_out",)
@@ -125,7 +123,8 @@ def perceptual_distance(
   Frames are scored independently (T is folded into the batch) and the frame
   distances are averaged over T. `apply_fn_or_module` is a `PerceptualNetwork`
   (or any module with the same call signature), or its `apply` function;
-  `params` is its "params" collection, e.g. from `load_perceptual_params`.
+  `params` is its "params" collection, e.g. from
+  `mgjax.tasks.perceptual_weights.load_perceptual_params`.
   """
   apply_fn = (
       apply_fn_or_module.apply if isinstance(apply_fn_or_module, nn.Module) else apply_fn_or_module
@@ -145,61 +144,8 @@ def perceptual_distance(
   return per_frame.reshape(batch, frames).mean(axis=1)  # [B]
 
 
-def _flatten(params: Params) -> dict[str, Any]:
-  """Param tree -> {"stage_0/conv/kernel": leaf}, with partitioning boxes removed."""
-  # Take `.value` rather than `nn.meta.unbox`, which would add sharding
-  # constraints when called under a mesh; here only the raw values matter.
-  unboxed = jax.tree.map(
-      lambda leaf: leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf,
-      params,
-      is_leaf=lambda leaf: isinstance(leaf, nn.meta.AxisMetadata),
-  )
-  return traverse_util.flatten_dict(unboxed, sep="/")
-
-
-def save_perceptual_params(path: str, params: Params) -> None:
-  """Writes a param tree to `.npz` under the flattened key names `load_perceptual_params` reads."""
-  np.savez(path, **{key: np.asarray(value) for key, value in _flatten(params).items()})
-
-
 def default_perceptual_template() -> Params:
   """Abstract (shape/dtype only) params of the default `PerceptualNetwork`."""
   frames = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
   variables = jax.eval_shape(PerceptualNetwork().init, jax.random.key(0), frames, frames)
   return variables["params"]
-
-
-def load_perceptual_params(path: str, template: Params | None = None) -> Params:
-  """Reads an `.npz` of weights into a param tree shaped like `template`.
-
-  `template` is a params tree of the network the weights are for (arrays or
-  `jax.ShapeDtypeStruct`s, boxed or not, e.g. `jax.eval_shape(net.init, ...)["params"]`);
-  it defaults to the default `PerceptualNetwork`. The file must hold exactly
-  the template's flattened keys with matching shapes; otherwise a ValueError
-  names the file and every missing key, unexpected key and shape mismatch.
-  Returns plain (unboxed) arrays cast to the template's dtypes.
-  """
-  if template is None:
-    template = default_perceptual_template()
-  expected = _flatten(template)
-  with np.load(path) as archive:
-    stored = {key: archive[key] for key in archive.files}
-
-  problems = []
-  missing = sorted(set(expected) - set(stored))
-  unexpected = sorted(set(stored) - set(expected))
-  if missing:
-    problems.append(f"missing keys: {missing}")
-  if unexpected:
-    problems.append(f"unexpected keys: {unexpected}")
-  for key in sorted(set(expected) & set(stored)):
-    if tuple(stored[key].shape) != tuple(expected[key].shape):
-      problems.append(
-          f"shape mismatch for {key!r}: file has {tuple(stored[key].shape)}, "
-          f"network expects {tuple(expected[key].shape)}"
-      )
-  if problems:
-    raise ValueError(f"cannot load perceptual params from {path}: " + "; ".join(problems))
-
-  loaded = {key: jnp.asarray(stored[key], dtype=expected[key].dtype) for key in expected}
-  return traverse_util.unflatten_dict(loaded, sep="/")

@@ -1,4 +1,4 @@
-"""T5-family text encoders (T5 v1.0, T5 v1.1, UL2, ByT5, mT5, UMT5) and their weight import.
+"""T5-family text encoders (T5 v1.0, T5 v1.1, UL2, ByT5, mT5, UMT5).
 
 Movie Gen conditions on frozen pretrained text encoders (UL2, ByT5, MetaCLIP); the
 T5-family ones share one encoder architecture that differs only in a few switches:
@@ -15,9 +15,9 @@ T5-family ones share one encoder architecture that differs only in a few switche
     UMT5 gives every layer its own (`per_layer_position_bias`).
 
 `T5Encoder` reproduces transformers' `T5EncoderModel` / `UMT5EncoderModel`
-`last_hidden_state` (parity tests in tests/test_t5.py), and `load_t5_encoder` turns
-a directory written by their `save_pretrained` (bare encoder or full seq2seq model)
-into a params tree for it.
+`last_hidden_state` (parity tests in tests/test_t5.py). This module reads no
+files: `mgjax.text.hf_import.load_t5_encoder` turns a directory written by their
+`save_pretrained` (bare encoder or full seq2seq model) into a params tree for it.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from mgjax.models import hf_checkpoint
 from mgjax.models.attention import attention
 from mgjax.models.layers import dense, logical_init
 
@@ -313,73 +311,3 @@ class T5Encoder(nn.Module):
     for i in range(cfg.num_layers):
       x = T5Layer(cfg, name=f"layer_{i}")(x, mask, shared_bias)
     return T5LayerNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="final_norm")(x)
-
-
-def encoder_params_from_hf(config: T5Config, reader: hf_checkpoint.TensorReader) -> dict:
-  """`T5Encoder` params from transformers' "encoder.*" tensor names (torch layout)."""
-  cfg = config
-  d, n, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
-
-  def kernel(name, d_in, d_out, shape):
-    # torch Linear weight [out, in] -> Flax kernel [in, out] -> `shape`
-    return {"kernel": reader.take(name + ".weight", (d_in, d_out), transpose=True).reshape(shape)}
-
-  def bias_table(name):
-    return {"embedding": reader.take(name, (cfg.relative_attention_num_buckets, n))}
-
-  # Both names hold the same (tied) table; a checkpoint may keep either or both.
-  embed_name = "encoder.embed_tokens.weight"
-  if not reader.has(embed_name):
-    if not reader.has("shared.weight"):
-      raise ValueError(
-          f"Checkpoint {reader.source!r} has neither 'shared.weight' nor "
-          f"{embed_name!r} (expected shape {(cfg.vocab_size, d)})."
-      )
-    embed_name = "shared.weight"
-  params = {"token_embed": {"embedding": reader.take(embed_name, (cfg.vocab_size, d))}}
-  bias_name = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
-  if not cfg.per_layer_position_bias:
-    params["relpos_bias"] = bias_table(bias_name.format(0))
-  for i in range(cfg.num_layers):
-    attn = f"encoder.block.{i}.layer.0"
-    ffn = f"encoder.block.{i}.layer.1"
-    layer = {
-        "attn_norm": {"scale": reader.take(f"{attn}.layer_norm.weight", (d,))},
-        "attn": {
-            "query": kernel(f"{attn}.SelfAttention.q", d, n * dk, (d, n, dk)),
-            "key": kernel(f"{attn}.SelfAttention.k", d, n * dk, (d, n, dk)),
-            "value": kernel(f"{attn}.SelfAttention.v", d, n * dk, (d, n, dk)),
-            "out": kernel(f"{attn}.SelfAttention.o", n * dk, d, (n, dk, d)),
-        },
-        "mlp_norm": {"scale": reader.take(f"{ffn}.layer_norm.weight", (d,))},
-        "mlp": {"wo": kernel(f"{ffn}.DenseReluDense.wo", cfg.d_ff, d, (cfg.d_ff, d))},
-    }
-    for wi in (("wi_0", "wi_1") if cfg.is_gated_act else ("wi",)):
-      layer["mlp"][wi] = kernel(f"{ffn}.DenseReluDense.{wi}", d, cfg.d_ff, (d, cfg.d_ff))
-    if cfg.per_layer_position_bias:
-      layer["relpos_bias"] = bias_table(bias_name.format(i))
-    params[f"layer_{i}"] = layer
-  params["final_norm"] = {"scale": reader.take("encoder.final_layer_norm.weight", (d,))}
-  return params
-
-
-def load_t5_encoder(directory: str, dtype: str = "float32") -> tuple[T5Config, dict]:
-  """(config, params) of the T5-family encoder saved in `directory`.
-
-  Reads transformers' config.json and weights of a T5EncoderModel /
-  UMT5EncoderModel, or of a full seq2seq model (its decoder is ignored). Params are
-  float32 numpy arrays: `T5Encoder(config).apply({"params": params}, ids, mask)`.
-  Raises ValueError naming the first tensor that is missing or mis-shaped.
-  """
-  config = T5Config.from_hf(hf_checkpoint.read_config(directory), dtype=dtype)
-  reader = hf_checkpoint.TensorReader(hf_checkpoint.read_tensors(directory), directory)
-  params = encoder_params_from_hf(config, reader)
-  unused = reader.unused()
-  if unused:
-    logging.info(
-        "load_t5_encoder(%s): ignored %d tensors not in the encoder (e.g. %s).",
-        directory,
-        len(unused),
-        unused[0],
-    )
-  return config, params

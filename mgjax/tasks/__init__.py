@@ -14,8 +14,20 @@ TASKS = {
 }
 
 
+# Other names users know a task by (`mgjax.sample --task=v2a`).
+TASK_ALIASES = {"v2a": "audio", "t2i": "t2v"}
+
+
 def get_task_class(name: str):
-  if name not in TASKS:
-    raise ValueError(f"Unknown task {name!r} (config.task); known tasks: {sorted(TASKS)}.")
-  module_name, class_name = TASKS[name].split(":")
+  """The task class of config.task: a name of TASKS, or "package.module:Class" for a
+  task defined outside mgjax (a research fork, a test), which every tool then serves."""
+  if ":" in name:
+    module_name, class_name = name.split(":", 1)
+  elif name in TASKS:
+    module_name, class_name = TASKS[name].split(":")
+  else:
+    raise ValueError(
+        f"Unknown task {name!r} (config.task); known tasks: {sorted(TASKS)}, or "
+        '"package.module:Class".'
+    )
   return getattr(importlib.import_module(module_name), class_name)

@@ -1,16 +1,19 @@
 """Video/text-to-audio flow matching on audio VAE latents: the Movie Gen Audio task.
 
-Stages of `prepare()` (each skipped when already done in the workdir):
+Stages (each skipped when already done in the workdir):
   1. the audio VAE of `vae.train_config` is trained in `vae.workdir` (default
-     <workdir>/audio_vae) on the same data, unless a finished run is there;
-  2. the shapes_audio clips are made in `data.dir` (default <workdir>/shapes_audio);
+     <workdir>/audio_vae) on the same data, unless a finished run is there -- a
+     declared stage (`stages()`), run by the trainer;
+  2. `prepare()`: the shapes_audio clips are made in `data.dir` (default
+     <workdir>/shapes_audio);
   3. every training clip is decoded once and its sound encoded to VAE latent means
      (posterior means, 25 Hz) into <workdir>/audio_latents/train.npz, together with
      its frames (uint8, at data.fps, data.frame_size) and caption
      (mgjax/data/av_clips.py). Precomputing, not encoding on the fly: on the tiny
      CPU run decoding two files per example per step would cost more than the step.
      Latents are standardised per channel with the training set's statistics
-     (audio_latents/stats.json, which sampling reads back).
+     (audio_latents/stats.json, which sampling reads back). The cache is keyed by
+     the VAE's weights and the manifest's content, not by where they live.
 
 Loss (mgjax/flow.py): t ~ logit-normal(t_mean, t_std), X_t = t X1 + (1 - (1 -
 sigma_min) t) X0, MSE against X1 - (1 - sigma_min) X0. Per example and on its own:
@@ -49,7 +52,9 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import json
+import math
 import os
 
 import jax
@@ -57,33 +62,42 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mgjax import configs, flow
+from mgjax import configs
 from mgjax.audio_longform import sample_long
-from mgjax.checkpoint import Checkpointer
-from mgjax.data import audio as audio_lib
 from mgjax.data import av_clips, shapes_audio
+from mgjax.data import video as video_lib
 from mgjax.data.pipeline import DataIterator, Stream
 from mgjax.data.sources import loader_options
-from mgjax.models.audio_dit import AudioDiT, align_video_features, guided_velocity_fn
+from mgjax.data.video import VideoDecodeError
+from mgjax.models.audio_dit import AudioDiT, align_video_features, window_model_fn
 from mgjax.models.video_features import VideoFeatureEncoder
 from mgjax.parallel import distributed
-from mgjax.preemption import StopRequested
-from mgjax.tasks.base import Task
+from mgjax.tasks import audio_vae as audio_vae_task
+from mgjax.tasks.codecs import AudioVAECodec, ChannelStats
+from mgjax.tasks.latent_flow import LatentFlowTask
+from mgjax.tasks.outputs import Sample, write_samples
 from mgjax.text.conditioning import TextConditioner
 
 AUDIO_SOURCES = ("shapes_audio", "manifest")
 
 
-class AudioTask(Task):
+class AudioTask(LatentFlowTask):
+  codec_class = AudioVAECodec
+  codec_section = "vae"
+  codec_default_dir = "audio_vae"
+  codec_stage_name = "audio VAE"
+  default_codec_config = "experiments/audio_vae.py:paper"
+  stats_dir = "audio_latents"
+  num_batched_guidance_args = 4  # context, context mask, aligned video, per-example text
+  uses_frame_mask = True
 
-  def __init__(self, config, workdir):
-    super().__init__(config, workdir)
+  def __init__(self, config, workdir, **codec_and_stats):
+    super().__init__(config, workdir, **codec_and_stats)
     self.dit = AudioDiT.from_config(
         config.model, context_attention=configs.parallel_settings(config)["context_attention"]
     )
     self.video_encoder = VideoFeatureEncoder.from_config(config.video_encoder)
     self.text = TextConditioner(config.text)
-    self.vae_workdir = config.vae.workdir or os.path.join(workdir, "audio_vae")
     self.batch_size = config.data.batch_size or config.train.batch_size
     self.video_fps = float(config.model.video_fps)
     if float(config.data.fps) != self.video_fps:
@@ -101,15 +115,22 @@ class AudioTask(Task):
     self.num_video_frames = int(round(config.data.clip_seconds * self.video_fps))
     self._skipped: collections.Counter = collections.Counter()
     self._cache: dict[str, dict] = {}
-    self._stats = None
-    self._guided = {}
 
   # ----------------------------------------------------------------- stages
+  def configure_codec_stage(self, config):
+    """The audio VAE trains on the same shapes_audio set (directory and parameters)."""
+    data = self.config.data
+    config.data.name = data.name
+    config.data.dir = self.data_dir
+    if data.name == "shapes_audio":
+      params = shapes_audio_params(data, config.model.sample_rate)
+      for key in ("sample_rate", "motion", "motion_share"):
+        params.pop(key, None)
+      config.data.shapes_audio.update(params, bouncing_share=data.bouncing_share)
+
   def prepare(self):
-    """VAE (trained first when vae.train_config is set), data set, cached latents."""
-    if self.config.vae.train_config:
-      train_vae(self.config.vae, self.vae_workdir, self.config.data, self.data_dir)
-    self.codec  # a missing VAE fails here with the fix, before any data work
+    """Data set and cached latents (the VAE is a declared stage: vae.train_config)."""
+    self.check_codec()  # a missing VAE fails here with the fix, before any data work
     distributed.first_process_first("audio_latents", lambda: self.clips("train"))
     self.stats()
 
@@ -132,24 +153,14 @@ class AudioTask(Task):
               self.data_dir, **shapes_audio_params(data, self.sample_rate)
           ),
       )
-    if data.name == "manifest":
-      if not data.dir:
-        raise ValueError(
-            "data.name='manifest' needs data.dir, the folder holding "
-            'manifest.jsonl (one {"video": path, "caption": ...} per line).'
-        )
-      return os.path.join(data.dir, "manifest.jsonl")
-    raise ValueError(f"The audio task reads data.name in {AUDIO_SOURCES}; got {data.name!r}.")
+    return audio_vae_task.manifest_path(data, self.workdir, self.sample_rate)  # manifest
 
-  @functools.cached_property
-  def codec(self):
-    from mgjax.tasks.audio_vae import AudioVAECodec  # the trainer imports tasks lazily
-
-    codec = AudioVAECodec.from_workdir(self.vae_workdir)
-    model = self.config.model
+  def check_codec(self):
+    """The VAE's latents must be the ones the DiT is configured for."""
+    codec, model = self.codec, self.config.model
     if codec.latent_channels != model.latent_channels or codec.latent_rate != model.latent_rate:
       raise ValueError(
-          f"The audio VAE in {self.vae_workdir} makes {codec.latent_channels} channels at "
+          f"The audio VAE in {self.codec_workdir} makes {codec.latent_channels} channels at "
           f"{codec.latent_rate} Hz; model.latent_channels/latent_rate say "
           f"{model.latent_channels} at {model.latent_rate}. Make them match."
       )
@@ -158,7 +169,6 @@ class AudioTask(Task):
           f"The audio VAE runs at {codec.sample_rate} Hz but "
           f"data.audio.sample_rate is {self.config.data.audio.sample_rate}."
       )
-    return codec
 
   @property
   def sample_rate(self) -> int:
@@ -176,10 +186,10 @@ class AudioTask(Task):
   def clips(self, split: str) -> dict:
     """The cached clips of a split (made on first use); counts its skipped clips."""
     if split not in self._cache:
-      step = Checkpointer(self.vae_workdir, read_only=True).latest_step()
+      self.check_codec()
       fingerprint = {
-          "vae": f"{os.path.abspath(self.vae_workdir)}@{step}",
-          "manifest": os.path.abspath(self.manifest()),
+          "vae": self.codec.fingerprint(),
+          "manifest_sha256": file_sha256(self.manifest()),
           **{k: list(v) if isinstance(v, tuple) else v for k, v in self.clip_args().items()},
       }
       records = av_clips.read_records(self.manifest(), split)
@@ -190,25 +200,11 @@ class AudioTask(Task):
       self._skipped.update(json.loads(str(self._cache[split]["skipped"])))
     return self._cache[split]
 
-  def stats(self) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel latent (mean, std) of the training clips, saved for sampling."""
-    if self._stats is None:
-      path = os.path.join(self.workdir, "audio_latents", "stats.json")
-      if os.path.exists(path):
-        with open(path) as f:
-          saved = json.load(f)
-      else:
-        latent = self.clips("train")["latent"]  # [N, T, C]
-        saved = {
-            "mean": latent.mean(axis=(0, 1)).tolist(),
-            "std": np.maximum(latent.std(axis=(0, 1)), 1e-6).tolist(),
-        }
-        if jax.process_index() == 0:
-          os.makedirs(os.path.dirname(path), exist_ok=True)
-          with open(path, "w") as f:
-            json.dump(saved, f)
-      self._stats = (np.asarray(saved["mean"], np.float32), np.asarray(saved["std"], np.float32))
-    return self._stats
+  def compute_stats(self) -> ChannelStats:
+    """Per-channel statistics of the training clips' latents."""
+    latent = self.clips("train")["latent"]  # [N, T, C]
+    mean, std = latent.mean(axis=(0, 1)), np.maximum(latent.std(axis=(0, 1)), 1e-6)
+    return ChannelStats(np.asarray(mean, np.float32), np.asarray(std, np.float32))
 
   # ----------------------------------------------------------------- shapes
   def batch_specs(self):
@@ -230,13 +226,7 @@ class AudioTask(Task):
     return int(np.prod(batch["latent"].shape[:2]))
 
   def check_mesh(self, mesh):
-    model, tensor = self.config.model, mesh.shape["tensor"]
-    for name, size in (("num_heads", model.num_heads), ("mlp_dim", model.mlp_dim)):
-      if size % tensor:
-        raise ValueError(
-            f"Mesh axis tensor={tensor} does not divide model.{name}={size}; "
-            f"use a tensor size that divides {name}."
-        )
+    super().check_mesh(mesh)
     if self.num_frames % mesh.shape["context"]:
       raise ValueError(
           f"Mesh axis context={mesh.shape['context']} does not divide the "
@@ -272,53 +262,34 @@ class AudioTask(Task):
     video_params = params.get("video_encoder", frozen.get("video_encoder"))
     return self.video_encoder.apply({"params": video_params}, frames)
 
-  def velocity(
-      self,
-      params,
-      frozen,
-      x_t,
-      t,
-      context,
-      context_mask,
-      frames,
-      tokens,
-      keep_video=None,
-      keep_text=None,
-  ):
-    """DiT velocity [B, T, C] for standardised latents."""
-    features = self.video_features(params, frozen, frames)  # [B, Tv, Fv]
-    text = self.text.embed(params["text"], frozen["text"], tokens)
+  def condition_dropout(self):
+    f = self.config.flow
+    return {"video": f.video_drop_prob, "text": f.text_drop_prob}
+
+  def frame_mask(self, rng, x1):
+    """With probability context.prob the clip's own (clean) latent is the context
+    except one hidden span, and only the hidden frames are in the loss."""
+    context_mask = span_context_mask(rng, x1.shape[0], x1.shape[1], self.config.context)
+    extra = {"context": x1, "context_mask": context_mask}
+    return 1.0 - context_mask, extra, {"context_fraction": context_mask.mean()}
+
+  def velocity(self, params, frozen, x_t, t, conditions, keep):
+    """DiT velocity [B, T, C] for standardised latents, from the clip's frames, its
+    text tokens and the audio context in `conditions`."""
+    features = self.video_features(params, frozen, conditions["frames"])  # [B, Tv, Fv]
+    text = self.text.embed(params["text"], frozen["text"], conditions)
     return self.dit.apply(
         {"params": params["dit"]},
         x_t,
         t,
-        context,
-        context_mask,
+        conditions["context"],
+        conditions["context_mask"],
         features,
         text,
-        keep_video=keep_video,
-        keep_text=keep_text,
+        keep_video=keep.get("video"),
+        keep_text=keep.get("text"),
         video_fps=self.video_fps,
     )
-
-  def loss(self, params, frozen, batch, rng, step):
-    del step
-    f = self.config.flow
-    mean, std = (jnp.asarray(s) for s in self.stats())
-    x1 = (batch["latent"] - mean) / std  # [B, T, C]
-    b = x1.shape[0]
-    path_rng, video_rng, text_rng, context_rng = jax.random.split(rng, 4)
-    keep_video = flow.drop_condition(video_rng, b, f.video_drop_prob)  # [B]
-    keep_text = flow.drop_condition(text_rng, b, f.text_drop_prob)  # [B]
-    context_mask = span_context_mask(context_rng, b, x1.shape[1], self.config.context)
-    t, x_t, target = flow.training_example(path_rng, x1, f.sigma_min, f.t_mean, f.t_std)
-    prediction = self.velocity(
-        params, frozen, x_t, t, x1, context_mask, batch["frames"], batch, keep_video, keep_text
-    )
-    generated = 1.0 - context_mask  # [B, T, 1]: the frames in the loss
-    squared = jnp.square(prediction - target) * generated  # [B, T, C]
-    loss = squared.sum() / jnp.maximum(generated.sum() * x1.shape[-1], 1.0)
-    return loss, {"velocity_mse": loss, "context_fraction": context_mask.mean()}
 
   # ------------------------------------------------------------------- data
   def train_batches(self, start_step, rows_of):
@@ -357,11 +328,29 @@ class AudioTask(Task):
     return metrics
 
   # --------------------------------------------------------------- sampling
-  def guided_velocity(self, cfg_scale: float):
-    """One window velocity function per scale, so repeated sampling reuses its step."""
-    if cfg_scale not in self._guided:
-      self._guided[cfg_scale] = guided_velocity_fn(self.dit, float(cfg_scale))
-    return self._guided[cfg_scale]
+  @functools.cached_property
+  def guided_model_fn(self):
+    """The DiT as the window model of `mgjax.audio_longform` (models/audio_dit.py)."""
+    return window_model_fn(self.dit)
+
+  def integrate(self, velocity_fn, noise, times, method, step_callback, args):
+    """Any length: clips longer than longform.window_frames go through `sample_long`
+    (longform.method, window, overlap); shorter ones are one window."""
+    aligned, per_example, variables = args
+    lf = self.config.longform
+    return sample_long(
+        lf.method,
+        velocity_fn,
+        noise,
+        times,
+        window=int(lf.window_frames),
+        overlap=int(lf.overlap_frames),
+        method=method,
+        aligned=aligned,
+        per_example=per_example,
+        args=(variables,),
+        step_callback=step_callback,
+    )
 
   @functools.cached_property
   def _conditions(self):
@@ -376,65 +365,76 @@ class AudioTask(Task):
 
     return jax.jit(conditions, static_argnums=4)
 
-  def sample_latents(
-      self,
-      params,
-      frozen,
-      frames: np.ndarray,
-      captions: list[str],
-      num_frames: int,
-      *,
-      num_steps: int,
-      cfg_scale: float,
-      seed: int,
-      method: str = "midpoint",
-      schedule: str = "linear",
-      step_callback=None,
-  ) -> np.ndarray:
-    """Latents [B, num_frames, C] (VAE scale) for uint8 frames [B, Tv, H, W, 3].
-
-    Any length: clips longer than longform.window_frames go through
-    `sample_long` (longform.method, window, overlap); shorter ones are one window.
-    """
+  def sample_audio_latents(
+      self, params, frozen, frames: np.ndarray, captions: list[str], num_frames: int, **sampler
+  ) -> jax.Array:
+    """Latents [B, num_frames, C] (VAE scale) for uint8 frames [B, Tv, H, W, 3] and
+    captions ("" = the null text of training); any length (see `integrate`). `sampler`:
+    num_steps, cfg_scale, seed, method (midpoint), schedule, step_callback."""
     tokens = {k: jnp.asarray(v) for k, v in self.text.tokenize(captions).items()}
     aligned, text = self._conditions(params, frozen, jnp.asarray(frames), tokens, int(num_frames))
     # An empty caption is the null text condition of training (no text tokens).
     empty = jnp.asarray([not c.strip() for c in captions])[:, None]  # [B, 1]
     text = {name: (emb, mask & ~empty) for name, (emb, mask) in text.items()}
-    c = self.config.model.latent_channels
-    noise = jax.random.normal(jax.random.key(seed), (len(frames), int(num_frames), c))
-    lf = self.config.longform
-    times = flow.make_schedule(schedule, num_steps)
-    z = sample_long(
-        lf.method,
-        self.guided_velocity(float(cfg_scale)),
-        noise,
-        times,
-        window=int(lf.window_frames),
-        overlap=int(lf.overlap_frames),
-        method=method,
-        aligned={"video": aligned},
-        per_example={"text": text},
-        args=({"params": params["dit"]},),
-        step_callback=step_callback,
+    return self.sample_latents(
+        ({"video": aligned}, {"text": text}, {"params": params["dit"]}),
+        (int(num_frames), self.config.model.latent_channels),
+        num_examples=len(frames),
+        **{"method": "midpoint", **sampler},
     )
-    mean, std = self.stats()
-    return np.asarray(z) * std + mean
 
-  def generate(
-      self,
-      params,
-      frozen,
-      frames: np.ndarray,
-      captions: list[str],
-      num_samples: int,
-      **sample_kwargs,
+  def generate_audio(
+      self, params, frozen, frames: np.ndarray, captions: list[str], num_samples: int, **kwargs
   ) -> np.ndarray:
-    """Waveforms float32 [B, num_samples, C] at the VAE's rate for the videos' frames."""
-    hop = self.codec.hop
-    num_frames = -(-int(num_samples) // hop)
-    latents = self.sample_latents(params, frozen, frames, captions, num_frames, **sample_kwargs)
-    return np.asarray(self.codec.decode(latents, num_frames * hop))[:, :num_samples]
+    """Waveforms float32 [B, num_samples, C] at the VAE's rate for the videos' frames
+    (keyword arguments: `sample_audio_latents`')."""
+    num_frames, _ = self.codec.latent_shape(num_samples)
+    latents = self.sample_audio_latents(params, frozen, frames, captions, num_frames, **kwargs)
+    return np.asarray(self.codec.decode(latents, num_frames * self.codec.hop))[:, :num_samples]
+
+  def generate(self, params, frozen, request):
+    """Sound for each video of `request.inputs` (any codec, size, frame rate and
+    length), with the one prompt of the request as its text ("" or none: video only);
+    each Sample is muxed onto its video."""
+    if not request.inputs:
+      raise ValueError("The audio task makes sound for videos: pass --video=IN.mp4.")
+    if len(request.prompts) > 1:
+      raise ValueError("Give at most one --prompt (the sound's description) for the videos.")
+    prompt = request.prompts[0] if request.prompts else ""
+    settings = self.sampler_settings(request, self.config.flow)
+    samples = []
+    for i, path in enumerate(request.inputs):
+      frames, num_samples = self.read_video(path)
+      wave = self.generate_audio(
+          params,
+          frozen,
+          frames[None],
+          [prompt],
+          num_samples,
+          seed=request.seed + i,
+          step_callback=request.progress and (lambda i, n: request.progress(1)),
+          **settings,
+      )[0]
+      stem = os.path.splitext(os.path.basename(path))[0]
+      samples.append(
+          Sample(stem, prompt, audio=wave, sample_rate=self.sample_rate, source_video=path)
+      )
+    return samples
+
+  def read_video(self, path: str) -> tuple[np.ndarray, int]:
+    """(uint8 frames [Tv, H, W, 3] at the model's frame rate and size covering every
+    latent frame, samples of sound to make) for a video file."""
+    frames, duration = read_video(path, self.video_fps, self.frame_size)
+    num_samples = int(round(duration * self.sample_rate))
+    latent_frames, _ = self.codec.latent_shape(num_samples)
+    # The last latent frame may start after the last whole video frame: repeat it.
+    needed = int(math.ceil(latent_frames / self.config.model.latent_rate * self.video_fps))
+    if needed > len(frames):
+      frames = np.concatenate([frames, np.repeat(frames[-1:], needed - len(frames), axis=0)])
+    return frames, num_samples
+
+  def sampling_steps(self, request) -> int:
+    return self.sampler_settings(request, self.config.flow)["num_steps"] * len(request.inputs)
 
   # ------------------------------------------------------------------- eval
   def eval_clips(self, name: str = "eval") -> tuple[np.ndarray, list[dict]]:
@@ -489,7 +489,7 @@ class AudioTask(Task):
     waves = []
     for i in range(0, len(frames), e.batch_size):
       waves.append(
-          self.generate(
+          self.generate_audio(
               params,
               frozen,
               frames[i : i + e.batch_size],
@@ -552,21 +552,22 @@ class AudioTask(Task):
     return results
 
   def write_samples(self, waves, records, step):
-    """step_N/NN.wav and NN.mp4 (the held-out clip's video with the generated sound)."""
+    """step_N/NN.wav and NN.mp4 (the held-out clip's video with the generated sound)
+    for the first eval.num_to_write clips, the captions of all, on process 0."""
     if jax.process_index() != 0:
       return
-    out_dir = os.path.join(self.workdir, "samples", f"step_{step}")
-    os.makedirs(out_dir, exist_ok=True)
-    lines = []
-    for i, (wave, record) in enumerate(zip(waves, records)):
-      if i < self.config.eval.num_to_write:
-        audio_lib.write_wav(os.path.join(out_dir, f"{i:02d}.wav"), wave, self.sample_rate)
-        audio_lib.mux_audio(
-            record["video_path"], wave, self.sample_rate, os.path.join(out_dir, f"{i:02d}.mp4")
+    samples = [
+        Sample(
+            f"{i:02d}",
+            r.get("caption", ""),
+            audio=wave,
+            sample_rate=self.sample_rate,
+            source_video=r["video_path"],
         )
-      lines.append(f"{i:02d} {record.get('caption', '')}")
-    with open(os.path.join(out_dir, "captions.txt"), "w") as f:
-      f.write("\n".join(lines) + "\n")
+        for i, (wave, r) in enumerate(zip(waves, records))
+    ]
+    out_dir = self.eval_dir(step)
+    write_samples(samples, out_dir, "captions.txt", max_media=self.config.eval.num_to_write)
     logging.info("Wrote audio samples to %s", out_dir)
 
 
@@ -638,33 +639,31 @@ def shapes_scores(waves: np.ndarray, records: list[dict], sample_rate: int) -> d
   }
 
 
-def train_vae(vae_section, vae_workdir: str, data_config, data_dir: str):
-  """Trains (or finishes training) the audio VAE of `vae.train_config` on the same
-  shapes_audio set (same directory and parameters) as the audio DiT."""
-  vae_config = configs.load_config(vae_section.train_config)
-  with vae_config.unlocked():
-    vae_config.train.num_steps = vae_section.train_steps or vae_config.train.num_steps
-    vae_config.data.name = data_config.name
-    vae_config.data.dir = data_dir
-    if data_config.name == "shapes_audio":
-      params = shapes_audio_params(data_config, vae_config.model.sample_rate)
-      for key in ("sample_rate", "motion", "motion_share"):
-        params.pop(key, None)
-      vae_config.data.shapes_audio.update(params, bouncing_share=data_config.bouncing_share)
-  done = (
-      Checkpointer(vae_workdir, read_only=True).latest_step()
-      if os.path.exists(os.path.join(vae_workdir, "config.json"))
-      else None
-  )
-  if done is None or done < vae_config.train.num_steps:
-    from mgjax.train import train  # the trainer imports tasks lazily
+def file_sha256(path: str) -> str:
+  """Digest of a file's bytes (a manifest: what the clips are, not where it lives)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
-    logging.info("Stage 1: training the audio VAE in %s", vae_workdir)
-    train(vae_config, vae_workdir)
-    done = Checkpointer(vae_workdir, read_only=True).latest_step()
-    if done is None or done < vae_config.train.num_steps:  # stopped on SIGTERM
-      raise StopRequested(
-          f"The audio VAE stage in {vae_workdir} stopped at step {done} of "
-          f"{vae_config.train.num_steps} on request. Rerun the same "
-          "command to resume."
-      )
+
+def read_video(path: str, fps: float, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+  """(uint8 frames [Tv, H, W, 3] at fps, duration in seconds) of a video file; raises
+  VideoDecodeError naming the file and the fix."""
+  info = video_lib.probe(path)  # missing / empty / not a video: VideoDecodeError
+  duration = info.duration if info.duration > 0 else info.num_frames / info.fps
+  num_frames = int(math.floor(duration * fps + 1e-6))
+  if num_frames < 1:
+    raise VideoDecodeError(
+        path,
+        "empty",
+        f"the video lasts {duration:.3f} s, less than one frame at {fps:g} fps; pass a longer video",
+    )
+  while True:
+    try:
+      return video_lib.read_clip(path, num_frames, fps=fps, size=size), duration
+    except VideoDecodeError as e:  # the header promised more frames than decode
+      if e.kind != "too_short" or num_frames == 1:
+        raise
+      num_frames -= 1

@@ -33,21 +33,19 @@ trained on): bouncing_onset_hit_rate, bouncing_false_onsets_per_clip,
 bouncing_snr_db. A few inputs and reconstructions are written to
 workdir/eval/step_<step>/ as .wav.
 
-For the audio DiT: `AudioVAECodec.from_workdir(workdir)` loads a trained VAE (its
-config and the latest checkpoint's weights) with `encode(waveform) -> latent mean`
-and `decode(latent) -> waveform`.
+For the audio DiT: `mgjax.tasks.codecs.AudioVAECodec.from_workdir(workdir)` loads a
+trained VAE (its config and the latest checkpoint's weights) with `encode(waveform)
+-> latent mean` and `decode(latent) -> waveform`.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import json
 import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -490,73 +488,3 @@ def bouncing_clips(
     )
   clips = np.stack(clips)
   return clips[:, : clips.shape[1] - clips.shape[1] % hop], records
-
-
-# ---------------------------------------------------------------- trained VAE for others
-
-
-class AudioVAECodec:
-  """A trained audio VAE for other tasks (the audio DiT): waveforms <-> latent means.
-
-  codec = AudioVAECodec.from_workdir("/tmp/avae")
-  latent = codec.encode(waveform)          # [B, T, C] -> [B, ceil(T / hop), L]
-  waveform = codec.decode(latent, T)       # -> [B, T, C]
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, params):
-    self.config = config
-    self.model = make_audio_vae(config.model)
-    self.params = params
-
-  @classmethod
-  def from_workdir(cls, workdir: str, step: int | None = None) -> AudioVAECodec:
-    """The config of a run in `workdir` and the weights (EMA when kept) of its latest
-    (or the given) checkpoint."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"No trained audio VAE in {workdir}: {path} is missing. Train one with `python -m "
-          f"mgjax.train --config=experiments/audio_vae.py:tiny --workdir={workdir}`."
-      )
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    if config.task != "audio_vae":
-      raise ValueError(f"{workdir} holds a {config.task!r} run, not an audio_vae one.")
-    from mgjax.train import restore_params  # the trainer imports tasks lazily
-
-    return cls(config, restore_params(workdir, step)["vae"])
-
-  @property
-  def sample_rate(self) -> int:
-    return self.model.sample_rate
-
-  @property
-  def hop(self) -> int:
-    return self.model.hop
-
-  @property
-  def latent_rate(self) -> float:
-    return self.model.latent_rate
-
-  @property
-  def latent_channels(self) -> int:
-    return self.model.latent_channels
-
-  @functools.cached_property
-  def _encode(self):
-    return jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=AudioVAE.encode)[0])
-
-  @functools.cached_property
-  def _decode(self):
-    return jax.jit(
-        lambda p, z, n: self.model.apply({"params": p}, z, n, method=AudioVAE.decode),
-        static_argnums=2,
-    )
-
-  def encode(self, waveform) -> jax.Array:
-    """Latent means [B, ceil(T / hop), L] of float waveforms [B, T, C] at sample_rate."""
-    return self._encode(self.params, jnp.asarray(waveform, jnp.float32))
-
-  def decode(self, latent, num_samples: int | None = None) -> jax.Array:
-    """Waveforms [B, N hop (or num_samples), C] in (-1, 1) of latents [B, N, L]."""
-    return self._decode(self.params, jnp.asarray(latent, jnp.float32), num_samples)

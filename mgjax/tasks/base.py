@@ -3,11 +3,18 @@
 The trainer owns the mesh, optimizer, state, jit, checkpoints and loop; a task owns
 what differs between model families: its variables, its loss, its data and its
 evaluation. All array-valued methods are pure so the trainer can jit them.
+
+A task never imports the trainer. What it needs trained first (a TAE, an audio VAE)
+it declares as `stages()`, which the trainer runs or resumes before the task's own
+`prepare()`; a finished run it reads through `mgjax.runs` / `mgjax.tasks.codecs`.
+Inference goes through `generate` (`mgjax.sample`) and `preview` (`mgjax.inspect`),
+so the tools serve every task without knowing its name.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,9 +23,20 @@ import ml_collections
 import numpy as np
 
 from mgjax.data.pipeline import DataIterator
+from mgjax.tasks.outputs import Sample, SampleRequest
 
 Batch = Mapping[str, np.ndarray]
 PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """An earlier run a task needs finished before it trains: the trainer trains (or
+  resumes) `config` in `workdir` until config.train.num_steps, then starts the task."""
+
+  name: str  # for the logs, e.g. "TAE"
+  workdir: str
+  config: ml_collections.ConfigDict  # the whole train config of that run
 
 
 class Task(abc.ABC):
@@ -27,9 +45,21 @@ class Task(abc.ABC):
     self.config = config
     self.workdir = workdir
 
+  @classmethod
+  def for_shapes(cls, config: ml_collections.ConfigDict, **kwargs) -> Task:
+    """A task that knows its shapes and reads no file, for compiling ahead of time
+    (`mgjax.aot`): init, batch_specs and loss work; data and evaluation need not."""
+    del kwargs
+    return cls(config, "")
+
+  def stages(self) -> list[Stage]:
+    """Runs that must be finished before this one trains (in order). Called first, so
+    a task may check its inputs here before any stage runs."""
+    return []
+
   def prepare(self) -> None:  # noqa: B027 (optional hook)
-    """Work that must finish before the model is built, run by the trainer only (e.g.
-    an earlier stage the task depends on). Restoring for inference skips it."""
+    """Work that must finish before the model is built, after `stages()`, run by the
+    trainer only (e.g. encoding the training set). Restoring for inference skips it."""
 
   @abc.abstractmethod
   def batch_specs(self) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
@@ -81,3 +111,15 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def evaluate(self, params: PyTree, frozen: PyTree, step: int) -> dict[str, float]:
     """Held-out metrics; may write artefacts (videos, figures) under the workdir."""
+
+  def generate(self, params: PyTree, frozen: PyTree, request: SampleRequest) -> list[Sample]:
+    """What a user asked for (`mgjax.sample`): prompts -> videos, videos -> sound, ..."""
+    raise ValueError(
+        f"The {self.config.task!r} task generates nothing from prompts or files; "
+        "sample from a run of a generative task."
+    )
+
+  def preview(self, params: PyTree, frozen: PyTree, request: SampleRequest) -> Sample:
+    """One sample that shows what the model does (`mgjax.inspect`, the notebook); by
+    default the first of `generate`."""
+    return self.generate(params, frozen, request)[0]

@@ -4,12 +4,13 @@ The DiT learns the velocity from noise to TAE latents, conditioned on the prompt
 (every text encoder of `config.text`, mgjax/text/conditioning.py) and the flow time.
 Latents of the training data are computed once with a trained TAE
 (`config.tae.workdir`) into ArrayRecord shards (`data.latents_dir`, default
-<workdir>/latents; `python -m mgjax.data.precompute` makes them ahead of time, on
+<workdir>/latents; `python -m mgjax.precompute` makes them ahead of time, on
 many processes), or with `data.encode_on_the_fly` on every batch. Each batch comes
 from one aspect-ratio x duration bucket (`mgjax/data/buckets.py`), images being
 1-frame latents in the same model. Latents are standardised per channel with
 statistics of the training set, saved in <workdir>/latents/stats.json so sampling
-can undo it.
+can undo it. The TAE is a declared stage (`tae.train_config`), the latents, loss,
+guidance and sampler come from the latent flow base (mgjax/tasks/latent_flow.py).
 """
 
 from __future__ import annotations
@@ -19,35 +20,37 @@ import dataclasses
 import functools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
-from mgjax import configs, flow
-from mgjax.checkpoint import Checkpointer
+from mgjax import configs
 from mgjax.data import latent_shards, sources
 from mgjax.data.buckets import Bucket, buckets_from_config, group_by_bucket
 from mgjax.data.examples import LoadExample, load_pixels, tagged_caption
 from mgjax.data.pipeline import DataIterator, Stream
 from mgjax.data.records import Records
-from mgjax.data.video import MediaDecodeError, write_video
+from mgjax.data.video import MediaDecodeError
 from mgjax.models.dit import VideoDiT
-from mgjax.models.tae import TAE
-from mgjax.models.tae_tiling import tiled_decode
 from mgjax.parallel import distributed
-from mgjax.preemption import StopRequested
-from mgjax.tasks.base import Task
-from mgjax.tasks.tae import make_tae, to_signed, to_uint8
+from mgjax.tasks.codecs import ChannelStats, TAECodec
+from mgjax.tasks.latent_flow import LatentFlowTask
+from mgjax.tasks.outputs import Sample, slug, write_samples
 from mgjax.text.conditioning import TextConditioner
 
 
-class T2VTask(Task):
+class T2VTask(LatentFlowTask):
+  codec_class = TAECodec
+  codec_section = "tae"
+  codec_default_dir = "tae"
+  codec_stage_name = "TAE"
+  default_codec_config = "experiments/tae.py:paper"
 
-  def __init__(self, config, workdir):
-    super().__init__(config, workdir)
+  def __init__(self, config, workdir, **codec_and_stats):
+    super().__init__(config, workdir, **codec_and_stats)
     if config.train.batch_size:
       raise ValueError(
           "The t2v task takes its batch sizes from data.buckets (name, frames, "
@@ -58,62 +61,40 @@ class T2VTask(Task):
     )
     self.text = TextConditioner(config.text)
     self.buckets = buckets_from_config(config.data.buckets)
-    self.tae_workdir = config.tae.workdir or os.path.join(workdir, "tae")
-    self._tae_params = None
-    self._stats: tuple[np.ndarray, np.ndarray] | None = None
     self._records_by_bucket: dict[str, tuple[dict[str, list[dict]], Records]] = {}
-    self._guided: dict[float, flow.VelocityFn] = {}
+
+  def stages(self):
+    """The TAE of `tae.train_config`, when set; a missing or mismatched text encoder
+    fails first, not after the TAE."""
+    self.pretrained_text
+    return super().stages()
+
+  def configure_codec_stage(self, config):
+    """The TAE trains on this run's data set."""
+    data = self.config.data
+    config.data.name = data.name
+    config.data.dir = data.dir or os.path.join(self.workdir, "shapes")
+    config.data.shapes = data.shapes
 
   def prepare(self):
-    """Before the DiT: trains the TAE when `tae.train_config` names one and the TAE in
-    `tae.workdir` is missing or unfinished, then encodes (or loads) the training
-    latents and their statistics, which the compiled loss holds as constants."""
-    self.pretrained_text  # a missing or mismatched encoder fails here, not after the TAE
-    if self.config.tae.train_config:
-      train_tae(
-          self.config.tae,
-          self.tae_workdir,
-          self.config.data,
-          self.config.data.dir or os.path.join(self.workdir, "shapes"),
-      )
-    self.tae_config  # raises early, naming the fix, when there is no trained TAE
+    """Encodes (or loads) the training latents and their statistics, which the
+    compiled loss holds as constants."""
+    self.codec  # raises early, naming the fix, when there is no trained TAE
     if not self.config.data.encode_on_the_fly:
       distributed.first_process_first("latents", lambda: self.precompute_latents("train"))
     self.stats()
 
-  @functools.cached_property
-  def tae_config(self):
-    path = os.path.join(self.tae_workdir, "config.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"No trained TAE in {self.tae_workdir} (config.tae.workdir). Train one with "
-          f"`python -m mgjax.train --config=experiments/tae.py:tiny --workdir="
-          f"{self.tae_workdir}`, or set --config.tae.train_config=experiments/tae.py:tiny "
-          "to train it first."
-      )
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-
-  @functools.cached_property
-  def tae(self) -> TAE:
-    return make_tae(self.tae_config.model)
-
   # ------------------------------------------------------------------ shapes
   def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
     """Latent [T', h, w, C] of a pixel clip, with a clear error for bad sizes."""
-    f = self.tae.spatial_factor
+    f = self.codec.spatial_factor
     patch = tuple(self.config.model.patch_size)
     if height % (f * patch[1]) or width % (f * patch[2]):
       raise ValueError(
           f"Height and width must be multiples of {f * patch[1]} (TAE {f}x times "
           f"patch {patch[1]}); got {height}x{width}."
       )
-    return (
-        self.tae.latent_frames(num_frames),
-        height // f,
-        width // f,
-        self.tae_config.model.latent_channels,
-    )
+    return self.codec.latent_shape(num_frames, height, width)
 
   def batch_specs(self):
     """Per bucket: latent [B, T', h, w, C] and every text encoder's <name>_ids/_mask."""
@@ -136,13 +117,8 @@ class T2VTask(Task):
   def check_mesh(self, mesh):
     """`tensor` must split heads and MLP width; `context` (x `tensor` under sequence
     parallelism) every bucket's token count."""
-    model, tensor = self.config.model, mesh.shape["tensor"]
-    for name, size in (("num_heads", model.num_heads), ("mlp_dim", model.mlp_dim)):
-      if size % tensor:
-        raise ValueError(
-            f"Mesh axis tensor={tensor} does not divide model.{name}={size}; "
-            f"use a tensor size that divides {name}."
-        )
+    super().check_mesh(mesh)
+    tensor = mesh.shape["tensor"]
     sequence_parallel = configs.parallel_settings(self.config)["sequence_parallel"]
     split = mesh.shape["context"] * (tensor if sequence_parallel else 1)
     for name, spec in self.batch_specs().items():
@@ -176,43 +152,20 @@ class T2VTask(Task):
     trainable, frozen = self.pretrained_text
     return {"params": {"text": trainable}, "frozen": {"text": frozen}}
 
-  def velocity(self, params, frozen, x, t, tokens, keep=None):
-    """DiT velocity [B, T', h, w, C] for standardised latents x, conditioned on the text
-    tokens {<name>_ids, <name>_mask}; rows with keep False get the null condition."""
-    text = self.text.embed(params["text"], frozen["text"], tokens, keep)
-    return self.dit.apply({"params": params["dit"]}, x, t, text)
+  def condition_dropout(self):
+    return {"text": self.config.flow.text_drop_prob}
 
-  def loss(self, params, frozen, batch, rng, step):
-    del step
-    f = self.config.flow
-    mean, std = (jnp.asarray(s) for s in self.stats())
-    x1 = (batch["latent"] - mean) / std  # [B, T', h, w, C]
-    path_rng, drop_rng = jax.random.split(rng)
-    keep = flow.drop_condition(drop_rng, x1.shape[0], f.text_drop_prob)  # [B]
-    t, x_t, target = flow.training_example(path_rng, x1, f.sigma_min, f.t_mean, f.t_std)
-    prediction = self.velocity(params, frozen, x_t, t, batch, keep)
-    loss = flow.velocity_loss(prediction, target)
-    return loss, {"velocity_mse": loss}
+  def velocity(self, params, frozen, x_t, t, conditions, keep):
+    """DiT velocity [B, T', h, w, C] for standardised latents, conditioned on the text
+    tokens {<name>_ids, <name>_mask} in `conditions`; rows with keep False get the
+    null text."""
+    text = self.text.embed(params["text"], frozen["text"], conditions, keep.get("text"))
+    return self.dit.apply({"params": params["dit"]}, x_t, t, text)
 
   # -------------------------------------------------------------------- data
-  def tae_params(self):
-    if self._tae_params is None:
-      from mgjax.train import restore_params  # the trainer imports tasks lazily
-
-      self._tae_params = restore_params(self.tae_workdir)["tae"]
-    return self._tae_params
-
-  @functools.cached_property
-  def _encode(self):
-    return jax.jit(lambda p, v: self.tae.apply({"params": p}, to_signed(v), method=TAE.encode)[0])
-
-  @functools.cached_property
-  def _decode(self):
-    return jax.jit(lambda p, z: self.tae.apply({"params": p}, z, method=TAE.decode))
-
   def encode_pixels(self, pixels_uint8: np.ndarray) -> np.ndarray:
     """Posterior-mean latents of uint8 [B, T, H, W, 3] videos."""
-    return np.asarray(self._encode(self.tae_params(), pixels_uint8))
+    return self.codec.encode(pixels_uint8)
 
   @functools.cached_property
   def precomputed_text(self) -> list[str]:
@@ -266,9 +219,8 @@ class T2VTask(Task):
     Latents from a different TAE checkpoint, data set or bucket table are redone.
     """
     data = self.config.data
-    step = Checkpointer(self.tae_workdir, read_only=True).latest_step()
     fingerprint = {
-        "tae": f"{os.path.abspath(self.tae_workdir)}@{step}",
+        "tae": self.codec.fingerprint(),
         "buckets": [list(dataclasses.astuple(b)) for b in self.buckets],
         "data": {
             k: data[k].to_dict() if hasattr(data[k], "to_dict") else data[k]
@@ -299,6 +251,8 @@ class T2VTask(Task):
             process_index=process_index,
             process_count=process_count,
         )
+    if process_index == 0:  # a re-encode replaces the old shards only once complete
+      latent_shards.commit_staged(self.latents_dir)
 
   def latent_shards(self, split: str) -> dict[str, latent_shards.LatentShards]:
     """{bucket: its precomputed examples}, for the buckets that have any."""
@@ -309,30 +263,17 @@ class T2VTask(Task):
     if not sets:
       raise ValueError(
           f"No precomputed {split} latents in {self.latents_dir}; make them with "
-          "`python -m mgjax.data.precompute --config=... --out=DIR` and set "
+          "`python -m mgjax.precompute --config=... --out=DIR` and set "
           "data.latents_dir=DIR, or leave data.latents_dir empty."
       )
     return sets
 
-  def stats(self) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel latent (mean, std) of the training set, saved for sampling."""
-    if self._stats is None:
-      path = os.path.join(self.workdir, "latents", "stats.json")
-      if os.path.exists(path):
-        with open(path) as f:
-          saved = json.load(f)
-        self._stats = (np.asarray(saved["mean"], np.float32), np.asarray(saved["std"], np.float32))
-      else:
-        self._stats = (
-            self._stats_on_the_fly()
-            if self.config.data.encode_on_the_fly
-            else latent_shards.channel_stats(list(self.latent_shards("train").values()))
-        )
-        if jax.process_index() == 0:
-          os.makedirs(os.path.dirname(path), exist_ok=True)
-          with open(path, "w") as f:
-            json.dump({"mean": self._stats[0].tolist(), "std": self._stats[1].tolist()}, f)
-    return self._stats
+  def compute_stats(self) -> ChannelStats:
+    """Per-channel latent statistics of the training shards (or, encoding on the fly,
+    of the first data.stats_examples examples of each bucket)."""
+    if self.config.data.encode_on_the_fly:
+      return ChannelStats(*self._stats_on_the_fly())
+    return ChannelStats(*latent_shards.channel_stats(list(self.latent_shards("train").values())))
 
   def _stats_on_the_fly(self) -> tuple[np.ndarray, np.ndarray]:
     """Statistics of the first data.stats_examples readable examples of each bucket."""
@@ -435,80 +376,77 @@ class T2VTask(Task):
     }
 
   # ---------------------------------------------------------------- sampling
-  def sample_latents(
-      self,
-      params,
-      frozen,
-      prompts: list[str],
-      latent_shape,
-      *,
-      num_steps: int,
-      schedule: str,
-      cfg_scale: float,
-      seed: int,
-      method: str = "euler",
-      step_callback=None,
+  def guided_model_fn(self, x, t, use_condition, tokens, params, frozen):
+    return self.velocity(params, frozen, x, t, tokens, {"text": use_condition})
+
+  def generate_videos(
+      self, params, frozen, prompts: list[str], num_frames: int, height: int, width: int, **sampler
   ) -> np.ndarray:
-    """Standardised latents [N, T', h, w, C] for prompts, integrated from noise."""
+    """uint8 videos [N, num_frames, height, width, 3] for the prompts (as the model
+    reads them: frame-rate tagged); decoded in tiles when longer than sample.tile_frames.
+    `sampler`: num_steps, schedule, cfg_scale, seed, method, step_callback."""
     for i, prompt in enumerate(prompts):
       if not prompt.strip():
         raise ValueError(f"Prompt {i} is empty; give every video a description.")
     tokens = {k: jnp.asarray(v) for k, v in self.text.tokenize(prompts).items()}
-    noise = jax.random.normal(jax.random.key(seed), (len(prompts),) + tuple(latent_shape))
-    times = flow.make_schedule(schedule, num_steps, self.config.flow.emulated_linear_steps)
-
-    return np.asarray(
-        flow.solve(
-            self.guided_velocity(float(cfg_scale)),
-            noise,
-            times,
-            method,
-            step_callback,
-            args=(params, frozen, tokens),
-        )
+    latents = self.sample_latents(
+        (tokens, params, frozen),
+        self.latent_shape(num_frames, height, width),
+        num_examples=len(prompts),
+        **sampler,
     )
-
-  def guided_velocity(self, cfg_scale: float):
-    """velocity_fn(x, t, params, frozen, tokens) with guidance; one per scale, so
-    sampling again reuses the compiled step."""
-    if cfg_scale not in self._guided:
-
-      def model_fn(x, t, use_condition, params, frozen, tokens):
-        repeat = x.shape[0] // next(iter(tokens.values())).shape[0]
-        tokens = {k: jnp.concatenate([v] * repeat) for k, v in tokens.items()}
-        return self.velocity(params, frozen, x, t, tokens, use_condition)
-
-      self._guided[cfg_scale] = flow.cfg_velocity_fn(model_fn, cfg_scale)
-    return self._guided[cfg_scale]
-
-  def decode_latents(self, latents: np.ndarray, num_frames: int) -> np.ndarray:
-    """Standardised latents -> uint8 videos [N, num_frames, H, W, 3]; tiled when long."""
-    mean, std = self.stats()
-    z = jnp.asarray(latents) * std + mean
     tiling = self.config.sample
-    decode = functools.partial(self._decode, self.tae_params())
-    if num_frames > tiling.tile_frames:
-      video = tiled_decode(
-          decode, z, num_frames, tiling.tile_frames, tiling.tile_overlap, self.tae.temporal_factor
-      )
-    else:
-      video = decode(z)[:, :num_frames]
-    return np.asarray(to_uint8(video))
+    return self.codec.decode(latents, num_frames, tiling.tile_frames, tiling.tile_overlap)
 
-  def generate(
-      self,
-      params,
-      frozen,
-      prompts: list[str],
-      num_frames: int,
-      height: int,
-      width: int,
-      **sample_kwargs,
-  ) -> np.ndarray:
-    """uint8 videos [N, num_frames, height, width, 3] for the prompts."""
-    shape = self.latent_shape(num_frames, height, width)
-    latents = self.sample_latents(params, frozen, prompts, shape, **sample_kwargs)
-    return self.decode_latents(latents, num_frames)
+  @property
+  def fps(self) -> float:
+    """The frame rate videos are tagged and written with."""
+    return self.config.data.fps or 16
+
+  def generate(self, params, frozen, request):
+    """One video per prompt (an image when num_frames is 1); unset sizes are the first
+    video bucket's, unset sampler settings config.flow's."""
+    if not request.prompts:
+      raise ValueError('No prompts: pass --prompt="..." or a --prompts_file with one per line.')
+    bucket = next((b for b in self.buckets if not b.is_image), self.buckets[0])
+    num_frames = request.num_frames or bucket.num_frames
+    height, width = request.height or bucket.height, request.width or bucket.width
+    settings = self.sampler_settings(request, self.config.flow)
+    tagged = [with_fps_tag(p, self.fps, num_frames) for p in request.prompts]
+    videos, size = [], request.batch_size
+    for start in range(0, len(tagged), size):
+      videos.extend(
+          self.generate_videos(
+              params,
+              frozen,
+              tagged[start : start + size],
+              num_frames,
+              height,
+              width,
+              seed=request.seed + start,
+              step_callback=request.progress and (lambda i, n: request.progress(1)),
+              **settings,
+          )
+      )
+    report = self.text.truncation_report()
+    if report:
+      logging.warning("%s.", report)
+    return [
+        Sample(f"{i:03d}_{slug(prompt)}", tag, video, self.fps)
+        for i, (prompt, tag, video) in enumerate(zip(request.prompts, tagged, videos))
+    ]
+
+  def preview(self, params, frozen, request):
+    if not request.prompts:
+      raise ValueError(
+          'A text-to-video run needs a prompt: sample_video("a red circle moves to the left").'
+      )
+    return self.generate(params, frozen, request)[0]
+
+  def sampling_steps(self, request) -> int:
+    """ODE steps `generate` runs for a request, for a progress bar."""
+    batches = -(-len(request.prompts) // request.batch_size)
+    return self.sampler_settings(request, self.config.flow)["num_steps"] * batches
 
   # -------------------------------------------------------------------- eval
   def evaluate(self, params, frozen, step):
@@ -527,7 +465,7 @@ class T2VTask(Task):
     hits, counts, details, writes = (collections.Counter(), collections.Counter(), [], [])
     for name, prompts in self.eval_prompts().items():
       bucket = by_name[name]
-      videos = self.generate(
+      videos = self.generate_videos(
           params,
           frozen,
           prompts,
@@ -540,7 +478,15 @@ class T2VTask(Task):
           cfg_scale=e.cfg_scale,
           seed=e.seed,
       )
-      writes.append((name, prompts, videos))
+      writes.append(
+          (
+              name,
+              [
+                  Sample(f"{name}_{i:02d}", p, v, self.fps)
+                  for i, (p, v) in enumerate(zip(prompts, videos))
+              ],
+          )
+      )
       if self.config.data.name != "shapes":
         continue
       report = shapes_eval.score(list(videos), [strip_fps_tag(p) for p in prompts])
@@ -549,7 +495,7 @@ class T2VTask(Task):
           hits[key] += report[key] * n
           counts[key] += n
       details += [dict(d, bucket=name) for d in report["details"]]
-    self.write_samples(writes, step, details)
+    self.write_eval_samples(writes, step, details)
     results = {f"shapes_{key}": hits[key] / counts[key] for key in counts}
     if counts:
       results["shapes_score"] = sum(hits.values()) / sum(counts.values())
@@ -568,23 +514,32 @@ class T2VTask(Task):
         )
     return results
 
-  def write_samples(self, writes, step, details):
+  def write_eval_samples(self, writes, step, details):
     """Videos (the first eval.num_videos_to_write per bucket), prompts and checker
-    readings to <workdir>/samples/step_N."""
+    readings to <workdir>/samples/step_N, on process 0."""
     if jax.process_index() != 0:
       return
-    out_dir = os.path.join(self.workdir, "samples", f"step_{step}")
-    os.makedirs(out_dir, exist_ok=True)
-    fps = self.config.data.fps or 16
-    for name, prompts, videos in writes:
-      for i, video in enumerate(videos[: self.config.eval.num_videos_to_write]):
-        write_video(os.path.join(out_dir, f"{name}_{i:02d}.mp4"), video, fps=fps)
-      with open(os.path.join(out_dir, f"{name}_prompts.txt"), "w") as f:
-        f.write("\n".join(prompts) + "\n")
+    out_dir = self.eval_dir(step)
+    for name, samples in writes:
+      write_samples(
+          samples,
+          out_dir,
+          index_name=f"{name}_prompts.txt",
+          sheet=False,
+          max_media=self.config.eval.num_videos_to_write,
+      )
     if details:
       with open(os.path.join(out_dir, "shapes_checker.jsonl"), "w") as f:
         f.writelines(json.dumps(d, default=str) + "\n" for d in details)
     logging.info("Wrote samples to %s", out_dir)
+
+
+def with_fps_tag(prompt: str, fps: float, num_frames: int) -> str:
+  """The prompt with the frame-rate tag training captions carry ("FPS-16 ..."), for
+  videos; an image (1 frame) or an already tagged prompt is left as it is."""
+  if num_frames == 1 or re.match(r"FPS-[0-9.]+\s", prompt):
+    return prompt
+  return tagged_caption(prompt, fps)
 
 
 def strip_fps_tag(prompt: str) -> str:
@@ -607,30 +562,3 @@ def bucket_weights(
       (1 - image_fraction) * sizes / sizes[~is_image].sum(),
   )
   return list(weights)
-
-
-def train_tae(tae_section, tae_workdir: str, data_config, data_dir: str):
-  """Trains (or finishes training) the TAE of `tae.train_config` on the same data."""
-  tae_config = configs.load_config(tae_section.train_config)
-  with tae_config.unlocked():
-    tae_config.train.num_steps = tae_section.train_steps or tae_config.train.num_steps
-    tae_config.data.name = data_config.name
-    tae_config.data.dir = data_dir
-    tae_config.data.shapes = data_config.shapes
-  done = (
-      Checkpointer(tae_workdir, read_only=True).latest_step()
-      if os.path.exists(os.path.join(tae_workdir, "config.json"))
-      else None
-  )
-  if done is None or done < tae_config.train.num_steps:
-    from mgjax.train import train  # the trainer imports tasks lazily
-
-    logging.info("Stage 1: training the TAE in %s", tae_workdir)
-    train(tae_config, tae_workdir)
-    done = Checkpointer(tae_workdir, read_only=True).latest_step()
-    if done is None or done < tae_config.train.num_steps:  # stopped on SIGTERM
-      raise StopRequested(
-          f"The TAE stage in {tae_workdir} stopped at step {done} of "
-          f"{tae_config.train.num_steps} on request. Rerun the same "
-          "command to resume."
-      )

@@ -15,6 +15,7 @@ both networks correctly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import jax
@@ -25,13 +26,16 @@ from absl import logging
 from mgjax.data import sources
 from mgjax.data.examples import ExampleSpec, LoadExample
 from mgjax.data.pipeline import DataIterator, Stream
+from mgjax.data.records import Records
 from mgjax.data.video import read_clip, write_video
 from mgjax.eval.metrics import psnr, ssim
 from mgjax.models.discriminator import PatchDiscriminator3D, hinge_d_loss, hinge_g_loss
-from mgjax.models.perceptual import PerceptualNetwork, load_perceptual_params, perceptual_distance
+from mgjax.models.perceptual import PerceptualNetwork, perceptual_distance
 from mgjax.models.tae import TAE
 from mgjax.models.tae_losses import kl_divergence, latent_norm_ratio, outlier_penalty
 from mgjax.tasks.base import Task
+from mgjax.tasks.outputs import Sample
+from mgjax.tasks.perceptual_weights import load_perceptual_params
 
 
 def to_signed(video_uint8: jax.Array) -> jax.Array:
@@ -50,6 +54,25 @@ def make_tae(model_config) -> TAE:
   kwargs["channel_multipliers"] = tuple(kwargs["channel_multipliers"])
   kwargs["temporal_downsample"] = tuple(kwargs["temporal_downsample"])
   return TAE(**kwargs)
+
+
+def hold_out(records: Records, fraction: float) -> tuple[Records, list[dict]]:
+  """(records without the held-out videos, the held-out video records).
+
+  `fraction` of the video records (rounded, at least one, never all of them) is held
+  out, chosen by a hash of each file's name: the same on every process and every run,
+  whatever the manifest's order or folder. Nothing is held out from fewer than two
+  videos. Every record of a held-out file is removed, images included.
+  """
+  videos = [r for r in records.records if r.get("video")]
+  if len(videos) < 2:
+    return records, []
+  count = min(max(1, round(fraction * len(videos))), len(videos) - 1)
+  rank = lambda r: (hashlib.sha1(os.path.basename(r["video"]).encode()).hexdigest(), r["video"])
+  held = sorted(videos, key=rank)[:count]
+  paths = {r["video"] for r in held}
+  kept = [r for r in records.records if r.get("video") not in paths]
+  return Records(kept, records.skipped), held
 
 
 class TAETask(Task):
@@ -74,6 +97,9 @@ class TAETask(Task):
         scale_to=tuple(data.scale_to) if data.scale_to else None,
     )
     self._eval_clips = None
+    self._splits = None  # (train Records, eval video records), read once
+    self.held_out = False  # whether the eval videos are held-out training videos
+    self._warned_no_eval = False
 
   # ------------------------------------------------------------------ model
   def batch_specs(self):
@@ -102,14 +128,22 @@ class TAETask(Task):
     if self.discriminator is not None:
       params["disc"] = self.discriminator.init(disc_rng, video)["params"]
     if self.perceptual is not None:
+      # Random features; a loss.perceptual_params file replaces them on the host
+      # after init (`pretrained_weights`), so no weight is compiled into init.
       frames = video[:, 0]
-      path = self.config.loss.perceptual_params
-      if path:
-        template = jax.eval_shape(self.perceptual.init, perceptual_rng, frames, frames)
-        frozen["perceptual"] = load_perceptual_params(path, template["params"])
-      else:
-        frozen["perceptual"] = self.perceptual.init(perceptual_rng, frames, frames)["params"]
+      frozen["perceptual"] = self.perceptual.init(perceptual_rng, frames, frames)["params"]
     return params, frozen
+
+  def pretrained_weights(self):
+    """The perceptual network's weights from loss.perceptual_params, when given."""
+    path = self.config.loss.perceptual_params
+    if self.perceptual is None or not path:
+      return {}
+    frames = jax.ShapeDtypeStruct(
+        (1, self.config.data.height, self.config.data.width, 3), jnp.float32
+    )
+    template = jax.eval_shape(self.perceptual.init, jax.random.key(0), frames, frames)
+    return {"frozen": {"perceptual": load_perceptual_params(path, template["params"])}}
 
   def loss(self, params, frozen, batch, rng, step):
     cfg = self.config.loss
@@ -157,7 +191,7 @@ class TAETask(Task):
     records and from random frames of the videos.
     """
     data = self.config.data
-    records = sources.read_records(data, self.workdir, "train")
+    records, _ = self.splits()  # without the videos held out for evaluation
     videos = [r for r in records.records if r.get("video")]
     streams = [
         Stream(
@@ -189,21 +223,85 @@ class TAETask(Task):
         start=start_step,
     )
 
+  # ----------------------------------------------------------------- splits
+  def prepare(self):
+    """Checks the inputs before the model is built: the perceptual weights file, and
+    that there are videos to evaluate on; without any, warns that evaluation is
+    skipped (rather than failing in the last evaluation, after all the training)."""
+    path = self.config.loss.perceptual_params
+    if self.perceptual is not None and path and not os.path.exists(path):
+      raise FileNotFoundError(
+          f"loss.perceptual_params={path!r} does not exist; give an .npz written by "
+          "mgjax.tasks.perceptual_weights.save_perceptual_params, or '' for random "
+          "perceptual features."
+      )
+    if self.perceptual is None and path:
+      logging.warning(
+          "loss.perceptual_params=%r is not used: loss.perceptual_weight=0 turns the "
+          "perceptual loss off.",
+          path,
+      )
+    train, eval_videos = self.splits()
+    if not eval_videos:
+      self._warn_no_eval()
+    elif self.held_out:
+      logging.info(
+          "Evaluating on %d of the training videos, held out from training "
+          "(data.eval_holdout_fraction=%g); %d training records remain.",
+          len(eval_videos),
+          self.config.data.eval_holdout_fraction,
+          len(train.records),
+      )
+
+  def splits(self) -> tuple[Records, list[dict]]:
+    """(training records, eval video records), read once.
+
+    The eval records are the 'eval' split's videos. When there are none and
+    data.eval_holdout_fraction > 0, that share of the training videos is held out
+    (`hold_out`): evaluated on and never trained on.
+    """
+    if self._splits is None:
+      data = self.config.data
+      fraction = float(data.get("eval_holdout_fraction", 0.0))
+      if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.eval_holdout_fraction={fraction} must be in [0, 1).")
+      train = sources.read_records(data, self.workdir, "train")
+      eval_videos = [
+          r for r in sources.read_records(data, self.workdir, "eval").records if r.get("video")
+      ]
+      self.held_out = not eval_videos and fraction > 0
+      if self.held_out:
+        train, eval_videos = hold_out(train, fraction)
+      self._splits = (train, eval_videos)
+    return self._splits
+
+  def _no_eval_message(self) -> str:
+    data = self.config.data
+    if data.get("eval_holdout_fraction", 0.0) > 0:
+      return (
+          f"data.name={data.name!r} has no 'eval' split videos and too few training "
+          "videos to hold some out (data.eval_holdout_fraction); add videos, or give "
+          'some manifest records "split": "eval".'
+      )
+    return (
+        f"data.name={data.name!r} has no 'eval' split videos to evaluate on; give some "
+        'manifest records "split": "eval", or hold out a share of the training videos '
+        "with --config.data.eval_holdout_fraction=0.05."
+    )
+
+  def _warn_no_eval(self):
+    if not self._warned_no_eval:
+      logging.warning("%s Evaluation is skipped.", self._no_eval_message())
+      self._warned_no_eval = True
+
   # ------------------------------------------------------------------- eval
   def eval_clips(self) -> np.ndarray:
     """Held-out clips, decoded once: uint8 [N, T, H, W, 3]."""
     if self._eval_clips is None:
       e = self.config.eval
-      records = [
-          r
-          for r in sources.read_records(self.config.data, self.workdir, "eval").records
-          if r.get("video")
-      ][: e.num_clips]
+      records = self.splits()[1][: e.num_clips]
       if not records:
-        raise ValueError(
-            f"data.name={self.config.data.name!r} has no 'eval' split videos to "
-            'evaluate on; give some manifest records "split": "eval".'
-        )
+        raise ValueError(self._no_eval_message())
       size = (e.height, e.width) if e.height else None
       self._eval_clips = np.stack(
           [
@@ -215,6 +313,9 @@ class TAETask(Task):
 
   def evaluate(self, params, frozen, step):
     del frozen
+    if not self.splits()[1]:
+      self._warn_no_eval()
+      return {}
     clips = self.eval_clips()
     reconstruct = jax.jit(self.reconstruct)
     outputs, scores = [], {"psnr": [], "ssim": [], "latent_norm_ratio": []}
@@ -229,6 +330,19 @@ class TAETask(Task):
       outputs.append(np.asarray(recon_uint8))
     self.write_side_by_side(clips, np.concatenate(outputs), step)
     return {k: float(np.concatenate(v).mean()) for k, v in scores.items()}
+
+  def preview(self, params, frozen, request):
+    """The first held-out clip next to its reconstruction: [T, H, 2W, 3]."""
+    del frozen
+    if request.prompts:
+      raise ValueError(
+          "A TAE run reconstructs a held-out clip and takes no prompt; call "
+          "sample_video() without one."
+      )
+    clip = self.eval_clips()[:1]  # [1, T, H, W, 3]
+    reconstruction, _ = jax.jit(self.reconstruct)(params["tae"], clip)
+    pair = np.concatenate([clip[0], np.asarray(reconstruction)[0]], axis=2)
+    return Sample("reconstruction", video=pair, fps=self.config.data.fps or 16)
 
   def reconstruct(self, tae_params, video_uint8):
     """Posterior-mean reconstruction: uint8 [B, T, H, W, 3], and the latent mean."""

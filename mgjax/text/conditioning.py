@@ -39,7 +39,8 @@ import numpy as np
 from absl import logging
 
 from mgjax.models import clip_text, t5
-from mgjax.models.hf_checkpoint import read_config
+from mgjax.text import hf_import
+from mgjax.text.hf_checkpoint import read_config
 from mgjax.text.prompts import SOURCES, encoder_text
 from mgjax.text.tokenizers import BYTE, WORDS, PromptTokenizer, load_hf_tokenizer
 
@@ -203,9 +204,9 @@ class TextConditioner:
       if not e.path:
         continue
       if e.kind == "t5":
-        _, params = t5.load_t5_encoder(e.path)
+        _, params = hf_import.load_t5_encoder(e.path)
       else:
-        _, params = clip_text.load_clip_text(e.path, max_length=e.tokenizer.max_length)
+        _, params = hf_import.load_clip_text(e.path, max_length=e.tokenizer.max_length)
       (trainable if e.trainable else frozen)[e.name] = params
     return trainable, frozen
 

@@ -23,6 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mgjax import cli
 from mgjax.text.conditioning import TextConditioner
 
 FLAGS = flags.FLAGS
@@ -119,4 +120,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("batch_size", 64, "Captions per encoder call.")
   flags.DEFINE_bool("float16", False, "Store embeddings as float16 (half the disk).")
   flags.mark_flags_as_required(["config", "captions", "out"])
-  app.run(main)
+  cli.run(main, "mgjax.text.precompute")

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
 from mgjax import checkpoint as checkpoint_lib
+from mgjax import cli
 from mgjax import train as train_lib
 from mgjax.train_state import path_names
 
@@ -178,19 +178,15 @@ def main():
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not inputs.value or not out.value:
       raise app.UsageError("--inputs=A,B[,...] and --out=DIR are required.")
-    try:
-      directory = merge(
-          inputs.value,
-          out.value,
-          [float(w) for w in weights.value] if weights.value else None,
-          [int(s) for s in steps.value] if steps.value else None,
-      )
-    except ValueError as e:
-      sys.stderr.write(f"merge_checkpoints: {e}\n")
-      sys.exit(2)
+    directory = merge(  # a ValueError (bad inputs) is reported by cli.run
+        inputs.value,
+        out.value,
+        [float(w) for w in weights.value] if weights.value else None,
+        [int(s) for s in steps.value] if steps.value else None,
+    )
     print(f"Merged {len(inputs.value)} runs into {directory}")
 
-  app.run(run)
+  cli.run(run, "mgjax.tools.merge_checkpoints")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Encode a data set's clips with a trained TAE into ArrayRecord shards, once.
 
-    python -m mgjax.data.precompute --config=experiments/t2v.py:1b \
+    python -m mgjax.precompute --config=experiments/t2v.py:1b \
         --config.tae.workdir=/ckpt/tae --config.data.dir=/data/videos --out=/data/latents
     python -m mgjax.train --config=experiments/t2v.py:1b --workdir=W \
         --config.tae.workdir=/ckpt/tae --config.data.dir=/data/videos \
@@ -22,8 +22,9 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mgjax import cli
 from mgjax.data.latent_shards import FINGERPRINT_FILE
-from mgjax.tasks.t2v import T2VTask
+from mgjax.tasks import get_task_class
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -48,8 +49,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  if config.task != "t2v":
-    raise app.UsageError(f"--config is a {config.task!r} config; precompute needs a t2v one.")
+  task_class = get_task_class(config.task)
+  if not hasattr(task_class, "precompute_latents"):
+    raise app.UsageError(
+        f"--config is a {config.task!r} config, whose task keeps no latent shards; "
+        "precompute needs one that does (a text-to-video config)."
+    )
   if not 0 <= FLAGS.process_index < FLAGS.process_count:
     raise app.UsageError(
         f"--process_index={FLAGS.process_index} is not in "
@@ -58,9 +63,10 @@ def main(argv):
   out = os.path.abspath(FLAGS.out)
   with config.unlocked():
     config.data.latents_dir = out
-  task = T2VTask(config, os.path.dirname(out))
-  if not config.tae.workdir:
-    raise app.UsageError("Set --config.tae.workdir to the trained TAE to encode with.")
+  task = task_class(config, os.path.dirname(out))
+  section = task_class.codec_section
+  if not config[section].workdir:
+    raise app.UsageError(f"Set --config.{section}.workdir to the trained codec to encode with.")
   if FLAGS.process_index:
     wait_for_fingerprint(out)
   for split in FLAGS.splits:
@@ -73,7 +79,7 @@ def main(argv):
   print(f"Encoded into {out}: " + json.dumps(counts))
 
 
-def _shards(task: T2VTask, split: str) -> dict:
+def _shards(task, split: str) -> dict:
   try:
     return task.latent_shards(split)
   except ValueError:  # a split with no records
@@ -82,4 +88,4 @@ def _shards(task: T2VTask, split: str) -> dict:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "out"])
-  app.run(main)
+  cli.run(main, "mgjax.precompute")

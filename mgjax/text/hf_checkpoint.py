@@ -2,9 +2,10 @@
 
 Users bring pretrained text encoders as the directories `save_pretrained` writes:
 `config.json` and either `model.safetensors` / `pytorch_model.bin` or their sharded
-forms with a `*.index.json`. Importers in mgjax/models turn those tensors into mgjax
-parameter trees through `TensorReader`, which checks every tensor's presence and
-shape and names the offending one when a directory does not match its config.
+forms with a `*.index.json`. The importers in mgjax/text/hf_import.py turn those
+tensors into mgjax parameter trees through `TensorReader`, which checks every
+tensor's presence and shape and names the offending one when a directory does not
+match its config. This lives outside mgjax/models, whose modules read no files.
 """
 
 from __future__ import annotations

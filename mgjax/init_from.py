@@ -1,0 +1,152 @@
+"""Weights that replace a fresh state's: pretrained encoders, or another run's model.
+
+Both are read on the host after the state is initialised, then placed shard by
+shard, so they never become constants of a compiled program:
+
+  `with_pretrained`  the task's `pretrained_weights()` (e.g. frozen text encoders
+                     read from Hugging Face directories);
+  `init_from_run`    `train.init_from`: a fine-tuning run (upsampler, PT2V, edit, SFT)
+                     starts from another run's weights (its EMA when it kept one).
+                     Parameters the new model adds (extra input channels, new
+                     embeddings) keep their own (zero) init; a parameter whose shape
+                     differs is refused, naming it.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from mgjax import runs
+from mgjax.train_state import TrainState
+
+
+def replace_leaves(tree, new, shardings, path: str = "", what: str = "Pretrained weight"):
+  """`tree` with the leaves `new` names replaced, each placed with its sharding."""
+  if not isinstance(new, dict):
+    expected = tuple(tree.shape)
+    if tuple(np.shape(new)) != expected:
+      raise ValueError(f"{what} {path} has shape {np.shape(new)}; the model expects {expected}.")
+    value = np.asarray(new, tree.dtype)  # the same on every host: each takes its shards
+    return jax.make_array_from_callback(value.shape, shardings, lambda index: value[index])
+  missing = set(new) - set(tree)
+  if missing:
+    raise ValueError(f"{what}s {sorted(missing)} under {path or '/'} are not in the model.")
+  out = dict(tree)
+  for key, value in new.items():
+    out[key] = replace_leaves(tree[key], value, shardings[key], f"{path}/{key}", what)
+  return out
+
+
+def with_pretrained(state: TrainState, task, shardings: TrainState) -> TrainState:
+  """A fresh state with the task's pretrained weights in place (e.g. frozen text
+  encoders); pretrained trainable weights start the EMA too."""
+  pretrained = task.pretrained_weights()
+  if not jax.tree.leaves(pretrained):
+    return state
+  params, frozen = pretrained.get("params", {}), pretrained.get("frozen", {})
+  return _with_params(state, params, shardings).replace(
+      frozen=replace_leaves(state.frozen, frozen, shardings.frozen)
+  )
+
+
+def _with_params(state: TrainState, params: dict, shardings: TrainState, what=None) -> TrainState:
+  """`params` replace the state's (and its EMA's, when kept)."""
+  kwargs = {} if what is None else {"what": what}
+  replaced = state.replace(params=replace_leaves(state.params, params, shardings.params, **kwargs))
+  if state.ema_params and jax.tree.leaves(params):
+    replaced = replaced.replace(
+        ema_params=replace_leaves(state.ema_params, params, shardings.ema_params, **kwargs)
+    )
+  return replaced
+
+
+def parse_subtrees(spec: str) -> dict[str, str]:
+  """ "dest:source,..." -> {dest path: source path}; a lone "name" maps to itself."""
+  mapping = {}
+  for item in filter(None, (part.strip() for part in spec.split(","))):
+    dest, _, source = item.partition(":")
+    mapping[dest.strip().strip("/")] = (source or dest).strip().strip("/")
+  return mapping
+
+
+def _subtree(tree, path: str, run: str):
+  for key in filter(None, path.split("/")):
+    if not isinstance(tree, dict) or key not in tree:
+      names = sorted(tree) if isinstance(tree, dict) else []
+      raise ValueError(
+          f"train.init_from: {run} has no params subtree {path!r} (at {key!r}: "
+          f"there are {names})."
+      )
+    tree = tree[key]
+  return tree
+
+
+def _matching(dest, source, path: str, unused: list[str]):
+  """The leaves of `source` that `dest` has, by name; a shape that differs is refused."""
+  if not isinstance(source, dict):
+    if isinstance(dest, dict) or tuple(np.shape(source)) != tuple(dest.shape):
+      theirs = "a subtree" if isinstance(dest, dict) else tuple(dest.shape)
+      raise ValueError(
+          f"train.init_from: parameter {path} has shape {tuple(np.shape(source))} in the "
+          f"source run but {theirs} here; map only subtrees whose shapes agree "
+          "(train.init_from.subtrees), or give the new weights their own name."
+      )
+    return source
+  if not isinstance(dest, dict):
+    raise ValueError(f"train.init_from: {path} is a subtree in the source run, a parameter here.")
+  out = {}
+  for key, value in source.items():
+    if key in dest:
+      out[key] = _matching(dest[key], value, f"{path}/{key}", unused)
+    else:
+      unused.append(f"{path}/{key}")
+  return out
+
+
+def _to_host(tree):
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def init_from_run(state: TrainState, section, shardings: TrainState) -> TrainState:
+  """A fresh state whose params (and EMA) start from the run `section.workdir` at
+  `section.step` (0: its latest), for the subtrees `section.subtrees` names."""
+  if not section.workdir:
+    return state
+  source = _to_host(runs.restore_params(section.workdir, section.step or None))
+  mapping = parse_subtrees(section.subtrees) or {k: k for k in state.params if k in source}
+  if not mapping:
+    raise ValueError(
+        f"train.init_from: {section.workdir} shares no top-level params subtree with this "
+        f"model ({sorted(source)} vs {sorted(state.params)}); name them in "
+        "train.init_from.subtrees as dest:source."
+    )
+  new, unused = {}, []
+  for dest, src in mapping.items():
+    values = _matching(
+        _subtree(state.params, dest, "this model"),
+        _subtree(source, src, section.workdir),
+        f"/{dest}",
+        unused,
+    )
+    target = new
+    *parents, leaf = dest.split("/")
+    for key in parents:
+      target = target.setdefault(key, {})
+    target[leaf] = values
+  if unused:
+    logging.warning(
+        "train.init_from: %d source parameters have no place here: %s",
+        len(unused),
+        ", ".join(unused[:10]) + (" ..." if len(unused) > 10 else ""),
+    )
+  logging.info(
+      "Initialised %s from %s",
+      ", ".join(f"{d} <- {s}" for d, s in mapping.items()),
+      section.workdir,
+  )
+  return _with_params(state, new, shardings, what="train.init_from weight")

@@ -1,0 +1,258 @@
+"""Latent codecs: the trained first-stage models latent flow tasks train on.
+
+A codec maps media to latents and back with the weights of a finished run: the TAE
+(uint8 video [B, T, H, W, 3] <-> [B, T', h, w, C]) and the audio VAE (waveform
+[B, S, ch] <-> [B, ceil(S / hop), C]). Every user of latents -- the tasks that train
+on them, `mgjax.precompute`, sampling -- opens one the same way:
+
+    codec = TAECodec.from_workdir("/runs/tae")      # config + latest weights
+    z = codec.encode(video)                          # posterior means
+    video = codec.decode(z, num_frames)              # tiled when long
+    codec.latent_shape(32, 64, 64)                   # (T', h, w, C)
+    codec.fingerprint()                              # what made a latent: config + weights
+
+`TAECodec.abstract(model_config)` has shapes and no weights (`mgjax.aot` compiles
+with it, reading no file). `ChannelStats` holds the per-channel statistics that
+standardise a data set's latents for the flow model.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mgjax import runs
+from mgjax.models.audio_vae import AudioVAE
+from mgjax.models.tae import TAE
+from mgjax.models.tae_tiling import tiled_decode
+from mgjax.tasks.audio_vae import make_audio_vae
+from mgjax.tasks.tae import make_tae, to_signed, to_uint8
+
+
+class LatentCodec(abc.ABC):
+  """A first-stage model (`config`: the whole config of the run that trained it)."""
+
+  task: ClassVar[str]  # the task of the runs that train it
+  params_key: ClassVar[str]  # its subtree of that run's params
+  train_hint: ClassVar[str]  # the config that trains one
+
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      params=None,
+      step: int | None = None,
+      workdir: str | None = None,
+  ):
+    self.config = config
+    self.step = step
+    self.workdir = workdir  # weights are read from here on first use
+    self._params = params
+
+  @classmethod
+  def from_workdir(cls, workdir: str, step: int | None = None) -> LatentCodec:
+    """The run's latest config now, and the weights (EMA when kept) of its latest (or
+    the given) checkpoint when first needed."""
+    config = runs.read_config(
+        workdir,
+        hint=f"Train one with `python -m mgjax.train --config={cls.train_hint} --workdir={workdir}`.",
+    )
+    if config.task != cls.task:
+      raise ValueError(f"{workdir} holds a {config.task!r} run, not a {cls.task!r} one.")
+    return cls(config, step=step, workdir=workdir)
+
+  @classmethod
+  def abstract(cls, config: ml_collections.ConfigDict) -> LatentCodec:
+    """Shapes only (no weights): latent_shape and latent_channels work, encode does not."""
+    return cls(config)
+
+  @property
+  def params(self):
+    if self._params is None:
+      if self.workdir is None:
+        raise ValueError(f"This {self.task} codec has shapes only (abstract); it has no weights.")
+      if self.step is None:
+        self.step = runs.latest_step(self.workdir)
+      if self.step is None:
+        raise FileNotFoundError(
+            f"The {self.task} run in {self.workdir} has no complete checkpoint yet; train it "
+            "first."
+        )
+      self._params = runs.restore_params(self.workdir, self.step)[self.params_key]
+    return self._params
+
+  @property
+  @abc.abstractmethod
+  def latent_channels(self) -> int:
+    ...
+
+  @abc.abstractmethod
+  def encode(self, media) -> np.ndarray:
+    """Posterior-mean latents of a batch of media."""
+
+  @abc.abstractmethod
+  def decode(self, latents, length: int):
+    """Media of `length` frames / samples from a batch of latents."""
+
+  def fingerprint(self) -> dict:
+    """What made a latent: the model config, the checkpoint step and a digest of the
+    weights. Where the run lives is not part of it, so a copied or moved run reuses
+    its latents."""
+    digest = hashlib.sha256()
+    for path, leaf in sorted(
+        jax.tree_util.tree_flatten_with_path(self.params)[0], key=lambda kv: str(kv[0])
+    ):
+      digest.update(str(path).encode())
+      digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return {
+        "task": self.task,
+        "model": self.config.model.to_dict(),
+        "step": self.step,
+        "weights_sha256": digest.hexdigest(),
+    }
+
+
+class TAECodec(LatentCodec):
+  """The temporal autoencoder: uint8 videos <-> latents [B, T', H/8, W/8, C]."""
+
+  task = "tae"
+  params_key = "tae"
+  train_hint = "experiments/tae.py:tiny"
+
+  @functools.cached_property
+  def model(self) -> TAE:
+    return make_tae(self.config.model)
+
+  @property
+  def latent_channels(self) -> int:
+    return int(self.config.model.latent_channels)
+
+  @property
+  def spatial_factor(self) -> int:
+    return self.model.spatial_factor
+
+  @property
+  def temporal_factor(self) -> int:
+    return self.model.temporal_factor
+
+  def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """[T', h, w, C] of a clip; height and width must divide by the spatial factor."""
+    f = self.spatial_factor
+    if height % f or width % f:
+      raise ValueError(
+          f"Height and width must be multiples of {f} (the TAE's); got {height}x{width}."
+      )
+    return (self.model.latent_frames(num_frames), height // f, width // f, self.latent_channels)
+
+  @functools.cached_property
+  def _encode(self):
+    return jax.jit(lambda p, v: self.model.apply({"params": p}, to_signed(v), method=TAE.encode)[0])
+
+  @functools.cached_property
+  def _decode(self):
+    return jax.jit(lambda p, z: self.model.apply({"params": p}, z, method=TAE.decode))
+
+  def encode(self, media) -> np.ndarray:
+    """Posterior-mean latents of uint8 [B, T, H, W, 3] videos."""
+    return np.asarray(self._encode(self.params, media))
+
+  def decode(self, latents, length: int, tile_frames: int = 0, tile_overlap: int = 0) -> np.ndarray:
+    """uint8 videos [B, length, H, W, 3] of latents [B, T', h, w, C]; decoded in
+    overlapping tiles of `tile_frames` blended linearly when longer than that."""
+    decode = functools.partial(self._decode, self.params)
+    if tile_frames and length > tile_frames:
+      video = tiled_decode(decode, latents, length, tile_frames, tile_overlap, self.temporal_factor)
+    else:
+      video = decode(latents)[:, :length]
+    return np.asarray(to_uint8(video))
+
+
+class AudioVAECodec(LatentCodec):
+  """The audio VAE: float waveforms [B, S, ch] <-> latent means [B, ceil(S / hop), C]."""
+
+  task = "audio_vae"
+  params_key = "vae"
+  train_hint = "experiments/audio_vae.py:tiny"
+
+  @functools.cached_property
+  def model(self) -> AudioVAE:
+    return make_audio_vae(self.config.model)
+
+  @property
+  def sample_rate(self) -> int:
+    return self.model.sample_rate
+
+  @property
+  def hop(self) -> int:
+    return self.model.hop
+
+  @property
+  def latent_rate(self) -> float:
+    return self.model.latent_rate
+
+  @property
+  def latent_channels(self) -> int:
+    return self.model.latent_channels
+
+  def latent_shape(self, num_samples: int) -> tuple[int, int]:
+    """[T, C] of `num_samples` samples."""
+    return (-(-int(num_samples) // self.hop), self.latent_channels)
+
+  @functools.cached_property
+  def _encode(self):
+    return jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=AudioVAE.encode)[0])
+
+  @functools.cached_property
+  def _decode(self):
+    return jax.jit(
+        lambda p, z, n: self.model.apply({"params": p}, z, n, method=AudioVAE.decode),
+        static_argnums=2,
+    )
+
+  def encode(self, media) -> jax.Array:
+    """Latent means [B, ceil(T / hop), L] of float waveforms [B, T, C] at sample_rate."""
+    return self._encode(self.params, jnp.asarray(media, jnp.float32))
+
+  def decode(self, latents, length: int | None = None) -> jax.Array:
+    """Waveforms [B, N hop (or length), C] in (-1, 1) of latents [B, N, L]."""
+    return self._decode(self.params, jnp.asarray(latents, jnp.float32), length)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelStats:
+  """Per-channel (mean, std) of a data set's latents: the flow model trains on
+  (z - mean) / std, and sampling undoes it."""
+
+  mean: np.ndarray  # [C] float32
+  std: np.ndarray  # [C] float32
+
+  @classmethod
+  def identity(cls, channels: int) -> ChannelStats:
+    return cls(np.zeros(channels, np.float32), np.ones(channels, np.float32))
+
+  @classmethod
+  def load(cls, path: str) -> ChannelStats:
+    with open(path) as f:
+      saved = json.load(f)
+    return cls(np.asarray(saved["mean"], np.float32), np.asarray(saved["std"], np.float32))
+
+  def save(self, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"mean": self.mean.tolist(), "std": self.std.tolist()}, f)
+    os.replace(path + ".tmp", path)
+
+  def standardise(self, z):
+    return (z - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+
+  def unstandardise(self, z) -> jax.Array:
+    return jnp.asarray(z) * self.std + self.mean
