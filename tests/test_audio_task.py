@@ -22,6 +22,7 @@ from mgjax.data import shapes_audio
 from mgjax.data import video as video_lib
 from mgjax.tasks import audio as audio_task
 from mgjax.tasks import get_task_class
+from mgjax.tasks.codecs import ChannelStats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {  # a tiny audio DiT, video encoder and data set: seconds per step on CPU
@@ -50,10 +51,9 @@ def small_config(**extra):
 
 def make_task(tmp_path, **extra):
   """The task on 2-example batches (no mesh here), with unit latent statistics."""
-  extra = {"train.batch_size": 2, **extra}
-  task = get_task_class("audio")(small_config(**extra), str(tmp_path))
-  c = task.config.model.latent_channels
-  task._stats = (np.zeros(c, np.float32), np.ones(c, np.float32))  # no VAE needed
+  config = small_config(**{"train.batch_size": 2, **extra})
+  stats = ChannelStats.identity(config.model.latent_channels)  # no VAE needed
+  task = get_task_class("audio")(config, str(tmp_path), stats=stats)
   params, frozen = nn.meta.unbox(task.init(jax.random.key(0)))
   return task, params, frozen
 
@@ -102,7 +102,12 @@ def test_condition_dropout_really_drops(tmp_path):
   x = jax.random.normal(jax.random.key(2), a["latent"].shape)
   t = jnp.full((x.shape[0],), 0.5)
   no_context = jnp.zeros(x.shape[:2] + (1,))
-  v = jax.jit(task.velocity)
+
+  @jax.jit
+  def v(params, frozen, x, t, context, context_mask, frames, text, keep_video, keep_text):
+    conditions = {"context": context, "context_mask": context_mask, "frames": frames, **text}
+    return task.velocity(params, frozen, x, t, conditions, {"video": keep_video, "text": keep_text})
+
   drop, keep = jnp.zeros(x.shape[0], bool), jnp.ones(x.shape[0], bool)
   text_a = {k: a[k] for k in ("t5_ids", "t5_mask")}
   text_b = {k: b[k] for k in ("t5_ids", "t5_mask")}

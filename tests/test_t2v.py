@@ -294,9 +294,10 @@ def test_cli_reports_bad_input_in_one_line(trained):
   assert result.returncode == 2
   assert (
       result.stderr.strip()
-      .splitlines()[-1]
+      .splitlines()[-2]
       .startswith("mgjax.sample: Height and width must be multiples of 16")
   )
+  assert "--traceback" in result.stderr.strip().splitlines()[-1]
   assert "Traceback" not in result.stderr
 
 

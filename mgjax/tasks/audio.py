@@ -380,7 +380,7 @@ class AudioTask(LatentFlowTask):
         ({"video": aligned}, {"text": text}, {"params": params["dit"]}),
         (int(num_frames), self.config.model.latent_channels),
         num_examples=len(frames),
-        **{"method": "midpoint", **sampler},
+        **{"method": "midpoint", "schedule": "linear", **sampler},
     )
 
   def generate_audio(

@@ -79,7 +79,9 @@ class LatentFlowTask(Task):
   def check_mesh(self, mesh):
     """`tensor` must split the transformer's heads and MLP width (model.num_heads,
     model.mlp_dim); subclasses add their sequence checks."""
-    model, tensor = self.config.model, mesh.shape["tensor"]
+    model, tensor = self.config.get("model", {}), mesh.shape["tensor"]
+    if "num_heads" not in model:  # not a transformer of heads and MLPs
+      return
     for name, size in (("num_heads", model.num_heads), ("mlp_dim", model.mlp_dim)):
       if size % tensor:
         raise ValueError(
@@ -98,7 +100,16 @@ class LatentFlowTask(Task):
   def codec(self) -> LatentCodec:
     """The trained codec (its config now, its weights on first encode/decode)."""
     if self._codec is None:
-      self._codec = self.codec_class.from_workdir(self.codec_workdir)
+      try:
+        self._codec = self.codec_class.from_workdir(self.codec_workdir)
+      except runs.NoRunError:
+        hint, section = self.codec_class.train_hint, self.codec_section
+        raise FileNotFoundError(
+            f"No trained {self.codec_stage_name} in {self.codec_workdir} (config.{section}."
+            f"workdir). Train one with `python -m mgjax.train --config={hint} --workdir="
+            f"{self.codec_workdir}`, or set --config.{section}.train_config={hint} to train "
+            "it first."
+        ) from None
     return self._codec
 
   def stages(self) -> list[Stage]:
