@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
           num_steps=1000,
           batch_size=8,  # global batch size across all devices and processes
           log_every=50,
-          eval_every=500,  # 0: only at the end
+          eval_every=500,  # 0: only at the end; -1: never
           checkpoint_every=500,
           keep_checkpoints=3,  # the latest N ...
           keep_checkpoints_every=0,  # ... plus every multiple of this step (0: none)

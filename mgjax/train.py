@@ -320,7 +320,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             done,
         )
         break
-      if (config.train.eval_every and done % config.train.eval_every == 0) or is_last:
+      eval_every = config.train.eval_every
+      if eval_every >= 0 and ((eval_every and done % eval_every == 0) or is_last):
         eval_metrics = task.evaluate(*evaluation_copy(state), done)
         if not eval_metrics:  # nothing to evaluate (e.g. no held-out data)
           continue

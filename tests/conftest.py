@@ -24,5 +24,9 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(tempfile.gettempdir(), f"mgjax-tests-jax-cache-{_session}"),
 )
+# Cache every program, not only those that took a second to compile: at optimisation
+# level 0 most of a tiny run's programs (init, evaluation, sampling) compile faster
+# than that, and the trainer's subprocess tests compile them all again.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Compile-only TPU tests (libtpu topologies) may run in both xdist workers at once.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

@@ -57,7 +57,7 @@ def trained(tmp_path_factory):
   """A tiny TAE (2 steps) and a tiny DiT (4 steps) on 24 shapes clips and 8 stills."""
   root = str(tmp_path_factory.mktemp("t2v"))
   tae_workdir = os.path.join(root, "tae")
-  tae = tiny_tae_config(2)
+  tae = tiny_tae_config(2, levels=4)
   tae.data.update(dir=os.path.join(root, "shapes"), image_fraction=0.0)
   tae.data.shapes.update(num_images=8)
   tae.eval.num_clips = 1
