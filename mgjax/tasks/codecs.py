@@ -234,6 +234,7 @@ class ChannelStats:
 
   mean: np.ndarray  # [C] float32
   std: np.ndarray  # [C] float32
+  codec: dict | None = None  # the fingerprint of the codec whose latents they describe
 
   @classmethod
   def identity(cls, channels: int) -> ChannelStats:
@@ -243,12 +244,13 @@ class ChannelStats:
   def load(cls, path: str) -> ChannelStats:
     with open(path) as f:
       saved = json.load(f)
-    return cls(np.asarray(saved["mean"], np.float32), np.asarray(saved["std"], np.float32))
+    mean, std = (np.asarray(saved[k], np.float32) for k in ("mean", "std"))
+    return cls(mean, std, saved.get("codec"))
 
   def save(self, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-      json.dump({"mean": self.mean.tolist(), "std": self.std.tolist()}, f)
+      json.dump({"mean": self.mean.tolist(), "std": self.std.tolist(), "codec": self.codec}, f)
     os.replace(path + ".tmp", path)
 
   def standardise(self, z):

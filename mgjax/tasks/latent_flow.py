@@ -31,6 +31,7 @@ from typing import ClassVar
 
 import jax
 import ml_collections
+from absl import logging
 
 from mgjax import configs, flow, runs
 from mgjax.tasks.base import Stage, Task
@@ -128,15 +129,22 @@ class LatentFlowTask(Task):
 
   # ------------------------------------------------------------ statistics
   def stats(self) -> ChannelStats:
-    """Per-channel latent statistics of the training set, saved for sampling."""
+    """Per-channel latent statistics of the training set, saved for sampling; made
+    again when the codec that made them changed (a new TAE re-encodes the latents)."""
     if self._stats is None:
       path = os.path.join(self.workdir, self.stats_dir, "stats.json")
-      if os.path.exists(path):
-        self._stats = ChannelStats.load(path)
-      else:
-        self._stats = self.compute_stats()
+      saved = ChannelStats.load(path) if os.path.exists(path) else None
+      codec = self.codec.fingerprint()
+      if saved is not None and saved.codec not in (None, codec):
+        logging.warning("Latent statistics in %s are of another codec; computing them again.",
+                        path)  # fmt: skip
+        saved = None
+      if saved is None:
+        stats = self.compute_stats()
+        saved = ChannelStats(stats.mean, stats.std, codec)
         if jax.process_index() == 0:
-          self._stats.save(path)
+          saved.save(path)
+      self._stats = saved
     return self._stats
 
   def compute_stats(self) -> ChannelStats:
