@@ -45,8 +45,7 @@ def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str
 
 def generate(task, state, request: SampleRequest) -> list:
   """`task.generate` on a restored run's weights, with a progress bar."""
-  total = task.sampling_steps(request) if hasattr(task, "sampling_steps") else None
-  with tqdm.tqdm(total=total, unit="step", desc="sampling") as bar:
+  with tqdm.tqdm(total=task.sampling_steps(request), unit="step", desc="sampling") as bar:
     request.progress = bar.update
     return task.generate(state.eval_params(), state.frozen, request)
 

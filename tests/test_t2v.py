@@ -4,6 +4,7 @@ the inspection notebook), bad input."""
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from mgjax.data.latent_shards import LatentShards
 from mgjax.data.records import Records, read_manifest
 from mgjax.data.video import probe
 from mgjax.parallel import mesh as mesh_lib
+from mgjax.tasks.codecs import TAECodec
 from mgjax.tasks.outputs import SampleRequest
 from mgjax.tasks.t2v import T2VTask
 from mgjax.text.hf_import import load_clip_text
@@ -60,7 +62,7 @@ def trained(tmp_path_factory):
   tae = tiny_tae_config(2, levels=4)
   tae.data.update(dir=os.path.join(root, "shapes"), image_fraction=0.0)
   tae.data.shapes.update(num_images=8)
-  tae.eval.num_clips = 1
+  tae.train.eval_every = -1  # nothing here reads the TAE's own evaluation
   train_lib.train(tae, tae_workdir)
   workdir = os.path.join(root, "dit")
   clip_path = save_tiny_hf_encoders(os.path.join(root, "hf"))[0]["clip"]
@@ -125,6 +127,26 @@ def test_latents_are_precomputed_into_shards_with_their_statistics(trained):
   np.testing.assert_allclose(stats["mean"], everything.mean(0), rtol=1e-4, atol=1e-5)
 
 
+def test_a_moved_tae_keeps_its_latents(trained, tmp_path):
+  """The latents' fingerprint is what made them (the TAE's config and weights), not
+  where the TAE lives: a copied TAE run is the same codec, a retrained one is not."""
+  workdir, _ = trained
+  tae = os.path.join(os.path.dirname(workdir), "tae")
+  moved = str(tmp_path / "elsewhere" / "tae")
+  shutil.copytree(tae, moved)
+  fingerprint = TAECodec.from_workdir(tae).fingerprint()
+  assert TAECodec.from_workdir(moved).fingerprint() == fingerprint
+  assert tae not in json.dumps(fingerprint) and "elsewhere" not in json.dumps(fingerprint)
+  config = tiny_t2v_config(moved, 4, os.path.join(os.path.dirname(workdir), "hf", "clip"))
+  with open(os.path.join(workdir, "latents", "fingerprint.json")) as f:
+    assert json.load(f)["tae"] == fingerprint  # so a run pointed at the copy reuses them
+  assert T2VTask(config, workdir).codec.fingerprint() == fingerprint
+  codec = TAECodec.from_workdir(tae)
+  retrained = jax.tree.map(lambda p: p + 1e-3, codec.params)  # the same run, other weights
+  other = TAECodec(codec.config, retrained, codec.step).fingerprint()
+  assert other["weights_sha256"] != fingerprint["weights_sha256"]
+
+
 def test_shards_on_the_fly_encoding_and_precomputed_text_give_the_same_losses(trained, tmp_path):
   """The same clips (each from its start, as precompute takes it) through latent
   shards, through the TAE on every batch, and through shards that also hold the
@@ -139,6 +161,7 @@ def test_shards_on_the_fly_encoding_and_precomputed_text_give_the_same_losses(tr
   ):
     config = tiny_t2v_config(os.path.join(root, "tae"), 2, os.path.join(root, "hf", "clip"))
     config.data.update(random_clip_start=False, stats_examples=1000, **data)
+    config.data.buckets = (("video", NUM_FRAMES, SIZE, SIZE, 8),)  # one step to compile
     config.eval.num_prompts_per_bucket = 0
     train_lib.train(config, str(tmp_path / name))
     with open(tmp_path / name / "metrics.jsonl") as f:

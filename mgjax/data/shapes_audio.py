@@ -334,6 +334,22 @@ def _dataset_params(
   return params
 
 
+def dataset_args(shapes, sample_rate: int, eval_fraction: float, bouncing_share: float) -> dict:
+  """`ensure_dataset` keyword arguments from a config's shapes section (num_videos,
+  seed, fps, num_frames, height, width) and the set's other settings."""
+  return dict(
+      num_videos=shapes.num_videos,
+      seed=shapes.seed,
+      sample_rate=sample_rate,
+      fps=shapes.fps,
+      num_frames=shapes.num_frames,
+      height=shapes.height,
+      width=shapes.width,
+      eval_fraction=eval_fraction,
+      **bouncing_args(bouncing_share),
+  )
+
+
 def bouncing_args(share: float) -> dict:
   """ensure_dataset keywords giving `share` of the clips a bounce (none for 0)."""
   return dict(motion="bouncing", motion_share=float(share)) if share else {}

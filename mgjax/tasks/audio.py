@@ -594,17 +594,8 @@ def span_context_mask(rng, batch: int, num_frames: int, section) -> jax.Array:
 
 def shapes_audio_params(data, sample_rate: int) -> dict:
   """ensure_dataset keyword arguments of the shapes_audio set of a data section."""
-  s = data.shapes
-  return dict(
-      num_videos=s.num_videos,
-      seed=s.seed,
-      sample_rate=sample_rate,
-      fps=s.fps,
-      num_frames=s.num_frames,
-      height=s.height,
-      width=s.width,
-      eval_fraction=data.get("eval_fraction", 0.15),
-      **shapes_audio.bouncing_args(data.get("bouncing_share", 0.0)),
+  return shapes_audio.dataset_args(
+      data.shapes, sample_rate, data.get("eval_fraction", 0.15), data.get("bouncing_share", 0.0)
   )
 
 

@@ -107,15 +107,9 @@ def manifest_path(data_config, workdir: str, sample_rate: int) -> str:
         "shapes_audio",
         lambda: shapes_audio.ensure_dataset(
             data_dir(data_config, workdir),
-            num_videos=s.num_videos,
-            seed=s.seed,
-            sample_rate=sample_rate,
-            fps=s.fps,
-            num_frames=s.num_frames,
-            height=s.height,
-            width=s.width,
-            eval_fraction=s.eval_fraction,
-            **shapes_audio.bouncing_args(s.get("bouncing_share", 0.0)),
+            **shapes_audio.dataset_args(
+                s, sample_rate, s.eval_fraction, s.get("bouncing_share", 0.0)
+            ),
         ),
     )
   if name == "manifest":

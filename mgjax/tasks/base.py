@@ -119,6 +119,11 @@ class Task(abc.ABC):
         "sample from a run of a generative task."
     )
 
+  def sampling_steps(self, request: SampleRequest) -> int | None:
+    """Solver steps `generate` runs for `request`, for a progress bar; None: unknown."""
+    del request
+    return None
+
   def preview(self, params: PyTree, frozen: PyTree, request: SampleRequest) -> Sample:
     """One sample that shows what the model does (`mgjax.inspect`, the notebook); by
     default the first of `generate`."""
