@@ -134,14 +134,12 @@ def test_a_moved_tae_keeps_its_latents(trained, tmp_path):
   tae = os.path.join(os.path.dirname(workdir), "tae")
   moved = str(tmp_path / "elsewhere" / "tae")
   shutil.copytree(tae, moved)
-  fingerprint = TAECodec.from_workdir(tae).fingerprint()
+  codec = TAECodec.from_workdir(tae)
+  fingerprint = codec.fingerprint()
   assert TAECodec.from_workdir(moved).fingerprint() == fingerprint
   assert tae not in json.dumps(fingerprint) and "elsewhere" not in json.dumps(fingerprint)
-  config = tiny_t2v_config(moved, 4, os.path.join(os.path.dirname(workdir), "hf", "clip"))
   with open(os.path.join(workdir, "latents", "fingerprint.json")) as f:
     assert json.load(f)["tae"] == fingerprint  # so a run pointed at the copy reuses them
-  assert T2VTask(config, workdir).codec.fingerprint() == fingerprint
-  codec = TAECodec.from_workdir(tae)
   retrained = jax.tree.map(lambda p: p + 1e-3, codec.params)  # the same run, other weights
   other = TAECodec(codec.config, retrained, codec.step).fingerprint()
   assert other["weights_sha256"] != fingerprint["weights_sha256"]
@@ -161,7 +159,8 @@ def test_shards_on_the_fly_encoding_and_precomputed_text_give_the_same_losses(tr
   ):
     config = tiny_t2v_config(os.path.join(root, "tae"), 2, os.path.join(root, "hf", "clip"))
     config.data.update(random_clip_start=False, stats_examples=1000, **data)
-    config.data.buckets = (("video", NUM_FRAMES, SIZE, SIZE, 8),)  # one step to compile
+    # One bucket, one train step to compile; the stills then fit none (skipped).
+    config.data.update(buckets=(("video", NUM_FRAMES, SIZE, SIZE, 8),), max_skip_fraction=0.5)
     config.eval.num_prompts_per_bucket = 0
     train_lib.train(config, str(tmp_path / name))
     with open(tmp_path / name / "metrics.jsonl") as f:
