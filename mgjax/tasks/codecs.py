@@ -57,6 +57,7 @@ class LatentCodec(abc.ABC):
     self.step = step
     self.workdir = workdir  # weights are read from here on first use
     self._params = params
+    self._fingerprint: dict | None = None
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None) -> LatentCodec:
@@ -106,19 +107,22 @@ class LatentCodec(abc.ABC):
   def fingerprint(self) -> dict:
     """What made a latent: the model config, the checkpoint step and a digest of the
     weights. Where the run lives is not part of it, so a copied or moved run reuses
-    its latents."""
+    its latents. Hashed once per codec (precompute and statistics both ask)."""
+    if self._fingerprint is not None:
+      return self._fingerprint
     digest = hashlib.sha256()
     for path, leaf in sorted(
         jax.tree_util.tree_flatten_with_path(self.params)[0], key=lambda kv: str(kv[0])
     ):
       digest.update(str(path).encode())
       digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
-    return {
+    self._fingerprint = {
         "task": self.task,
         "model": self.config.model.to_dict(),
         "step": self.step,
         "weights_sha256": digest.hexdigest(),
     }
+    return self._fingerprint
 
 
 class TAECodec(LatentCodec):
