@@ -82,6 +82,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       ),  # > 0: this share of the clips bounce (more clicks)
       crop_seconds=1.0,  # a whole number of latent frames
       skip_silent=True,  # silent files are skipped and counted
+      decoded_cache_mb=512,  # decoded waveforms kept in memory (per host), LRU
       bounce_crop_fraction=0.0,  # share of crops placed over a manifest "bounce_times"
       end_crop_fraction=0.0,  # share of crops ending at the file's end
   )

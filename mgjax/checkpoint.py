@@ -85,6 +85,23 @@ class Checkpointer:
     )
     return restored["state"]
 
+  def restore_entries(self, step: int, abstract_entries: dict[str, Any]) -> dict[str, Any]:
+    """Some of the saved state's entries alone, e.g. {"ema_params": ..., "frozen": ...}
+    (abstract, with their target shardings): sampling needs neither the optimizer
+    state nor the raw weights beside the EMA, three times the memory of one copy."""
+    entries = {name: tree for name, tree in abstract_entries.items() if jax.tree.leaves(tree)}
+    path = os.path.join(self.directory, str(step), "state")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(
+          path,
+          args=ocp.args.PyTreeRestore(
+              item=entries,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(entries),
+              partial_restore=True,
+          ),
+      )
+    return {name: restored.get(name, tree) for name, tree in abstract_entries.items()}
+
   def all_steps(self) -> list[int]:
     """The complete checkpoints' steps, ascending."""
     return sorted(self.manager.all_steps())

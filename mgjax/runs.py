@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import ml_collections
 
 from mgjax import checkpoint as checkpoint_lib
 from mgjax import optim
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.tasks import get_task_class
-from mgjax.train_state import TrainState, create_state
+from mgjax.train_state import create_state
 
 CONFIG_FILE = "config.json"
 HISTORY_DIR = "configs"
@@ -85,13 +86,10 @@ def is_finished(workdir: str, num_steps: int) -> bool:
   return step is not None and step >= num_steps
 
 
-def restore_train_state(workdir: str, step: int | None = None):
-  """(config, task, state) of a run's checkpoint, for evaluation and inspection.
-
-  Rebuilds the state exactly as the trainer does from the run's latest config, on a
-  mesh of all local devices, and restores the latest (or the given) complete
-  checkpoint.
-  """
+def _open_run(workdir: str, step: int | None):
+  """(config, task, abstract state with the target shardings, checkpointer, step) of
+  a run, on a mesh of all local devices, as the trainer builds it from the run's
+  latest config."""
   config = read_config(workdir)
   task = get_task_class(config.task)(config, workdir)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
@@ -101,14 +99,31 @@ def restore_train_state(workdir: str, step: int | None = None):
   step = checkpointer.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"No complete checkpoint in {checkpointer.directory}.")
-  state = checkpointer.restore(
-      step, checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
-  )
+  abstract = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
+  return config, task, abstract, checkpointer, step
+
+
+def restore_train_state(workdir: str, step: int | None = None):
+  """(config, task, state) of a run's latest (or the given) complete checkpoint, the
+  whole train state, for inspection and for merging checkpoints."""
+  config, task, abstract, checkpointer, step = _open_run(workdir, step)
+  state = checkpointer.restore(step, abstract)
   checkpointer.close()
   return config, task, state
 
 
+def restore_weights(workdir: str, step: int | None = None):
+  """(config, task, params, frozen) to run a trained model with: the EMA when the run
+  kept one, restored alone (no optimizer state)."""
+  config, task, abstract, checkpointer, step = _open_run(workdir, step)
+  name = "ema_params" if jax.tree.leaves(abstract.ema_params) else "params"
+  entries = checkpointer.restore_entries(
+      step, {name: getattr(abstract, name), "frozen": abstract.frozen}
+  )
+  checkpointer.close()
+  return config, task, entries[name], entries["frozen"]
+
+
 def restore_params(workdir: str, step: int | None = None):
   """The weights to run a trained model with (the EMA when the run kept one)."""
-  state: TrainState = restore_train_state(workdir, step)[2]
-  return state.eval_params()
+  return restore_weights(workdir, step)[2]

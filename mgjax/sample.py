@@ -43,11 +43,11 @@ def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str
   return prompts
 
 
-def generate(task, state, request: SampleRequest) -> list:
+def generate(task, params, frozen, request: SampleRequest) -> list:
   """`task.generate` on a restored run's weights, with a progress bar."""
   with tqdm.tqdm(total=task.sampling_steps(request), unit="step", desc="sampling") as bar:
     request.progress = bar.update
-    return task.generate(state.eval_params(), state.frozen, request)
+    return task.generate(params, frozen, request)
 
 
 def sample(
@@ -64,8 +64,8 @@ def sample(
     raise ValueError(f"--task={task_name} but {workdir} holds a {config.task!r} run.")
   for path in request.inputs:  # a bad video fails before the (slower) restore
     probe(path)
-  _, task, state = runs.restore_train_state(workdir, step)
-  samples = generate(task, state, request)
+  _, task, params, frozen = runs.restore_weights(workdir, step)
+  samples = generate(task, params, frozen, request)
   return write_samples(samples, out_dir)
 
 

@@ -1,5 +1,6 @@
 """TAE shapes, length handling, images, and parameter annotations."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -23,7 +24,7 @@ H = W = 16
 @pytest.fixture(scope="module", params=[False, True], ids=["paper", "shortcuts"])
 def model_and_params(request):
   model = tiny_tae(residual_shortcuts=request.param)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, H, W, 3)))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, H, W, 3)))
   return model, perturb(variables, 0.05)
 
 
@@ -31,10 +32,12 @@ def model_and_params(request):
 def test_encode_decode_shapes(model_and_params, num_frames):
   model, variables = model_and_params
   video = jax.random.uniform(jax.random.key(num_frames), (2, num_frames, H, W, 3), minval=-1)
-  mean, logvar = model.apply(variables, video, method=TAE.encode)
+  # Jitted: one program per length compiles faster than the model's ops one by one.
+  mean, logvar = jax.jit(functools.partial(model.apply, method=TAE.encode))(variables, video)
   expected = (2, math.ceil(num_frames / 8), H // 8, W // 8, 8)
   assert mean.shape == expected and logvar.shape == expected
-  decoded = model.apply(variables, mean, num_frames, method=TAE.decode)
+  decode = jax.jit(functools.partial(model.apply, method=TAE.decode), static_argnums=2)
+  decoded = decode(variables, mean, num_frames)
   assert decoded.shape == video.shape
   assert bool(jnp.all(jnp.isfinite(decoded)))
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -164,6 +165,50 @@ def read_waveform(path: str, sample_rate: int, channels: int, skip_silent: bool)
   return waveform
 
 
+class WaveformCache:
+  """Decoded waveforms (or the error a file gave) by path, least recently used out
+  first, up to `max_bytes`: a crop is a fraction of a second, so a set that fits in
+  memory is decoded and resampled once, not once per crop. Shared by the loader's
+  threads."""
+
+  def __init__(self, max_bytes: int):
+    self.max_bytes = max_bytes
+    self.entries: collections.OrderedDict = collections.OrderedDict()
+    self.bytes = 0
+    self.lock = threading.Lock()
+
+  def __getstate__(self):  # a loader process starts with an empty cache of its own
+    return {"max_bytes": self.max_bytes}
+
+  def __setstate__(self, state):
+    self.__init__(state["max_bytes"])
+
+  def get(self, path: str, read):
+    """read(path) through the cache; a MediaDecodeError is remembered and raised again."""
+    with self.lock:
+      if path in self.entries:
+        self.entries.move_to_end(path)
+        value = self.entries[path]
+        if isinstance(value, MediaDecodeError):
+          raise value
+        return value
+    try:
+      value = read(path)
+    except MediaDecodeError as e:
+      value = e
+    size = value.nbytes if isinstance(value, np.ndarray) else 0
+    with self.lock:
+      if size <= self.max_bytes and path not in self.entries:
+        self.entries[path] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+          _, dropped = self.entries.popitem(last=False)
+          self.bytes -= dropped.nbytes if isinstance(dropped, np.ndarray) else 0
+    if isinstance(value, MediaDecodeError):
+      raise value
+    return value
+
+
 class LoadAudioCrop:
   """Grain transform: record index -> {"audio": float32 [S, C], "skipped": [...]}.
 
@@ -189,8 +234,10 @@ class LoadAudioCrop:
       bounce_fraction: float = 0.0,
       end_fraction: float = 0.0,
       bounce_margin: float = 0.75,
+      cache_bytes: int = 0,
   ):
     self.records = records
+    self.cache = WaveformCache(cache_bytes)
     self.num_samples = num_samples
     self.sample_rate = sample_rate
     self.channels = channels
@@ -212,7 +259,10 @@ class LoadAudioCrop:
     for _ in range(self.max_attempts):
       record = self.records[int(index)]
       try:
-        waveform = read_waveform(record["path"], self.sample_rate, self.channels, self.skip_silent)
+        waveform = self.cache.get(
+            record["path"],
+            lambda path: read_waveform(path, self.sample_rate, self.channels, self.skip_silent),
+        )
       except MediaDecodeError as e:
         skipped.append((e.kind, e.path, e.detail))
         index = rng.integers(len(self.records))
@@ -311,6 +361,7 @@ class AudioVAETask(Task):
         data.skip_silent,
         bounce_fraction=data.get("bounce_crop_fraction", 0.0),
         end_fraction=data.get("end_crop_fraction", 0.0),
+        cache_bytes=int(data.get("decoded_cache_mb", 0) * 2**20),
     )
     stream = Stream("audio", len(records), load, self.config.train.batch_size)
     return DataIterator(
