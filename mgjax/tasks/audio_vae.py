@@ -186,27 +186,28 @@ class WaveformCache:
   def get(self, path: str, read):
     """read(path) through the cache; a MediaDecodeError is remembered and raised again."""
     with self.lock:
-      if path in self.entries:
+      value = self.entries.get(path)
+      if value is not None:
         self.entries.move_to_end(path)
-        value = self.entries[path]
-        if isinstance(value, MediaDecodeError):
-          raise value
-        return value
-    try:
-      value = read(path)
-    except MediaDecodeError as e:
-      value = e
-    size = value.nbytes if isinstance(value, np.ndarray) else 0
-    with self.lock:
-      if size <= self.max_bytes and path not in self.entries:
-        self.entries[path] = value
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-          _, dropped = self.entries.popitem(last=False)
-          self.bytes -= dropped.nbytes if isinstance(dropped, np.ndarray) else 0
+    if value is None:
+      try:
+        value = read(path)
+      except MediaDecodeError as e:
+        value = e
+      self._put(path, value)
     if isinstance(value, MediaDecodeError):
       raise value
     return value
+
+  def _put(self, path: str, value) -> None:
+    size = lambda v: v.nbytes if isinstance(v, np.ndarray) else 0
+    with self.lock:
+      if size(value) > self.max_bytes or path in self.entries:
+        return
+      self.entries[path] = value
+      self.bytes += size(value)
+      while self.bytes > self.max_bytes:
+        self.bytes -= size(self.entries.popitem(last=False)[1])
 
 
 class LoadAudioCrop:
