@@ -56,6 +56,7 @@ from mgjax import checkpoint as checkpoint_lib
 from mgjax import configs, optim
 from mgjax import train as train_lib
 from mgjax.kernels import attention
+from mgjax.models.dit import VideoDiT
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.parallel import sharding as sharding_lib
 from mgjax.tasks import get_task_class
@@ -290,8 +291,8 @@ def _kernel_sizes(tree) -> dict[str, int]:
 
 
 def model_flops(config, task, spec) -> tuple[float, float]:
-  """Analytic (weight matmul, attention) FLOPs of one t2v step, all chips; nan for
-  other tasks. No recompute and no elementwise work: what MFU counts. Weight matmuls
+  """Analytic (weight matmul, attention) FLOPs of one step of a video DiT task (t2v and
+  its variants), all chips; nan for other tasks. No recompute and no elementwise work: what MFU counts. Weight matmuls
   are 2 (forward) + 4 (backward) x weights x the tokens they multiply:
     video tokens: the DiT's patch embedding, its layers' kernels (but the
       cross-attention keys and values) and final projection;
@@ -299,7 +300,7 @@ def model_flops(config, task, spec) -> tuple[float, float]:
       (6x) and frozen ones (2x: forward only; embeddings counted as weights) unless
       their embeddings are precomputed inputs (0x);
     attention scores: 12 x D x S x (S + text tokens) per layer and example."""
-  if config.task != "t2v":
+  if not isinstance(getattr(task, "dit", None), VideoDiT):
     return float("nan"), float("nan")
   batch = next(iter(spec.values())).shape[0]
   tokens = task.batch_tokens(spec) // batch  # video tokens per example
@@ -314,7 +315,7 @@ def model_flops(config, task, spec) -> tuple[float, float]:
       per_text_token += size * lengths[path.split("/")[0].removeprefix("text_projection_")]
     elif "cross_attention/key/" in path or "cross_attention/value/" in path:
       per_text_token += size * text_tokens
-    elif path.startswith(("layers", "patch_embed", "final/")):
+    elif path.startswith(("layers", "patch_embed", "concat_embed", "final/")):
       per_video_token += size * tokens
   precomputed = set(getattr(task, "precomputed_text", ()))
   for trees, factor in ((params["text"], 6.0), (frozen["text"], 2.0)):

@@ -36,7 +36,6 @@ multi-diffusion B' = B * num_windows (example-major); for autoregression B' = B.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgjax import flow
+from mgjax import flow, multidiffusion
 
 STRATEGIES = ("multidiffusion", "autoregressive")
 WindowVelocityFn = Callable[..., jax.Array]
@@ -52,51 +51,12 @@ WindowVelocityFn = Callable[..., jax.Array]
 
 # ---------------------------------------------------------------------- windows
 
-
-def _check_window(num_frames: int, window: int, overlap: int) -> None:
-  if int(num_frames) < 1:
-    raise ValueError(f"Need at least one latent frame to generate; got {num_frames}.")
-  if int(window) < 1:
-    raise ValueError(f"longform window must be >= 1 latent frame; got {window}.")
-  if not 0 <= int(overlap) < int(window):
-    raise ValueError(
-        f"longform overlap must be in [0, window) = [0, {window}); got "
-        f"{overlap}. Windows must advance by at least one frame."
-    )
-
-
-def window_starts(num_frames: int, window: int, overlap: int) -> tuple[int, ...]:
-  """First frame of each window: 0, stride, 2 stride, ... and the last one aligned
-  to the end (T - window), stride = window - overlap. One window if T <= window."""
-  _check_window(num_frames, window, overlap)
-  if num_frames <= window:
-    return (0,)
-  stride = window - overlap
-  starts = list(range(0, num_frames - window + 1, stride))
-  if starts[-1] != num_frames - window:
-    starts.append(num_frames - window)
-  return tuple(starts)
-
-
-def triangle_window(length: int) -> np.ndarray:
-  """Triangle weights [W] peaking at the centre, 1/W (never 0) at both ends."""
-  i = np.arange(length, dtype=np.float64)
-  return 1.0 - np.abs((2.0 * i + 1.0) / length - 1.0)
-
-
-def blend_plan(num_frames: int, window: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
-  """(frame index [N, W'] int32, blend weight [N, W'] float32) of the N windows.
-
-  W' = min(window, T). The weights are triangles divided by their sum at each
-  frame, so the weights of every frame add up to 1.
-  """
-  starts = window_starts(num_frames, window, overlap)
-  length = min(window, num_frames)
-  index = np.asarray(starts)[:, None] + np.arange(length)[None]  # [N, W']
-  weight = np.broadcast_to(triangle_window(length), index.shape)
-  total = np.zeros(num_frames)
-  np.add.at(total, index, weight)
-  return index.astype(np.int32), (weight / total[index]).astype(np.float32)
+# The geometry is MultiDiffusion's (mgjax/multidiffusion.py); audio blends with
+# triangle weights.
+window_starts = multidiffusion.window_starts
+triangle_window = multidiffusion.triangle_window
+blend_plan = multidiffusion.blend_plan
+_check_window = multidiffusion.check_window
 
 
 def _full_context(noise, context, context_mask):
@@ -131,39 +91,18 @@ def multidiffusion_velocity(
     window: int,
     overlap: int,
 ) -> jax.Array:
-  """The full-length velocity [B, T, C] at x [B, T, C]: windowed velocities blended.
-
-  All windows run as one batch of B * N (example-major).
-  """
-  b, num_frames = x.shape[:2]
-  index, weight = blend_plan(num_frames, window, overlap)  # [N, W]
-  n = index.shape[0]
-  windows = lambda a: a[:, index].reshape((b * n,) + index.shape[1:] + a.shape[2:])
-  repeat = lambda a: jnp.repeat(a, n, axis=0)
-  v = velocity_fn(
-      windows(x),
-      repeat(t),
-      windows(context),
-      windows(context_mask),
-      jax.tree.map(windows, aligned),
-      jax.tree.map(repeat, per_example),
-      *args,
-  )  # [B * N, W, C]
-  v = v.reshape((b, n) + v.shape[1:]).astype(jnp.float32)
-  weighted = v * jnp.asarray(weight)[None, :, :, None]  # [B, N, W, C]
-  out = jnp.zeros((b, num_frames, v.shape[-1]), jnp.float32).at[:, index].add(weighted)
-  return out.astype(x.dtype)  # [B, T, C]
-
-
-@functools.lru_cache(maxsize=32)
-def _blended(velocity_fn: WindowVelocityFn, window: int, overlap: int):
-  """One function object per (model, window, overlap), so flow.solve's compiled step
-  is reused across calls."""
-
-  def blended(x, t, *args):
-    return multidiffusion_velocity(velocity_fn, x, t, *args, window=window, overlap=overlap)
-
-  return blended
+  """The full-length velocity [B, T, C] at x [B, T, C]: windowed velocities blended
+  with triangle weights; all windows run as one batch of B * N (example-major)."""
+  return multidiffusion.blended_velocity(
+      velocity_fn,
+      x,
+      t,
+      (context, context_mask, aligned),
+      (per_example,),
+      args,
+      window=window,
+      overlap=overlap,
+  )
 
 
 def multidiffusion_sample(
@@ -187,16 +126,18 @@ def multidiffusion_sample(
   ("euler" | "midpoint"). `context`/`context_mask` (whole clip, optional) are the
   masked audio context, sliced per window. Returns [B, T, C].
   """
-  _check_window(noise.shape[1], window, overlap)
   context, context_mask = _full_context(noise, context, context_mask)
-  step_fn = _blended(velocity_fn, int(window), int(overlap))
-  return flow.solve(
-      step_fn,
+  return multidiffusion.sample(
+      velocity_fn,
       noise,
       schedule,
-      method,
+      window=window,
+      overlap=overlap,
+      method=method,
+      aligned=(context, context_mask, aligned),
+      per_example=(per_example,),
+      args=tuple(args),
       step_callback=step_callback,
-      args=(context, context_mask, aligned, per_example) + tuple(args),
   )
 
 

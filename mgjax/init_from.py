@@ -20,6 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mgjax import runs
+from mgjax.models import positional
 from mgjax.train_state import TrainState
 
 
@@ -97,6 +98,8 @@ def _matching(dest, source, path: str, unused: list[str]):
     return source
   if not isinstance(dest, dict):
     raise ValueError(f"train.init_from: {path} is a subtree in the source run, a parameter here.")
+  if path.endswith("/" + positional.MODULE_NAME):
+    source = _resized_tables(dest, source, path)
   out = {}
   for key, value in source.items():
     if key in dest:
@@ -104,6 +107,25 @@ def _matching(dest, source, path: str, unused: list[str]):
     else:
       unused.append(f"{path}/{key}")
   return out
+
+
+def _resized_tables(dest, source, path: str):
+  """A positional module's tables with their rows interpolated to this model's sizes
+  (the tables grow between stages: 256 px -> 768 px, 8 -> 14 frames); widths must agree."""
+  sizes = {
+      name: dest[name].shape[0]
+      for name in positional.TABLE_NAMES
+      if name in source and name in dest and np.shape(source[name])[0] != dest[name].shape[0]
+  }
+  if not sizes:
+    return source
+  logging.info(
+      "train.init_from: positional tables %s interpolated to %s rows.",
+      path,
+      ", ".join(f"{n} {np.shape(source[n])[0]} -> {k}" for n, k in sizes.items()),
+  )
+  wrapped = {positional.MODULE_NAME: dict(source)}
+  return jax.device_get(positional.resize_positional_tables(wrapped, sizes))[positional.MODULE_NAME]
 
 
 def _to_host(tree):

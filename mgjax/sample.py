@@ -4,10 +4,16 @@
     python -m mgjax.sample --workdir=W --prompts_file=prompts.txt --num_steps=50 \
         --schedule=linear_quadratic --cfg_scale=7.5 --num_frames=32 --height=64 --width=64
     python -m mgjax.sample --workdir=W --video=IN.mp4 [--prompt=...] --out=DIR   # a v2a run
+    python -m mgjax.sample --task=upsample --workdir=U --video=IN.mp4 --out=DIR  # upsampler
+    python -m mgjax.sample --workdir=T2V --upsampler=U --prompt="..."   # text -> video -> 2x
 
 The run's task (its config.json) decides what it makes (`Task.generate`): a
 text-to-video run one .mp4 per prompt (a .png when --num_frames=1: text-to-image), a
-video-to-audio run DIR/<video name>.wav and the muxed DIR/<video name>.mp4. Files go
+video-to-audio run DIR/<video name>.wav and the muxed DIR/<video name>.mp4, an
+upsampler run DIR/<video name>_x2.mp4 (any length: windows blended by MultiDiffusion).
+With --upsampler=U the videos of the --workdir run are upsampled by the run U too,
+and both are written (<name>.mp4 and <name>_x2.mp4); the sampler flags then apply to
+the first run, the upsampler samples with its own settings. Files go
 to --out (default <workdir>/samples/cli) with prompts.txt and a contact sheet of the
 videos. The prompts file holds one prompt per line, of any length (longer than a
 text encoder's max_length tokens: truncated, and reported); blank lines are skipped.
@@ -25,7 +31,7 @@ from absl import app, flags
 from mgjax import cli, runs
 from mgjax.data.video import MediaDecodeError, probe
 from mgjax.flow import SCHEDULES, SOLVERS
-from mgjax.tasks import TASK_ALIASES
+from mgjax.tasks import TASK_ALIASES, get_task_class
 from mgjax.tasks.outputs import SampleRequest, write_samples
 
 
@@ -56,22 +62,41 @@ def sample(
     out_dir: str,
     step: int | None = None,
     task_name: str | None = None,
+    upsampler: str | None = None,
 ) -> list[str]:
   """Generates what `request` asks of the run in `workdir` into out_dir; returns the
-  media paths. `task_name`, when given, must be the run's task (or its alias)."""
+  media paths. `task_name`, when given, must be the run's task (or its alias).
+  `upsampler`: a run whose task refines videos, applied to what `workdir` made."""
   config = runs.read_config(workdir, hint="Pass the --workdir of a training run.")
   if task_name and TASK_ALIASES.get(task_name, task_name) != config.task:
     raise ValueError(f"--task={task_name} but {workdir} holds a {config.task!r} run.")
+  if upsampler:  # a missing or wrong run fails before the first run samples
+    up_config = runs.read_config(upsampler, hint="Pass an upsampler run as --upsampler.")
+    if not get_task_class(up_config.task).refines_videos:
+      raise ValueError(
+          f"--upsampler={upsampler} holds a {up_config.task!r} run, which does not take "
+          "videos to refine; pass an upsampler run."
+      )
   for path in request.inputs:  # a bad video fails before the (slower) restore
     probe(path)
   _, task, params, frozen = runs.restore_weights(workdir, step)
   samples = generate(task, params, frozen, request)
-  return write_samples(samples, out_dir)
+  paths = write_samples(samples, out_dir)
+  if upsampler:
+    videos = [s for s in samples if s.video is not None]
+    if not videos:
+      raise ValueError(f"{workdir} made no videos for --upsampler to upsample.")
+    _, task, params, frozen = runs.restore_weights(upsampler)
+    refined = generate(task, params, frozen, SampleRequest(videos=videos, seed=request.seed))
+    paths += write_samples(refined, out_dir, index_name="prompts_upsampled.txt", sheet=False)
+  return paths
 
 
 def main():
   flags.DEFINE_string("workdir", None, "A training run's --workdir.")
-  flags.DEFINE_string("task", None, "Optional check: the run's task (t2v, audio; v2a = audio).")
+  flags.DEFINE_string(
+      "task", None, "Optional check: the run's task (t2v, audio, upsample; v2a = audio)."
+  )
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for several.")
   flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
   flags.DEFINE_multi_string("video", None, "An input video (e.g. to make sound for); repeatable.")
@@ -87,6 +112,7 @@ def main():
   flags.DEFINE_integer("width", None, "Pixels; a multiple of TAE factor x patch size.")
   flags.DEFINE_integer("batch_size", 8, "Prompts sampled together.")
   flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+  flags.DEFINE_string("upsampler", None, "An upsampler run: also upsample what --workdir makes.")
   FLAGS = flags.FLAGS
 
   def run(argv):
@@ -109,7 +135,7 @@ def main():
           batch_size=FLAGS.batch_size,
       )
       out = FLAGS.out or FLAGS.out_dir or os.path.join(FLAGS.workdir, "samples", "cli")
-      paths = sample(FLAGS.workdir, request, out, FLAGS.step, FLAGS.task)
+      paths = sample(FLAGS.workdir, request, out, FLAGS.step, FLAGS.task, FLAGS.upsampler)
     except MediaDecodeError as e:
       raise ValueError(
           f"cannot read the video {e}. Pass an existing, decodable video file "

@@ -41,7 +41,7 @@ def test_wrongly_typed_override_is_rejected(tmp_path):
 
 
 def test_unknown_size_names_the_choices():
-  with pytest.raises(ValueError, match="tiny or :paper"):
+  with pytest.raises(ValueError, match="tiny, :tiny4x or :paper"):
     tae_config.get_config("huge")
 
 
@@ -51,5 +51,7 @@ def test_configs_are_complete_and_distinct():
   assert paper.model.latent_channels == 16 and paper.loss.opl_weight == 1e5
   assert paper.loss.opl_r == 3.0
   assert tiny.model.base_channels < paper.model.base_channels
+  tiny4x = tae_config.get_config("tiny4x").model  # 3 levels: 4x in height and width
+  assert len(tiny4x.channel_multipliers) == 3 == len(tiny4x.temporal_downsample) + 1
   # Each config's docstring holds its launch command.
   assert "python -m mgjax.train --config=experiments/tae.py:tiny" in tae_config.__doc__

@@ -37,7 +37,8 @@ class Encoder:
     if self.calls == self.fail_on:
       raise KeyboardInterrupt("killed")
     mean = pixels.reshape(len(pixels), -1).mean(1).astype(np.float32)
-    return np.broadcast_to(mean[:, None, None, None, None] + self.offset, (len(pixels), 1, 2, 2, 4))
+    latent = mean[:, None, None, None, None] + self.offset
+    return {"latent": np.broadcast_to(latent, (len(pixels), 1, 2, 2, 4))}
 
 
 def write(root, bucket, encode, **kwargs):

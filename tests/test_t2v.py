@@ -9,19 +9,23 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from experiments import t2v as t2v_config
+from experiments import upsampler as upsampler_config
 from mgjax import inspect as inspect_lib
 from mgjax import runs
 from mgjax import sample as sample_lib
 from mgjax import train as train_lib
+from mgjax.data import degrade
 from mgjax.data.latent_shards import LatentShards
 from mgjax.data.records import Records, read_manifest
-from mgjax.data.video import probe
+from mgjax.data.video import MediaDecodeError, probe, write_video
+from mgjax.eval import metrics
 from mgjax.eval import shapes as shapes_eval
 from mgjax.parallel import mesh as mesh_lib
 from mgjax.tasks.codecs import TAECodec
@@ -536,3 +540,137 @@ def test_inspect_notebook_runs_headless_on_a_tiny_checkpoint(trained, tmp_path, 
   (tmp_path / "inline.mp4").write_bytes(base64.b64decode(html.split("base64,")[1].split('"')[0]))
   info = probe(str(tmp_path / "inline.mp4"))
   assert (info.num_frames, info.height, info.width) == (NUM_FRAMES, SIZE, SIZE)
+
+
+# ------------------------------------------------------------ the upsampler
+# On this module's TAE and text-to-video run: 32 -> 64 px from the text-to-video
+# samples, 16 -> 32 px from the shapes clips.
+
+
+@pytest.fixture(scope="module")
+def upsampler_run(trained):
+  """An upsampler started from the text-to-video run (`train.init_from`), trained 2
+  steps at learning rate 0 -- its weights stay the starting ones -- and evaluated."""
+  workdir, _ = trained
+  root = os.path.dirname(workdir)
+  t2v = tiny_t2v_config(os.path.join(root, "tae"), 2, os.path.join(root, "hf", "clip"))
+  config = upsampler_config.get_config("tiny")
+  config.model.update(t2v.model.to_dict())  # same shapes: the weights carry over
+  config.text = t2v.text
+  config.tae.workdir = t2v.tae.workdir
+  config.upsample.update(window=6, overlap=2)
+  config.data.update(
+      name="shapes",
+      dir=t2v.data.dir,
+      shapes=t2v.data.shapes,
+      buckets=(("video", 6, SIZE, SIZE, 8),),
+  )
+  config.eval.update(num_clips=2, num_frames=NUM_FRAMES, num_steps=2, num_videos_to_write=1)
+  config.optimizer.update(learning_rate=0.0, warmup_steps=1)
+  config.train.update(num_steps=2, log_every=1, checkpoint_every=2, eval_every=2)
+  config.train.init_from.workdir = workdir
+  up_workdir = os.path.join(root, "upsampler")
+  return up_workdir, train_lib.train(config, up_workdir)
+
+
+def test_upsampler_evaluation_scores_against_bilinear_bicubic_and_the_tae(upsampler_run):
+  up_workdir, results = upsampler_run
+  for name in ("upsampler", "bilinear", "bicubic", "tae"):
+    assert np.isfinite(results[f"psnr_{name}"]) and 0 < results[f"ssim_{name}"] <= 1
+  assert results["seam_error"] > 0 and results["nonseam_error"] > 0
+  # The baselines' figures are those of the held-out clips, degraded as configured.
+  _, task, _, _ = runs.restore_weights(up_workdir)
+  truth, captions = task.eval_clips()
+  assert truth.shape == (2, NUM_FRAMES, SIZE, SIZE, 3) and captions[0].startswith("FPS-16 ")
+  u = task.config.upsample
+  lowres = [degrade.degrade(c, 2, u.degrade, task.config.eval.seed) for c in truth]
+  bicubic = np.stack([degrade.resize_video(v, SIZE, SIZE, "bicubic") for v in lowres])
+  assert results["psnr_bicubic"] == pytest.approx(float(metrics.psnr(bicubic, truth, 255.0).mean()))
+  info = probe(os.path.join(up_workdir, "samples", "step_2", "clip_00.mp4"))
+  assert (info.num_frames, info.height, info.width) == (NUM_FRAMES, SIZE, 3 * SIZE)
+  # mgjax.inspect (and the notebook) shows the same comparison for the first clip.
+  preview = inspect_lib.open_run(up_workdir).sample_video(num_steps=2)
+  assert preview.shape == (NUM_FRAMES, SIZE, 3 * SIZE, 3)
+  np.testing.assert_array_equal(preview[:, :, 2 * SIZE :], truth[0])
+
+
+def test_upsampler_starts_as_the_text_to_video_model(trained, upsampler_run):
+  """init_from copied the DiT and text weights, and the zero-initialised channels of
+  the low-res video change nothing: the upsampler's velocity is the text-to-video
+  model's, whatever the condition."""
+  workdir, _ = trained
+  up_workdir, _ = upsampler_run
+  _, t2v_task, t2v_params, t2v_frozen = runs.restore_weights(workdir)
+  _, up_task, up_params, up_frozen = runs.restore_weights(up_workdir)
+  up_dit = dict(up_params["dit"])
+  assert not np.any(np.asarray(up_dit.pop("concat_embed")["kernel"]))
+  jax.tree.map(np.testing.assert_array_equal, up_dit, t2v_params["dit"])
+  assert set(up_params["text"]) == set(t2v_params["text"])
+  # A 4-step model's output is ~0 (zero-initialised output layer): give both the
+  # same trained-like weights, keeping the upsampler's new channels at zero.
+  rng = np.random.default_rng(0)
+  noise = lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(a.dtype)
+  t2v_params = {**t2v_params, "dit": jax.tree.map(noise, t2v_params["dit"])}
+  up_params = {
+      **up_params,
+      "dit": {**t2v_params["dit"], "concat_embed": up_params["dit"]["concat_embed"]},
+  }
+  x = jnp.asarray(rng.standard_normal((2, 6, 4, 4, 16)), jnp.float32)
+  t = jnp.asarray([0.2, 0.7])
+  tokens = {
+      k: jnp.asarray(v) for k, v in t2v_task.text.tokenize(["FPS-16 a red circle", "x"]).items()
+  }
+  keep = {"text": jnp.asarray([True, False])}
+  expected = t2v_task.velocity(t2v_params, t2v_frozen, x, t, tokens, keep)
+  assert np.abs(np.asarray(expected)).max() > 1e-3
+  for scale in (1.0, 5.0):
+    lowres = jnp.asarray(scale * rng.standard_normal(x.shape), jnp.float32)
+    got = up_task.velocity(up_params, up_frozen, x, t, {**tokens, "lowres_latent": lowres}, keep)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_upsampler_samples_files_of_any_length_and_chains_after_text_to_video(
+    trained, upsampler_run, tmp_path
+):
+  workdir, _ = trained
+  up_workdir, _ = upsampler_run
+  frames = np.random.default_rng(0).integers(0, 255, (9, 16, 16, 3), dtype=np.uint8)
+  write_video(str(tmp_path / "small.mp4"), frames, fps=12)
+  paths = sample_lib.sample(
+      up_workdir,
+      SampleRequest(inputs=[str(tmp_path / "small.mp4")]),
+      str(tmp_path / "out"),
+      task_name="upsample",
+  )
+  assert [os.path.basename(p) for p in paths] == ["small_x2.mp4"]
+  info = probe(paths[0])
+  assert (info.num_frames, info.height, info.width, round(info.fps)) == (9, 32, 32, 12)
+  # Text -> video -> 2x: both written.
+  request = SampleRequest(prompts=["a red circle moves up"], num_frames=NUM_FRAMES, num_steps=2)
+  paths = sample_lib.sample(workdir, request, str(tmp_path / "chain"), upsampler=up_workdir)
+  names = sorted(os.path.basename(p) for p in paths)
+  assert names == ["000_a_red_circle_moves_up.mp4", "000_a_red_circle_moves_up_x2.mp4"]
+  sizes = sorted((probe(p).num_frames, probe(p).height) for p in paths)
+  assert sizes == [(NUM_FRAMES, SIZE), (NUM_FRAMES, 2 * SIZE)]
+
+
+def test_upsampler_bad_input_is_named(trained, upsampler_run, tmp_path):
+  workdir, _ = trained
+  up_workdir, _ = upsampler_run
+  odd = tmp_path / "odd.mp4"
+  write_video(str(odd), np.zeros((3, 20, 20, 3), np.uint8), fps=8)
+  with pytest.raises(ValueError, match=r"odd.*40x40, which is not a multiple of 16"):
+    sample_lib.sample(up_workdir, SampleRequest(inputs=[str(odd)]), str(tmp_path / "o"))
+  (tmp_path / "notes.mp4").write_text("not a video")
+  with pytest.raises(MediaDecodeError):
+    sample_lib.sample(
+        up_workdir, SampleRequest(inputs=[str(tmp_path / "notes.mp4")]), str(tmp_path / "o")
+    )
+  with pytest.raises(ValueError, match="does not take videos to refine"):
+    sample_lib.sample(workdir, SampleRequest(prompts=["a"]), str(tmp_path / "o"), upsampler=workdir)
+  with pytest.raises(runs.NoRunError, match="Pass an upsampler run"):
+    sample_lib.sample(
+        workdir, SampleRequest(prompts=["a"]), str(tmp_path / "o"), upsampler=str(tmp_path)
+    )
+  with pytest.raises(ValueError, match="needs videos"):
+    sample_lib.sample(up_workdir, SampleRequest(), str(tmp_path / "o"))

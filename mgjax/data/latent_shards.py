@@ -327,7 +327,7 @@ def write_bucket(
     bucket: Bucket,
     records: Sequence[dict],
     spec: ExampleSpec,
-    encode: Callable[[np.ndarray], np.ndarray],
+    encode: Callable[[np.ndarray], dict[str, np.ndarray]],
     *,
     embed_text: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
     shard_size: int = 256,
@@ -389,12 +389,12 @@ def _write_shard(out_dir: str, k: int, examples: list, encode, embed_text, batch
   path = os.path.join(out_dir, f"shard-{k:05d}.array_record")
   writer = ArrayRecordWriter(path + ".tmp", "group_size:1")
   sums = ChannelSums()
-  for latents, captions in encode_in_batches(good, encode, batch_size):
+  for encoded, captions in encode_in_batches(good, encode, batch_size):
     text = embed_text(captions + captions[-1:] * (batch_size - len(captions))) if embed_text else {}
-    for i, (latent, caption) in enumerate(zip(latents, captions)):
-      record = {"latent": latent, "caption": caption, **{k: v[i] for k, v in text.items()}}
+    for i, caption in enumerate(captions):
+      record = {"caption": caption, **{k: v[i] for k, v in {**encoded, **text}.items()}}
       writer.write(flax.serialization.msgpack_serialize(record))
-    sums.add(latents)
+    sums.add(encoded["latent"])
   writer.close()
   os.replace(path + ".tmp", path)
   marker = {"examples": len(good), "skipped": dict(skipped), **sums.to_json()}
@@ -404,13 +404,17 @@ def _write_shard(out_dir: str, k: int, examples: list, encode, embed_text, batch
 
 
 def encode_in_batches(examples: Sequence[tuple[np.ndarray, str]], encode, batch_size: int):
-  """Yields (float32 latents [b, T', h, w, C], captions) of (pixels, caption) examples,
-  encoding full batches only (the last one padded) so `encode` compiles once."""
+  """Yields ({name: float32 [b, ...]}, captions) of (pixels, caption) examples, where
+  `encode` maps pixels to {"latent": [b, T', h, w, C], and any per-example arrays a
+  task stores with it}; full batches only (the last one padded) so it compiles once."""
   for start in range(0, len(examples), batch_size):
     chunk = examples[start : start + batch_size]
     pixels = np.stack([p for p, _ in chunk])
     padded = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - len(chunk), 0)])
-    yield np.asarray(encode(padded), np.float32)[: len(chunk)], [c for _, c in chunk]
+    encoded = encode(padded)
+    yield {k: np.asarray(v, np.float32)[: len(chunk)] for k, v in encoded.items()}, [
+        c for _, c in chunk
+    ]
 
 
 class ChannelSums:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fractions
+import math
 import os
 import struct
 import tempfile
@@ -480,6 +481,31 @@ def read_clip(
   if clip is None:  # The seek landed after start_time; decode from the start.
     clip = _decode_clip(request, seek=False)
   return clip
+
+
+def read_video(
+    path: str | os.PathLike, fps: float | None = None, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, float]:
+  """(uint8 frames [T, H, W, 3], duration in seconds) of a whole video file, at `fps`
+  (None: the file's own rate) and `size` (None: native; see read_clip). Raises
+  VideoDecodeError naming the file and the fix."""
+  info = probe(path)  # missing / empty / not a video: VideoDecodeError
+  duration = info.duration if info.duration > 0 else info.num_frames / info.fps
+  num_frames = int(math.floor(duration * (fps or info.fps) + 1e-6))
+  if num_frames < 1:
+    raise VideoDecodeError(
+        os.fspath(path),
+        "empty",
+        f"the video lasts {duration:.3f} s, less than one frame at {fps or info.fps:g} fps; "
+        "pass a longer video",
+    )
+  while True:
+    try:
+      return read_clip(path, num_frames, fps=fps, size=size), duration
+    except VideoDecodeError as e:  # the header promised more frames than decode
+      if e.kind != "too_short" or num_frames == 1:
+        raise
+      num_frames -= 1
 
 
 @dataclasses.dataclass(frozen=True)

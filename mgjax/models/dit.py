@@ -10,6 +10,14 @@
 Images are 1-frame videos. The output starts at exactly zero (zero-init final
 layer), which is the mean of the flow-matching target for unit-variance latents.
 
+Channel-concatenated conditions (the upsampler's low-resolution video, the edit
+model's source video): `concat` [B, T, H, W, C_c] on the latent's grid is patchified
+like x and projected by its own zero-initialised Dense ("concat_embed") whose output
+is added to x's patch embedding. That is exactly a patch embedding of the channel
+concatenation [x; concat] with zero-initialised weights for the extra channels, kept
+as a separate kernel so a model without the condition (a T2I/T2V run) loads into
+this one unchanged, and at step 0 the condition changes nothing.
+
 Layer stacking: `scan_layers=True` stacks the block parameters along a leading
 "layers" axis and runs one compiled block under `nn.scan` (constant compile time in
 depth); False runs a Python loop with parameters `layers_0`, `layers_1`, ...
@@ -209,12 +217,18 @@ class VideoDiT(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, t: jax.Array, text: TextInput, text_mask: jax.Array | None = None
+      self,
+      x: jax.Array,
+      t: jax.Array,
+      text: TextInput,
+      text_mask: jax.Array | None = None,
+      concat: jax.Array | None = None,
   ) -> jax.Array:
     """Velocity [B, T, H, W, C_out] (float32) at latent x [B, T, H, W, C], time t [B].
 
     `text` is [B, L, D_text] with `text_mask` bool [B, L] (None: all valid), or
-    {encoder name: emb [B, L_e, D_e] or (emb, mask [B, L_e])}.
+    {encoder name: emb [B, L_e, D_e] or (emb, mask [B, L_e])}. `concat`
+    [B, T, H, W, C_c]: channels concatenated to x (zero-initialised weights).
     """
     self._check()
     if x.ndim != 5:
@@ -227,6 +241,15 @@ class VideoDiT(nn.Module):
     tokens = dense(d, ("patch", "embed"), "patch_embed", use_bias=True, **common)(
         patchify(x.astype(self.dtype), patch)
     )  # [B, S, D]
+    if concat is not None:
+      if concat.shape[:4] != x.shape[:4]:
+        raise ValueError(
+            f"The concatenated condition {concat.shape} must share the latent's "
+            f"[B, T, H, W] {x.shape[:4]}."
+        )
+      tokens += dense(d, ("patch", "embed"), "concat_embed", zero=True, **common)(
+          patchify(concat.astype(self.dtype), patch)
+      )  # [B, S, D]
     tokens = constrain(tokens, ACTIVATION_AXES)
     pos = FactorizedPositionalEmbedding(
         d,

@@ -11,6 +11,7 @@ TASKS = {
     "t2v": "mgjax.tasks.t2v:T2VTask",
     "audio_vae": "mgjax.tasks.audio_vae:AudioVAETask",
     "audio": "mgjax.tasks.audio:AudioTask",
+    "upsample": "mgjax.tasks.upsample:UpsampleTask",
 }
 
 

@@ -68,7 +68,6 @@ from mgjax.data import av_clips, shapes_audio
 from mgjax.data import video as video_lib
 from mgjax.data.pipeline import DataIterator, Stream
 from mgjax.data.sources import loader_options
-from mgjax.data.video import VideoDecodeError
 from mgjax.models.audio_dit import AudioDiT, align_video_features, window_model_fn
 from mgjax.models.video_features import VideoFeatureEncoder
 from mgjax.parallel import distributed
@@ -424,7 +423,7 @@ class AudioTask(LatentFlowTask):
   def read_video(self, path: str) -> tuple[np.ndarray, int]:
     """(uint8 frames [Tv, H, W, 3] at the model's frame rate and size covering every
     latent frame, samples of sound to make) for a video file."""
-    frames, duration = read_video(path, self.video_fps, self.frame_size)
+    frames, duration = video_lib.read_video(path, self.video_fps, self.frame_size)
     num_samples = int(round(duration * self.sample_rate))
     latent_frames, _ = self.codec.latent_shape(num_samples)
     # The last latent frame may start after the last whole video frame: repeat it.
@@ -637,24 +636,3 @@ def file_sha256(path: str) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
-
-
-def read_video(path: str, fps: float, size: tuple[int, int]) -> tuple[np.ndarray, float]:
-  """(uint8 frames [Tv, H, W, 3] at fps, duration in seconds) of a video file; raises
-  VideoDecodeError naming the file and the fix."""
-  info = video_lib.probe(path)  # missing / empty / not a video: VideoDecodeError
-  duration = info.duration if info.duration > 0 else info.num_frames / info.fps
-  num_frames = int(math.floor(duration * fps + 1e-6))
-  if num_frames < 1:
-    raise VideoDecodeError(
-        path,
-        "empty",
-        f"the video lasts {duration:.3f} s, less than one frame at {fps:g} fps; pass a longer video",
-    )
-  while True:
-    try:
-      return video_lib.read_clip(path, num_frames, fps=fps, size=size), duration
-    except VideoDecodeError as e:  # the header promised more frames than decode
-      if e.kind != "too_short" or num_frames == 1:
-        raise
-      num_frames -= 1

@@ -40,6 +40,9 @@ class Stage:
 
 
 class Task(abc.ABC):
+  # True: `generate` takes videos another run made (SampleRequest.videos), so
+  # `mgjax.sample --upsampler=W` can chain it after a text-to-video run.
+  refines_videos: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config

@@ -180,6 +180,52 @@ class TAECodec(LatentCodec):
     return np.asarray(to_uint8(video))
 
 
+class FramewiseTAECodec(TAECodec):
+  """The TAE on every frame alone, as a 1-frame video (images are 1-frame videos to
+  it): uint8 [B, T, H, W, 3] <-> [B, T, H/8, W/8, C], one latent frame per frame.
+
+  The spatial upsampler's codec: Movie Gen encodes the upsampled input frame by
+  frame, so its windows (14 frames, 4 overlap) are frames, and any frame count works.
+  Frames go through the TAE `frames_per_call` at a time (the last call padded), so
+  one compiled encoder/decoder serves every length and memory stays bounded.
+  """
+
+  frames_per_call = 16
+
+  @property
+  def temporal_factor(self) -> int:
+    return 1
+
+  def latent_shape(self, num_frames, height, width):
+    _, h, w, c = super().latent_shape(1, height, width)
+    return (int(num_frames), h, w, c)
+
+  def _framewise(self, fn, x: np.ndarray) -> np.ndarray:
+    """fn over [n, 1, ...] chunks of the B x T frames of x [B, T, ...]."""
+    b, t = x.shape[:2]
+    frames = np.asarray(x).reshape((b * t, 1) + x.shape[2:])
+    n = self.frames_per_call
+    pad = -len(frames) % n
+    frames = np.concatenate([frames, np.repeat(frames[-1:], pad, 0)]) if pad else frames
+    out = np.concatenate(  # a 1-frame latent decodes to a clip's frames: keep the first
+        [np.asarray(fn(self.params, frames[i : i + n]))[:, :1] for i in range(0, len(frames), n)]
+    )[: b * t]
+    return out.reshape((b, t) + out.shape[2:])
+
+  def encode(self, media) -> np.ndarray:
+    """Posterior-mean latents [B, T, h, w, C] of uint8 [B, T, H, W, 3] videos."""
+    return self._framewise(self._encode, media)
+
+  def decode(self, latents, length: int, tile_frames: int = 0, tile_overlap: int = 0):
+    """uint8 videos [B, length, H, W, 3] of latents [B, T, h, w, C], frame by frame
+    (`tile_*` are unused: a frame-wise decode is already tiled)."""
+    del tile_frames, tile_overlap
+    return np.asarray(to_uint8(self._framewise(self._decode, np.asarray(latents))))[:, :length]
+
+  def fingerprint(self) -> dict:
+    return {**super().fingerprint(), "framewise": True}
+
+
 class AudioVAECodec(LatentCodec):
   """The audio VAE: float waveforms [B, S, ch] <-> latent means [B, ceil(S / hop), C]."""
 

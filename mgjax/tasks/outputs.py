@@ -28,6 +28,7 @@ class SampleRequest:
 
   prompts: Sequence[str] = ()  # text prompts; "" means none
   inputs: Sequence[str] = ()  # media files to condition on (e.g. videos to add sound to)
+  videos: Sequence[Sample] = ()  # made by an earlier model, to refine (chained sampling)
   num_frames: int | None = None
   height: int | None = None
   width: int | None = None

@@ -137,10 +137,13 @@ class T2VTask(LatentFlowTask):
     dit_rng, text_rng = jax.random.split(rng)
     trainable_text, frozen_text = self.text.init(text_rng)
     spec = next(iter(self.batch_specs().values()))
-    latent = jnp.zeros((1,) + spec["latent"].shape[1:])
-    dit_params = self.dit.init(dit_rng, latent, jnp.zeros((1,)), self.text.example_inputs())[
-        "params"
-    ]
+    latent = jnp.zeros((1,) + spec["latent"].shape[1:])  # [1, T', h, w, C]
+    concat = (
+        jnp.zeros(latent.shape[:-1] + (self.concat_channels,)) if self.concat_channels else None
+    )
+    dit_params = self.dit.init(
+        dit_rng, latent, jnp.zeros((1,)), self.text.example_inputs(), concat=concat
+    )["params"]
     return {"dit": dit_params, "text": trainable_text}, {"text": frozen_text}
 
   @functools.cached_property
@@ -160,12 +163,39 @@ class T2VTask(LatentFlowTask):
     tokens {<name>_ids, <name>_mask} in `conditions`; rows with keep False get the
     null text."""
     text = self.text.embed(params["text"], frozen["text"], conditions, keep.get("text"))
-    return self.dit.apply({"params": params["dit"]}, x_t, t, text)
+    concat = self.concat_condition(params, conditions, keep)
+    return self.dit.apply({"params": params["dit"]}, x_t, t, text, concat=concat)
+
+  concat_channels = 0  # C_c of `concat_condition`; 0: none
+
+  def concat_condition(self, params, conditions, keep) -> jax.Array | None:
+    """Channels concatenated to the noisy latent [B, T', h, w, C_c] (variants that
+    condition on a video: upsampler, edit), from the batch and `keep`; None here."""
+    del params, conditions, keep
+    return None
 
   # -------------------------------------------------------------------- data
   def encode_pixels(self, pixels_uint8: np.ndarray) -> np.ndarray:
     """Posterior-mean latents of uint8 [B, T, H, W, 3] videos."""
     return self.codec.encode(pixels_uint8)
+
+  def encode_examples(self, pixels_uint8: np.ndarray) -> dict[str, np.ndarray]:
+    """What a batch of training clips is stored and trained as: {"latent": [B, ...]}
+    (variants add their conditions, e.g. the upsampler's low-resolution latents)."""
+    return {"latent": self.encode_pixels(pixels_uint8)}
+
+  def latent_fingerprint(self) -> dict:
+    """What made the stored training examples: redone when it changes."""
+    data = self.config.data
+    return {
+        "tae": self.codec.fingerprint(),
+        "buckets": [list(dataclasses.astuple(b)) for b in self.buckets],
+        "data": {
+            k: data[k].to_dict() if hasattr(data[k], "to_dict") else data[k]
+            for k in ("name", "dir", "shapes", "tfds", "fps", "min_fps")
+        },
+        "text": {name: self.config.text.encoders[name].to_dict() for name in self.precomputed_text},
+    }
 
   @functools.cached_property
   def precomputed_text(self) -> list[str]:
@@ -202,12 +232,16 @@ class T2VTask(LatentFlowTask):
     and probed once per split (statistics, training and every evaluation use them)."""
     if split not in self._records_by_bucket:
       data = self.config.data
-      records = sources.read_records(data, self.workdir, split)
+      records = self.read_records(split)
       groups, skipped = group_by_bucket(
           records.records, self.buckets, data.fps or None, data.min_fps, data.num_threads
       )
       self._records_by_bucket[split] = groups, Records(records.records, records.skipped + skipped)
     return self._records_by_bucket[split]
+
+  def read_records(self, split: str) -> Records:
+    """The data set's records of a split (mgjax/data/sources.py)."""
+    return sources.read_records(self.config.data, self.workdir, split)
 
   def bucket_spec(self, bucket: Bucket, random_clip: bool = False):
     data = self.config.data
@@ -219,17 +253,8 @@ class T2VTask(LatentFlowTask):
     Latents from a different TAE checkpoint, data set or bucket table are redone.
     """
     data = self.config.data
-    fingerprint = {
-        "tae": self.codec.fingerprint(),
-        "buckets": [list(dataclasses.astuple(b)) for b in self.buckets],
-        "data": {
-            k: data[k].to_dict() if hasattr(data[k], "to_dict") else data[k]
-            for k in ("name", "dir", "shapes", "tfds", "fps", "min_fps")
-        },
-        "text": {name: self.config.text.encoders[name].to_dict() for name in self.precomputed_text},
-    }
     if process_index == 0:
-      latent_shards.check_fingerprint(self.latents_dir, fingerprint)
+      latent_shards.check_fingerprint(self.latents_dir, self.latent_fingerprint())
     groups, records = self.records_by_bucket(split)
     skipped_path = os.path.join(self.latents_dir, split, "records_skipped.json")
     if process_index == 0:
@@ -244,7 +269,7 @@ class T2VTask(LatentFlowTask):
             bucket,
             groups[bucket.name],
             self.bucket_spec(bucket),
-            self.encode_pixels,
+            self.encode_examples,
             embed_text=self.embed_text if self.precomputed_text else None,
             shard_size=data.shard_size,
             num_threads=data.num_threads,
@@ -288,8 +313,8 @@ class T2VTask(LatentFlowTask):
           examples.append((load_pixels(record, self.bucket_spec(bucket), rng)[0], ""))
         except MediaDecodeError:
           continue
-      for latents, _ in latent_shards.encode_in_batches(examples, self.encode_pixels, 8):
-        sums.add(latents)
+      for encoded, _ in latent_shards.encode_in_batches(examples, self.encode_examples, 8):
+        sums.add(encoded["latent"])
     return sums.mean_std()
 
   def train_batches(self, start_step, rows_of):
@@ -306,7 +331,7 @@ class T2VTask(LatentFlowTask):
           if groups[b.name]
       }
       finish = lambda batch: {
-          "latent": self.encode_pixels(batch["pixels"]),
+          **self.encode_examples(batch["pixels"]),
           **self.text.tokenize(batch["caption"]),
       }
       skipped, num_records = records.skipped, len(records.records) + sum(records.skipped.values())
