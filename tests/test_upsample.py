@@ -197,7 +197,7 @@ def test_zero_initialised_concat_channels_change_nothing_at_step_zero():
   x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, C))
   t, text = jnp.array([0.3, 0.8]), jax.random.normal(jax.random.key(1), (2, 5, 8))
   lowres = jax.random.normal(jax.random.key(2), (2, 3, 4, 4, C))
-  variables = model.init(jax.random.key(3), x, t, text, None, lowres)
+  variables = jax.jit(model.init)(jax.random.key(3), x, t, text, None, lowres)
   assert not np.any(np.asarray(nn.meta.unbox(variables)["params"]["concat_embed"]["kernel"]))
   # A model trained a while (random weights everywhere, concat_embed zero as at the
   # start of fine-tuning): the condition changes nothing ...
@@ -206,12 +206,13 @@ def test_zero_initialised_concat_channels_change_nothing_at_step_zero():
       jnp.zeros_like, trained["params"]["concat_embed"]
   )
   without = {"params": {k: v for k, v in trained["params"].items() if k != "concat_embed"}}
-  out_plain = model.apply(without, x, t, text)
-  np.testing.assert_array_equal(model.apply(trained, x, t, text, None, lowres), out_plain)
-  np.testing.assert_array_equal(model.apply(trained, x, t, text, None, 5 * lowres), out_plain)
+  apply = jax.jit(model.apply)
+  out_plain = apply(without, x, t, text)
+  np.testing.assert_array_equal(apply(trained, x, t, text, None, lowres), out_plain)
+  np.testing.assert_array_equal(apply(trained, x, t, text, None, 5 * lowres), out_plain)
   # ... and once its weights move, it does (the check can fail).
   trained["params"]["concat_embed"]["kernel"] = trained["params"]["concat_embed"]["kernel"] + 0.1
-  assert np.abs(np.asarray(model.apply(trained, x, t, text, None, lowres) - out_plain)).max() > 1e-3
+  assert np.abs(np.asarray(apply(trained, x, t, text, None, lowres) - out_plain)).max() > 1e-3
   with pytest.raises(ValueError, match="must share the latent"):
     model.apply(trained, x, t, text, None, lowres[:, :2])
 

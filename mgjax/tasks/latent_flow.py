@@ -221,12 +221,13 @@ class LatentFlowTask(Task):
   ) -> jax.Array:
     """Latents [N, *latent_shape] at codec scale, integrated from noise with guidance;
     `args` are guided_model_fn's (conditions first, then variables)."""
+    stats = self.stats()  # host constants: loaded (or computed) before any tracing
     noise = jax.random.normal(jax.random.key(seed), (num_examples,) + tuple(latent_shape))
     times = flow.make_schedule(
         schedule, num_steps, self.config.flow.get("emulated_linear_steps", 250)
     )
     z = self.integrate(self.guided_velocity(cfg_scale), noise, times, method, step_callback, args)
-    return self.stats().unstandardise(z)
+    return stats.unstandardise(z)
 
   def eval_dir(self, step: int) -> str:
     """Where evaluation at `step` writes its samples."""
