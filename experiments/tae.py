@@ -101,9 +101,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     )
   if arg == "tiny4x":
     # 4x in height and width (3 levels), for frame-wise use on small frames (the
-    # upsampler's demo): at 32 px the 8x TAE's frames reconstruct at ~27 dB, below
-    # what bicubic upsampling of a 16 px frame gets; this one at ~31 dB. Mostly
-    # single frames, which is how the upsampler encodes.
+    # upsampler's demo): after 600 steps the 8x TAE's 32 px frames decode at ~27 dB,
+    # below bicubic upsampling of degraded 16 px frames (28.9 dB); this one at 33.9.
+    # Mostly single frames, which is how the upsampler encodes.
     config.model.update(channel_multipliers=(1, 2, 4), temporal_downsample=(True, True))
     config.data.image_fraction = 0.9
   return config

@@ -19,7 +19,7 @@ of 14 frames with 4 of overlap. The CPU demo is experiments/upsampler_shapes.py.
 trained on 14-frame clips at 24 fps of 1080p video (1088 = 1080 rounded up to the
 TAE x patch multiple of 16; crop the output to 1080). It starts from a text-to-image
 run of the same shape (`train.init_from`; positional tables of another size are
-interpolated on load). Its compile for a TPU slice, without weights:
+fitted on load). Its compile for a TPU slice, without weights:
 
     python -m mgjax.aot --config=experiments/upsampler.py:7b --topology=v5p-128 \
         --config.mesh.tensor=4 --config.mesh.context=2 \
@@ -51,6 +51,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
           factor=2,  # output / input resolution
           window=14,  # frames per window at sampling (and per training clip)
           overlap=4,  # frames shared by neighbouring windows, blended (MultiDiffusion)
+          # Windows the model runs at once when sampling; 0: all (fastest). Set it to
+          # bound memory on long HD videos: a 256-frame clip is 26 windows.
+          windows_per_call=0,
           lowres_drop_prob=0.0,  # drop the low-res condition (guidance is over the text)
           seed=0,  # of the degradations (each clip's draw also depends on its pixels)
           degrade=degrade.default_config(),
@@ -86,4 +89,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.update(fps=24.0, buckets=(("video_16x9", 14, 1088, 1920, 1),))
     config.optimizer.update(learning_rate=5e-5, warmup_steps=1000)
     config.train.update(num_steps=50_000, eval_every=5000)
+    config.upsample.windows_per_call = 1
   return config

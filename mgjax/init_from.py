@@ -8,7 +8,8 @@ shard, so they never become constants of a compiled program:
   `init_from_run`    `train.init_from`: a fine-tuning run (upsampler, PT2V, edit, SFT)
                      starts from another run's weights (its EMA when it kept one).
                      Parameters the new model adds (extra input channels, new
-                     embeddings) keep their own (zero) init; a parameter whose shape
+                     embeddings) keep their own (zero) init; positional tables are
+                     fitted to the new sizes; any other parameter whose shape
                      differs is refused, naming it.
 """
 
@@ -110,8 +111,10 @@ def _matching(dest, source, path: str, unused: list[str]):
 
 
 def _resized_tables(dest, source, path: str):
-  """A positional module's tables with their rows interpolated to this model's sizes
-  (the tables grow between stages: 256 px -> 768 px, 8 -> 14 frames); widths must agree."""
+  """A positional module's tables fitted to this model's sizes: grown by
+  interpolation (the tables grow between stages: 256 px -> 768 px), cut to their
+  first rows when smaller (what a shorter or smaller video reads anyway: a 32-frame
+  table into a 14-frame window). Widths must agree."""
   sizes = {
       name: dest[name].shape[0]
       for name in positional.TABLE_NAMES
@@ -120,12 +123,19 @@ def _resized_tables(dest, source, path: str):
   if not sizes:
     return source
   logging.info(
-      "train.init_from: positional tables %s interpolated to %s rows.",
+      "train.init_from: positional tables %s fitted to %s rows.",
       path,
       ", ".join(f"{n} {np.shape(source[n])[0]} -> {k}" for n, k in sizes.items()),
   )
-  wrapped = {positional.MODULE_NAME: dict(source)}
-  return jax.device_get(positional.resize_positional_tables(wrapped, sizes))[positional.MODULE_NAME]
+  fitted = dict(source)
+  grow = {n: k for n, k in sizes.items() if k > np.shape(source[n])[0]}
+  for name in set(sizes) - set(grow):
+    fitted[name] = np.asarray(source[name])[: sizes[name]]
+  if grow:
+    wrapped = {positional.MODULE_NAME: fitted}
+    fitted = jax.device_get(positional.resize_positional_tables(wrapped, grow))
+    fitted = fitted[positional.MODULE_NAME]
+  return fitted
 
 
 def _to_host(tree):

@@ -112,22 +112,34 @@ def blended_velocity(
     window: int,
     overlap: int,
     weighting: str = "triangle",
+    windows_per_call: int = 0,
 ) -> jax.Array:
   """The full-length velocity [B, T, ...] at x [B, T, ...]: windowed velocities
-  blended; all windows run as one batch of B * N (example-major)."""
+  blended. All windows run as one batch of B * N (example-major), or, with
+  `windows_per_call` = k > 0, k windows at a time in a loop (`lax.map`), which bounds
+  the memory of a long clip at k windows' activations."""
   b, num_frames = x.shape[:2]
   index, weight = blend_plan(num_frames, window, overlap, weighting)  # [N, W]
   n = index.shape[0]
-  windows = lambda a: a[:, index].reshape((b * n,) + index.shape[1:] + a.shape[2:])
-  repeat = lambda a: jnp.repeat(a, n, axis=0)
-  v = velocity_fn(
-      windows(x),
-      repeat(t),
-      *jax.tree.map(windows, tuple(aligned)),
-      *jax.tree.map(repeat, tuple(per_example)),
-      *args,
-  )  # [B * N, W, ...]
-  v = v.reshape((b, n) + v.shape[1:]).astype(jnp.float32)
+  if 0 < windows_per_call < n:
+    by_window = lambda a: jnp.moveaxis(a[:, index], 1, 0)  # [N, B, W, ...]
+    v = jax.lax.map(
+        lambda xs: velocity_fn(xs[0], t, *xs[1], *per_example, *args),
+        (by_window(x), jax.tree.map(by_window, tuple(aligned))),
+        batch_size=windows_per_call,
+    )  # [N, B, W, ...]
+    v = jnp.moveaxis(v, 0, 1).astype(jnp.float32)  # [B, N, W, ...]
+  else:
+    windows = lambda a: a[:, index].reshape((b * n,) + index.shape[1:] + a.shape[2:])
+    repeat = lambda a: jnp.repeat(a, n, axis=0)
+    v = velocity_fn(
+        windows(x),
+        repeat(t),
+        *jax.tree.map(windows, tuple(aligned)),
+        *jax.tree.map(repeat, tuple(per_example)),
+        *args,
+    )  # [B * N, W, ...]
+    v = v.reshape((b, n) + v.shape[1:]).astype(jnp.float32)
   w = jnp.asarray(weight).reshape(weight.shape + (1,) * (v.ndim - 3))
   out = jnp.zeros((b, num_frames) + v.shape[3:], jnp.float32).at[:, index].add(v * w[None])
   return out.astype(x.dtype)  # [B, T, ...]
@@ -141,6 +153,7 @@ def windowed(
     num_aligned: int,
     num_per_example: int,
     weighting: str = "triangle",
+    windows_per_call: int = 0,
 ):
   """velocity(x, t, *aligned, *per_example, *args) of the whole clip; one function
   object per (model, window, ...), so flow.solve's compiled step is reused."""
@@ -159,6 +172,7 @@ def windowed(
         window=window,
         overlap=overlap,
         weighting=weighting,
+        windows_per_call=windows_per_call,
     )
 
   return velocity
@@ -177,12 +191,19 @@ def sample(
     per_example: tuple = (),
     args: tuple = (),
     step_callback: Callable[[int, int], None] | None = None,
+    windows_per_call: int = 0,
 ) -> jax.Array:
   """Solves the whole clip from noise [B, T, ...] with blended window velocities;
   `schedule` are the times of `flow.make_schedule`. Returns [B, T, ...]."""
   check_window(noise.shape[1], window, overlap)
   step_fn = windowed(
-      velocity_fn, int(window), int(overlap), len(aligned), len(per_example), weighting
+      velocity_fn,
+      int(window),
+      int(overlap),
+      len(aligned),
+      len(per_example),
+      weighting,
+      int(windows_per_call),
   )
   return flow.solve(
       step_fn,

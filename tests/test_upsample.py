@@ -187,6 +187,21 @@ def test_the_average_blend_has_no_seam_where_naive_concatenation_jumps():
   assert ratio(naive) > 1.5 * ratio(blended)  # measured 1.92: the check can fail
 
 
+def test_windows_a_few_at_a_time_give_the_same_velocity(window_model):
+  """`windows_per_call` (bounded memory for long HD clips) changes nothing else."""
+  velocity, variables = window_model
+  x, lowres = smooth_clip(37, seed=1), smooth_clip(37, seed=2)
+  t, text = jnp.array([0.4]), jnp.ones((1, 3, 8))
+  blend = functools.partial(
+      multidiffusion.blended_velocity, velocity, x, t, (lowres,), (text,), (variables,)
+  )
+  everything = blend(window=14, overlap=4, weighting="average")
+  for k in (1, 3):  # 4 windows: 4 calls, or 2 calls of 3 (the last one padded)
+    np.testing.assert_allclose(
+        blend(window=14, overlap=4, weighting="average", windows_per_call=k), everything, atol=1e-5
+    )
+
+
 # ------------------------------------------------- zero-initialised channels
 
 
@@ -319,26 +334,21 @@ def _tae_model():
   return tae.get_config("tiny").to_dict()
 
 
-def test_init_from_interpolates_positional_tables_to_the_new_sizes():
+def test_init_from_fits_positional_tables_to_the_new_sizes():
   from mgjax import init_from
 
   rng = np.random.default_rng(0)
-  source = {
-      "pos_embed": {
-          n: rng.standard_normal((k, 4)) for n, k in zip(("frames", "height", "width"), (8, 16, 16))
-      }
+  names = ("frames", "height", "width")
+  table = lambda rows: rng.standard_normal((rows, 4)).astype(np.float32)
+  source = {"pos_embed": {n: table(k) for n, k in zip(names, (8, 16, 16))}}
+  shapes = lambda sizes, width=4: {
+      "pos_embed": {n: jax.ShapeDtypeStruct((k, width), jnp.float32) for n, k in zip(names, sizes)}
   }
-  dest = {
-      "pos_embed": {
-          n: jax.ShapeDtypeStruct((k, 4), jnp.float32)
-          for n, k in zip(("frames", "height", "width"), (14, 16, 16))
-      }
-  }
-  out = init_from._matching(dest, source, "", [])
-  frames = np.asarray(out["pos_embed"]["frames"])
+  out = init_from._matching(shapes((14, 16, 8)), source, "", [])["pos_embed"]
+  frames = np.asarray(out["frames"])  # grown: interpolated, the end rows kept
   assert frames.shape == (14, 4)
   np.testing.assert_allclose(frames[[0, -1]], source["pos_embed"]["frames"][[0, -1]], atol=1e-6)
-  np.testing.assert_array_equal(out["pos_embed"]["height"], source["pos_embed"]["height"])
-  dest["pos_embed"]["width"] = jax.ShapeDtypeStruct((16, 5), jnp.float32)  # another width
-  with pytest.raises(ValueError, match="pos_embed/width"):
-    init_from._matching(dest, source, "", [])
+  np.testing.assert_array_equal(out["height"], source["pos_embed"]["height"])
+  np.testing.assert_array_equal(out["width"], source["pos_embed"]["width"][:8])  # cut
+  with pytest.raises(ValueError, match="pos_embed/frames"):  # another width
+    init_from._matching(shapes((14, 16, 16), width=5), source, "", [])

@@ -170,6 +170,7 @@ class UpsampleTask(T2VTask):
         per_example=(tokens, text_kept),
         args=tuple(variables),
         step_callback=step_callback,
+        windows_per_call=u.get("windows_per_call", 0),  # runs saved before the key: 0
     )
 
   # ------------------------------------------------------------- sampling
