@@ -485,10 +485,10 @@ def read_clip(
 
 def read_video(
     path: str | os.PathLike, fps: float | None = None, size: tuple[int, int] | None = None
-) -> tuple[np.ndarray, float]:
-  """(uint8 frames [T, H, W, 3], duration in seconds) of a whole video file, at `fps`
-  (None: the file's own rate) and `size` (None: native; see read_clip). Raises
-  VideoDecodeError naming the file and the fix."""
+) -> tuple[np.ndarray, float, float]:
+  """(uint8 frames [T, H, W, 3], duration in seconds, frame rate of the frames) of a
+  whole video file, at `fps` (None: the file's own rate) and `size` (None: native; see
+  read_clip). Raises VideoDecodeError naming the file and the fix."""
   info = probe(path)  # missing / empty / not a video: VideoDecodeError
   duration = info.duration if info.duration > 0 else info.num_frames / info.fps
   num_frames = int(math.floor(duration * (fps or info.fps) + 1e-6))
@@ -501,7 +501,7 @@ def read_video(
     )
   while True:
     try:
-      return read_clip(path, num_frames, fps=fps, size=size), duration
+      return read_clip(path, num_frames, fps=fps, size=size), duration, fps or info.fps
     except VideoDecodeError as e:  # the header promised more frames than decode
       if e.kind != "too_short" or num_frames == 1:
         raise

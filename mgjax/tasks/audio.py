@@ -423,7 +423,7 @@ class AudioTask(LatentFlowTask):
   def read_video(self, path: str) -> tuple[np.ndarray, int]:
     """(uint8 frames [Tv, H, W, 3] at the model's frame rate and size covering every
     latent frame, samples of sound to make) for a video file."""
-    frames, duration = video_lib.read_video(path, self.video_fps, self.frame_size)
+    frames, duration, _ = video_lib.read_video(path, self.video_fps, self.frame_size)
     num_samples = int(round(duration * self.sample_rate))
     latent_frames, _ = self.codec.latent_shape(num_samples)
     # The last latent frame may start after the last whole video frame: repeat it.

@@ -43,7 +43,7 @@ from absl import logging
 from mgjax import multidiffusion
 from mgjax.data import degrade
 from mgjax.data.examples import load_pixels, tagged_caption
-from mgjax.data.video import MediaDecodeError, probe, read_video
+from mgjax.data.video import MediaDecodeError, read_video
 from mgjax.eval import metrics
 from mgjax.tasks.codecs import FramewiseTAECodec
 from mgjax.tasks.outputs import Sample, write_samples
@@ -224,8 +224,7 @@ class UpsampleTask(T2VTask):
           f"got {len(request.prompts)}."
       )
     for i, path in enumerate(request.inputs):
-      frames, _ = read_video(path)
-      fps = probe(path).fps
+      frames, _, fps = read_video(path)
       prompt = request.prompts[min(i, len(request.prompts) - 1)] if request.prompts else ""
       prompt = with_fps_tag(prompt, fps, len(frames)) if prompt.strip() else ""
       stem = os.path.splitext(os.path.basename(path))[0]
