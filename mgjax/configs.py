@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
           # dit/blocks"); "" takes every top-level subtree the two share. Parameters
           # only this run has keep their own init; a shape that differs is refused.
           init_from=ml_collections.ConfigDict(dict(workdir="", step=0, subtrees="")),
+          # Earlier runs of a multi-stage recipe, (name, config) pairs trained first in
+          # <workdir>/<name>, the first from init_from (when set), each next from the
+          # one before, this run from the last (mgjax/recipe.py).
+          recipe=(),
       )
   )
   return config
@@ -99,7 +103,8 @@ def data_config(**fields) -> ml_collections.ConfigDict:
   """The `data` section every family shares (mgjax/data/sources.py), plus `fields`."""
   data = ml_collections.ConfigDict(
       dict(
-          # "shapes" (synthetic, made in `dir` if absent) | "manifest" (dir/manifest.jsonl)
+          # "shapes" (synthetic, made in `dir` if absent) | "shapes_identity" (shapes
+          # with 16 identities, for PT2V) | "manifest" (dir/manifest.jsonl)
           # | "image_folder" (images with a caption .txt each) | "tfds" (see `tfds`)
           name="shapes",
           dir="",  # default: <workdir>/shapes
@@ -113,6 +118,7 @@ def data_config(**fields) -> ml_collections.ConfigDict:
                   width=64,
                   num_images=64,
                   paths="random",
+                  reference_size=32,  # shapes_identity: side of the reference images
               )
           ),  # paths: mgjax/data/shapes.py PATHS
           # A TFDS data set prepared in array_record format (no TensorFlow needed).

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -349,5 +349,48 @@ def cfg_velocity_fn(model_fn: ModelFn, scale: float, num_batched_args: int = 0) 
     batched, shared = args[:num_batched_args], args[num_batched_args:]
     v = model_fn(double(x), double(t), use_condition, *double(batched), *shared)  # [2B, ...]
     return guided_velocity(v[:batch], v[batch:], scale)  # [B, ...]
+
+  return guided
+
+
+def nested_cfg_velocity_fn(
+    model_fn: ModelFn, scales: Sequence[float], num_batched_args: int = 0
+) -> VelocityFn:
+  """Guidance over several conditions, each with its own scale.
+
+  model_fn(x, t, num_kept [B'] int32, *args) reads the first `num_kept` conditions
+  of an ordered list (0: none). With scales (s_1, ..., s_K):
+
+      v = v_0 + sum_k s_k (v_k - v_{k-1})
+
+  where v_k keeps the first k conditions: each scale pushes along what its condition
+  adds to those before it (a reference image, then the text on top of it, as
+  image-and-text guidance does). All K + 1 passes run as one batch [(K + 1) B]; with
+  every scale 1 this is the fully conditioned velocity alone. `num_batched_args` as
+  in `cfg_velocity_fn`.
+  """
+  scales = tuple(scales)
+  if not scales or not all(isinstance(s, numbers.Real) for s in scales):
+    raise ValueError(f"scales must be Python numbers, one per condition; got {scales!r}.")
+  levels = len(scales) + 1
+
+  if all(s == 1.0 for s in scales):
+
+    def conditional(x: jax.Array, t: jax.Array, *args) -> jax.Array:
+      return model_fn(x, t, jnp.full((x.shape[0],), len(scales), jnp.int32), *args)
+
+    return conditional
+
+  def guided(x: jax.Array, t: jax.Array, *args) -> jax.Array:
+    batch = x.shape[0]
+    repeat = lambda tree: jax.tree.map(lambda a: jnp.concatenate([a] * levels), tree)
+    num_kept = jnp.repeat(jnp.arange(levels, dtype=jnp.int32), batch)  # [(K + 1) B]
+    batched, shared = args[:num_batched_args], args[num_batched_args:]
+    v = model_fn(repeat(x), repeat(t), num_kept, *repeat(batched), *shared)
+    v = v.reshape((levels, batch) + v.shape[1:])  # [K + 1, B, ...]
+    out = v[0]
+    for k, scale in enumerate(scales, start=1):
+      out = out + scale * (v[k] - v[k - 1])
+    return out
 
   return guided

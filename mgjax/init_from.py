@@ -144,41 +144,61 @@ def _to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def init_from_run(state: TrainState, section, shardings: TrainState) -> TrainState:
-  """A fresh state whose params (and EMA) start from the run `section.workdir` at
-  `section.step` (0: its latest), for the subtrees `section.subtrees` names."""
-  if not section.workdir:
+def _merged(a, b):
+  """Two nested dicts as one (an encoder is trainable in one, frozen in the other)."""
+  if not (isinstance(a, dict) and isinstance(b, dict)):
+    return a
+  return {**b, **{k: _merged(v, b[k]) if k in b else v for k, v in a.items()}}
+
+
+def init_from_run(
+    state: TrainState, section, shardings: TrainState, workdir: str | None = None
+) -> TrainState:
+  """A fresh state whose params (and EMA) start from the run `workdir` (default
+  `section.workdir`) at `section.step` (0: its latest), for the subtrees
+  `section.subtrees` names. Without `subtrees`, the source's trainable and frozen
+  weights both count, and fill this run's trainable and frozen ones by name: an
+  encoder frozen in one stage and trained in the next keeps its weights."""
+  workdir = section.workdir if workdir is None else workdir
+  if not workdir:
     return state
-  source = _to_host(runs.restore_params(section.workdir, section.step or None))
-  mapping = parse_subtrees(section.subtrees) or {k: k for k in state.params if k in source}
-  if not mapping:
-    raise ValueError(
-        f"train.init_from: {section.workdir} shares no top-level params subtree with this "
-        f"model ({sorted(source)} vs {sorted(state.params)}); name them in "
-        "train.init_from.subtrees as dest:source."
-    )
-  new, unused = {}, []
-  for dest, src in mapping.items():
-    values = _matching(
-        _subtree(state.params, dest, "this model"),
-        _subtree(source, src, section.workdir),
-        f"/{dest}",
-        unused,
-    )
-    target = new
-    *parents, leaf = dest.split("/")
-    for key in parents:
-      target = target.setdefault(key, {})
-    target[leaf] = values
+  _, _, params, frozen = runs.restore_weights(workdir, section.step or None)
+  explicit = parse_subtrees(section.subtrees)
+  source = _to_host(params if explicit else _merged(params, frozen))
+  new, unused = _matched_subtrees(state.params, source, explicit, workdir)
+  if not explicit and any(k in source for k in state.frozen):
+    frozen_new, frozen_unused = _matched_subtrees(state.frozen, source, {}, workdir)
+    unused = sorted(set(unused) & set(frozen_unused))
+    state = state.replace(frozen=replace_leaves(state.frozen, frozen_new, shardings.frozen))
   if unused:
     logging.warning(
         "train.init_from: %d source parameters have no place here: %s",
         len(unused),
         ", ".join(unused[:10]) + (" ..." if len(unused) > 10 else ""),
     )
-  logging.info(
-      "Initialised %s from %s",
-      ", ".join(f"{d} <- {s}" for d, s in mapping.items()),
-      section.workdir,
-  )
+  logging.info("Initialised %s from %s", ", ".join(sorted(new)), workdir)
   return _with_params(state, new, shardings, what="train.init_from weight")
+
+
+def _matched_subtrees(dest_tree, source, mapping, workdir):
+  """({dest path: matching source leaves} as a nested dict, source paths not used)
+  for `mapping` ({dest: source} paths; {} pairs every top-level subtree the two
+  share)."""
+  mapping, unused = mapping or {k: k for k in dest_tree if k in source}, []
+  if not mapping:
+    raise ValueError(
+        f"train.init_from: {workdir} shares no top-level subtree with this model "
+        f"({sorted(source)} vs {sorted(dest_tree)}); name them in "
+        "train.init_from.subtrees as dest:source."
+    )
+  new = {}
+  for dest, src in mapping.items():
+    values = _matching(
+        _subtree(dest_tree, dest, "this model"), _subtree(source, src, workdir), f"/{dest}", unused
+    )
+    target = new
+    *parents, leaf = dest.split("/")
+    for key in parents:
+      target = target.setdefault(key, {})
+    target[leaf] = values
+  return new, unused

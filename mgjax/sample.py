@@ -29,7 +29,7 @@ import tqdm
 from absl import app, flags
 
 from mgjax import cli, runs
-from mgjax.data.video import MediaDecodeError, probe
+from mgjax.data.video import ImageDecodeError, MediaDecodeError, probe
 from mgjax.flow import SCHEDULES, SOLVERS
 from mgjax.tasks import TASK_ALIASES, get_task_class
 from mgjax.tasks.outputs import SampleRequest, write_samples
@@ -95,7 +95,7 @@ def sample(
 def main():
   flags.DEFINE_string("workdir", None, "A training run's --workdir.")
   flags.DEFINE_string(
-      "task", None, "Optional check: the run's task (t2v, audio, upsample; v2a = audio)."
+      "task", None, "Optional check: the run's task (t2v, pt2v, audio, upsample; v2a = audio)."
   )
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for several.")
   flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
@@ -113,6 +113,9 @@ def main():
   flags.DEFINE_integer("batch_size", 8, "Prompts sampled together.")
   flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
   flags.DEFINE_string("upsampler", None, "An upsampler run: also upsample what --workdir makes.")
+  flags.DEFINE_multi_string(
+      "reference", None, "PT2V: an image of the subject; once for all prompts or once each."
+  )
   FLAGS = flags.FLAGS
 
   def run(argv):
@@ -124,6 +127,7 @@ def main():
       request = SampleRequest(
           prompts=read_prompts(FLAGS.prompt, FLAGS.prompts_file),
           inputs=list(FLAGS.video or []),
+          references=list(FLAGS.reference or []),
           num_frames=FLAGS.num_frames,
           height=FLAGS.height,
           width=FLAGS.width,
@@ -136,6 +140,10 @@ def main():
       )
       out = FLAGS.out or FLAGS.out_dir or os.path.join(FLAGS.workdir, "samples", "cli")
       paths = sample(FLAGS.workdir, request, out, FLAGS.step, FLAGS.task, FLAGS.upsampler)
+    except ImageDecodeError as e:
+      raise ValueError(
+          f"cannot read the image {e}. Pass an existing PNG or JPEG file (--reference)."
+      ) from e
     except MediaDecodeError as e:
       raise ValueError(
           f"cannot read the video {e}. Pass an existing, decodable video file "

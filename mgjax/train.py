@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from mgjax import checkpoint as checkpoint_lib
-from mgjax import cli, optim, runs
+from mgjax import cli, optim, recipe, runs
 from mgjax.init_from import init_from_run, with_pretrained
 from mgjax.parallel import distributed
 from mgjax.parallel import mesh as mesh_lib
@@ -245,7 +245,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       state = init()
     state = with_pretrained(state, task, state_shardings)
-    state = init_from_run(state, config.train.init_from, state_shardings)
+    source = recipe.init_from_workdir(config, workdir)
+    state = init_from_run(state, config.train.init_from, state_shardings, source)
   if jax.process_index() == 0:
     runs.record_config(workdir, config, start_step)
 

@@ -28,8 +28,10 @@ from mgjax.data.video import MediaDecodeError, probe, write_video
 from mgjax.eval import metrics
 from mgjax.eval import shapes as shapes_eval
 from mgjax.parallel import mesh as mesh_lib
+from mgjax.preemption import StopRequested
 from mgjax.tasks.codecs import TAECodec
 from mgjax.tasks.outputs import SampleRequest
+from mgjax.tasks.pt2v import fit_square
 from mgjax.tasks.t2v import T2VTask
 from mgjax.text.hf_import import load_clip_text
 from tests.test_text_conditioning import save_tiny_hf_encoders
@@ -679,3 +681,150 @@ def test_upsampler_bad_input_is_named(trained, upsampler_run, tmp_path):
     )
   with pytest.raises(ValueError, match="needs videos"):
     sample_lib.sample(up_workdir, SampleRequest(), str(tmp_path / "o"))
+
+
+# ------------------------------------------------------------------ PT2V
+
+
+@pytest.fixture(scope="module")
+def pt2v_recipe(trained):
+  """PT2V's recipe in one run (tests/configs/pt2v_tiny.py) from the text-to-video run:
+  stage I (paired, tower frozen), stage II, then this run, stage III (cross-paired,
+  tower trained), 2 steps each on the identity shapes and the text-to-video tests'
+  TAE, and its evaluation beside the T2V and stage II runs. The first attempt is
+  stopped (as by SIGTERM) after stage II's first step; the second resumes it."""
+  from tests.configs import pt2v_tiny  # it imports this module's tiny config
+
+  workdir, _ = trained
+  root = os.path.dirname(workdir)
+  spec = os.path.join(os.path.dirname(__file__), "configs", "pt2v_tiny.py")
+  config = pt2v_tiny.get_config("stage3")
+  config.tae.workdir = os.path.join(root, "tae")
+  config.data.dir = os.path.join(root, "identity")
+  config.train.init_from.workdir = workdir  # where the recipe starts
+  config.train.recipe = tuple((name, f"{spec}:{name}") for name in ("stage1", "stage2"))
+  config.train.eval_every = 0
+  config.pt2v.baselines.update(t2v=workdir, paired="stage2")
+  pt2v_dir = os.path.join(root, "pt2v")
+  seen_step_1 = []
+
+  def reached(self, step):  # stage I passes step 1, then stage II stops there
+    seen_step_1.extend([step] if step == 1 else [])
+    return len(seen_step_1) == 2 and step == 1
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train_lib.PreemptionWatch, "reached", reached)
+    with pytest.raises(StopRequested, match="stage2 stage .* stopped at step 1 of 2"):
+      train_lib.train(config, pt2v_dir)
+  stage1 = os.path.join(pt2v_dir, "stage1", "checkpoints")
+  untouched = {p: os.path.getmtime(os.path.join(stage1, p)) for p in os.listdir(stage1)}
+  results = train_lib.train(config, pt2v_dir)
+  assert {p: os.path.getmtime(os.path.join(stage1, p)) for p in os.listdir(stage1)} == untouched
+  return pt2v_dir, results
+
+
+def test_pt2v_recipe_runs_each_stage_from_the_one_before(trained, pt2v_recipe):
+  pt2v_dir, results = pt2v_recipe
+  stage = lambda name: os.path.join(pt2v_dir, name)  # noqa: E731
+  for name, before in (("stage1", trained[0]), ("stage2", stage("stage1"))):
+    config = runs.read_config(stage(name))
+    assert config.train.init_from.workdir == before and config.task == "pt2v"
+    assert runs.is_finished(stage(name), 2)
+  _, _, t2v_params, _ = runs.restore_weights(trained[0])
+  _, _, params1, frozen1 = runs.restore_weights(stage("stage1"))
+  _, _, _, frozen2 = runs.restore_weights(stage("stage2"))
+  _, task, params3, _ = runs.restore_weights(pt2v_dir)
+  # The tower is frozen in stages I and II (carried over as it is), trained in III.
+  assert "vision" in frozen1 and "vision" not in params1 and "vision" in params3
+  jax.tree.map(np.testing.assert_array_equal, frozen1["vision"], frozen2["vision"])
+  moved = jax.tree.leaves(
+      jax.tree.map(lambda a, b: np.abs(a - b).max(), params3["vision"], frozen2["vision"])
+  )
+  assert max(moved) > 0
+  # The reference's projection is new in stage I; the rest of the DiT came from T2V.
+  assert "text_projection_reference" in params1["dit"]
+  assert "text_projection_reference" not in t2v_params["dit"]
+  assert task.config.pt2v.pairing == "cross" and task.vision_trainable
+  # Evaluation: this run and both baselines, on the same held-out references.
+  for prefix in ("", "t2v/", "paired/"):
+    for key in (
+        "identity_correct",
+        "identity_best_frame",
+        "identity_worst_frame",
+        "identity_consistency",
+        "prompt_color_motion",
+    ):
+      assert 0.0 <= results[prefix + key] <= 1.0
+    assert results[prefix + "identity_best_frame"] >= results[prefix + "identity_worst_frame"]
+    assert -1.0 <= results[prefix + "clip_worst_frame"] <= results[prefix + "clip_best_frame"] <= 1
+  assert os.path.exists(os.path.join(pt2v_dir, "samples", "step_2", "reference_00.png"))
+
+
+def test_pt2v_references_are_stored_cross_paired_with_the_latents(pt2v_recipe):
+  pt2v_dir, _ = pt2v_recipe
+  _, task, _, _ = runs.restore_weights(pt2v_dir)
+  stored = LatentShards(task.latents_dir, "train", "video")[0]
+  assert stored["reference"].dtype == np.uint8 and stored["reference"].shape == (16, 16, 3)
+  manifest = os.path.join(task.config.data.dir, "manifest.jsonl")
+  own = {r["video"]: r for r in read_manifest(manifest, "train").records}
+  crossed = task.read_records("train")
+  assert len(crossed.records) + task.num_alone == len(own) and task.num_alone > 0
+  of_reference = {r["reference"]: r for r in own.values()}
+  for r in crossed.records:  # another clip's reference, of the same subject
+    assert r["reference"] != own[r["video"]]["reference"]
+    assert of_reference[r["reference"]]["subject"] == r["subject"]
+
+
+def test_pt2v_recipe_resumed_the_stage_it_stopped_in(pt2v_recipe):
+  pt2v_dir, _ = pt2v_recipe
+  with open(os.path.join(pt2v_dir, "stage2", "metrics.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f if '"loss"' in line]
+  assert steps == [1, 2]  # step 1 before the stop, step 2 after it, each once
+  assert runs.is_finished(os.path.join(pt2v_dir, "stage2"), 2) and runs.is_finished(pt2v_dir, 2)
+
+
+def test_pt2v_samples_keep_the_reference_given_as_any_image(pt2v_recipe, tmp_path):
+  pt2v_dir, _ = pt2v_recipe
+  Image.fromarray(np.full((10, 30), 90, np.uint8)).save(tmp_path / "grey.png")
+  rgba = np.zeros((20, 20, 4), np.uint8)
+  rgba[5:15, 5:15] = (40, 75, 225, 255)
+  Image.fromarray(rgba).save(tmp_path / "subject.png")
+  prompts = ["a blue circle moves up", "a red square stays still"]
+  references = [str(tmp_path / "grey.png"), str(tmp_path / "subject.png")]
+  request = SampleRequest(prompts, references=references, num_steps=2)  # evaluation's program
+  paths = sample_lib.sample(pt2v_dir, request, str(tmp_path / "out"), task_name="pt2v")
+  assert [probe(p).num_frames for p in paths] == [NUM_FRAMES, NUM_FRAMES]
+  # The reference conditions the model: the same prompt and noise (row 0), another
+  # reference, another video.
+  _, task, params, frozen = runs.restore_weights(pt2v_dir)
+  (refs,) = task.request_conditions(request)
+  first = [
+      task.generate(params, frozen, SampleRequest(prompts[:1] * 2, references=order, num_steps=2))
+      for order in (references, references[::-1])
+  ]
+  assert np.abs(first[0][0].video.astype(int) - first[1][0].video.astype(int)).max() > 0
+  np.testing.assert_array_equal(
+      refs[0], task.request_conditions(SampleRequest(prompts, references=references[:1]))[0][1]
+  )
+  with pytest.raises(ValueError, match="once for all 2 prompts, or once per prompt; got 3"):
+    sample_lib.sample(
+        pt2v_dir,
+        SampleRequest(prompts, references=references + references[:1]),
+        str(tmp_path / "x"),
+    )
+  (tmp_path / "broken.png").write_bytes(b"not an image")
+  with pytest.raises(Exception, match="broken.png"):
+    sample_lib.sample(
+        pt2v_dir,
+        SampleRequest(prompts[:1], references=[str(tmp_path / "broken.png")]),
+        str(tmp_path / "y"),
+    )
+
+
+def test_pt2v_preview_shows_the_reference_beside_the_video(pt2v_recipe):
+  pt2v_dir, _ = pt2v_recipe
+  run = inspect_lib.open_run(pt2v_dir)
+  preview = run.sample_video(num_steps=2)  # a held-out subject's reference, no file needed
+  assert preview.shape == (NUM_FRAMES, SIZE, 2 * SIZE, 3)
+  _, references, _, _ = run.task.eval_cases()
+  np.testing.assert_array_equal(preview[0, :, :SIZE], fit_square(references[0], SIZE))

@@ -330,6 +330,7 @@ def write_bucket(
     encode: Callable[[np.ndarray], dict[str, np.ndarray]],
     *,
     embed_text: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
+    record_arrays: Callable[[dict, np.ndarray], dict[str, np.ndarray]] | None = None,
     shard_size: int = 256,
     batch_size: int = 8,
     num_threads: int = 8,
@@ -341,7 +342,9 @@ def write_bucket(
   Writes into the set check_fingerprint chose: `root` itself, or the staging set
   of a re-encode, which commit_staged (run by LatentShards) swaps in once all of
   it is done. Every process writes the same plan.json (the bucket's shard count),
-  by which completeness is judged, before it starts encoding.
+  by which completeness is judged, before it starts encoding. `record_arrays(record,
+  pixels)` gives arrays stored with an example as they are (a PT2V reference image);
+  a file of its that cannot be read skips the example like a bad video.
   """
   num_shards = -(-len(records) // shard_size)
   plan = {"shards": num_shards, "records": len(records)}
@@ -370,7 +373,8 @@ def write_bucket(
   def read(record):
     try:
       pixels, fps = load_pixels(record, spec, rng)
-      return pixels, tagged_caption(record["caption"], fps)
+      arrays = record_arrays(record, pixels) if record_arrays else {}
+      return pixels, tagged_caption(record["caption"], fps), arrays
     except MediaDecodeError as e:
       logging.warning("Skipping %s (%s): %s", e.path, e.kind, e.detail)
       return e.kind
@@ -403,18 +407,20 @@ def _write_shard(out_dir: str, k: int, examples: list, encode, embed_text, batch
   os.replace(path[: -len(".array_record")] + ".json.tmp", path[: -len(".array_record")] + ".json")
 
 
-def encode_in_batches(examples: Sequence[tuple[np.ndarray, str]], encode, batch_size: int):
-  """Yields ({name: float32 [b, ...]}, captions) of (pixels, caption) examples, where
+def encode_in_batches(examples: Sequence[tuple], encode, batch_size: int):
+  """Yields ({name: [b, ...]}, captions) of (pixels, caption[, arrays]) examples, where
   `encode` maps pixels to {"latent": [b, T', h, w, C], and any per-example arrays a
-  task stores with it}; full batches only (the last one padded) so it compiles once."""
+  task stores with it} (float32), and each example's own `arrays` {name: array} come
+  stacked as they are; full batches only (the last one padded) so it compiles once."""
   for start in range(0, len(examples), batch_size):
     chunk = examples[start : start + batch_size]
-    pixels = np.stack([p for p, _ in chunk])
+    pixels = np.stack([e[0] for e in chunk])
     padded = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - len(chunk), 0)])
-    encoded = encode(padded)
-    yield {k: np.asarray(v, np.float32)[: len(chunk)] for k, v in encoded.items()}, [
-        c for _, c in chunk
-    ]
+    encoded = {k: np.asarray(v, np.float32)[: len(chunk)] for k, v in encode(padded).items()}
+    arrays = [e[2] for e in chunk if len(e) > 2]
+    if arrays:
+      encoded.update({k: np.stack([a[k] for a in arrays]) for k in arrays[0]})
+    yield encoded, [e[1] for e in chunk]
 
 
 class ChannelSums:

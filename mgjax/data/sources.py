@@ -6,14 +6,15 @@ the pipeline knobs mean the same everywhere; `configs.data_config` lists the key
 
 from __future__ import annotations
 
+import functools
 import os
 
-from mgjax.data import shapes
+from mgjax.data import shapes, shapes_identity
 from mgjax.data.pipeline import LoaderOptions
 from mgjax.data.records import Records, read_image_folder, read_manifest
 from mgjax.parallel import distributed
 
-SOURCES = ("shapes", "manifest", "image_folder", "tfds")
+SOURCES = ("shapes", "shapes_identity", "manifest", "image_folder", "tfds")
 
 
 def data_dir(data_config, workdir: str) -> str:
@@ -21,26 +22,22 @@ def data_dir(data_config, workdir: str) -> str:
 
 
 def prepare_manifest(data_config, workdir: str) -> str:
-  """Path of the manifest to train on; makes the shapes data set if it is absent."""
-  if data_config.name == "shapes":
+  """Path of the manifest to train on; makes a synthetic data set if it is absent."""
+  name = data_config.name
+  if name in ("shapes", "shapes_identity"):  # mgjax/data/shapes.py, shapes_identity.py
     s = data_config.shapes
+    size = dict(num_frames=s.num_frames, height=s.height, width=s.width)
+    common = dict(num_videos=s.num_videos, seed=s.seed, fps=s.fps, paths=s.paths, **size)
+    if name == "shapes":
+      ensure = functools.partial(shapes.ensure_dataset, num_images=s.num_images)
+    else:
+      ensure = functools.partial(shapes_identity.ensure_dataset, reference_size=s.reference_size)
     return distributed.first_process_first(
-        "shapes",
-        lambda: shapes.ensure_dataset(
-            data_dir(data_config, workdir),
-            num_videos=s.num_videos,
-            seed=s.seed,
-            fps=s.fps,
-            num_frames=s.num_frames,
-            height=s.height,
-            width=s.width,
-            num_images=s.num_images,
-            paths=s.paths,
-        ),
+        name, lambda: ensure(data_dir(data_config, workdir), **common)
     )
-  if data_config.name == "manifest":
+  if name == "manifest":
     return os.path.join(data_dir(data_config, workdir), "manifest.jsonl")
-  raise ValueError(f"data.name={data_config.name!r} has no manifest; use one of {SOURCES}.")
+  raise ValueError(f"data.name={name!r} has no manifest; use one of {SOURCES}.")
 
 
 def read_records(data_config, workdir: str, split: str) -> Records:

@@ -746,8 +746,10 @@ def read_image(
     path: str | os.PathLike,
     size: tuple[int, int] | None = None,
     resize: str = "crop",
+    matte: tuple[int, int, int] | None = None,
 ) -> np.ndarray:
-  """Reads a still as uint8 [H, W, 3] RGB (alpha dropped, grey expanded).
+  """Reads a still as uint8 [H, W, 3] RGB, upright (EXIF orientation applied), grey
+  expanded; alpha dropped, or with `matte` (an RGB colour) composited over it.
 
   size/resize mean the same as in read_clip. A file whose header parses but
   whose pixel data ends early is "truncated"; anything else Pillow rejects
@@ -777,6 +779,10 @@ def read_image(
           "truncated" if cut_off else "undecodable",
           f"pixel data cannot be decoded ({message}); re-encode or remove the file",
       ) from e
+    img = ImageOps.exif_transpose(img)
+    if matte is not None and ("A" in img.getbands() or "transparency" in img.info):
+      img = img.convert("RGBA")
+      img = Image.alpha_composite(Image.new("RGBA", img.size, (*matte, 255)), img)
     img = img.convert("RGB")
     if size is not None and img.size != (size[1], size[0]):
       height, width = size

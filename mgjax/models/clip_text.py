@@ -12,7 +12,10 @@ not truncated. This module provides
     changing what the encoder computes for prompts that fit the old table.
 
 This module reads no files: `mgjax.text.hf_import.load_clip_text` imports the
-weights of a Hugging Face-format directory.
+weights of a Hugging Face-format directory. Its transformer block
+(`CLIPEncoderLayer`, with `CLIPAttention` and `CLIPMLP`) is shared with the CLIP
+vision tower (mgjax/models/clip_vision.py): both towers use the same pre-LN block,
+and only the text tower masks its attention.
 
 The network, one pre-LN block per layer:
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
@@ -38,6 +42,9 @@ import numpy as np
 
 from mgjax.models.attention import attention
 from mgjax.models.layers import dense, logical_init
+
+if TYPE_CHECKING:  # the vision tower imports this module; only type checkers go back
+  from mgjax.models.clip_vision import CLIPVisionConfig
 
 ACTIVATIONS = {
     # OpenAI's cheap sigmoid approximation of GELU, used by CLIP and MetaCLIP.
@@ -138,7 +145,8 @@ class CLIPTextConfig:
     )
 
 
-def _layer_norm(config: CLIPTextConfig, name: str) -> nn.LayerNorm:
+def layer_norm(config: CLIPTextConfig | CLIPVisionConfig, name: str) -> nn.LayerNorm:
+  """A CLIP LayerNorm: scale and bias in float32, computed in `config.dtype`."""
   return nn.LayerNorm(
       epsilon=config.layer_norm_eps,
       dtype=jnp.dtype(config.dtype),
@@ -191,13 +199,17 @@ class CLIPTextEmbeddings(nn.Module):
 
 
 class CLIPAttention(nn.Module):
-  """Multi-head self-attention with biased q/k/v/out projections (as in CLIP)."""
+  """Multi-head self-attention with biased q/k/v/out projections (as in CLIP).
 
-  config: CLIPTextConfig
+  `config` is a `CLIPTextConfig` or a `clip_vision.CLIPVisionConfig`.
+  """
+
+  config: CLIPTextConfig | CLIPVisionConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    # x: [B, L, D]; mask: bool [B, 1, L, L], True where a query may attend to a key.
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    # x: [B, L, D]; mask: bool [B, 1, L, L], True where a query may attend to a key;
+    # None attends everywhere (the vision tower).
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     heads = (cfg.num_heads, cfg.head_dim)
@@ -222,9 +234,12 @@ class CLIPAttention(nn.Module):
 
 
 class CLIPMLP(nn.Module):
-  """fc2(act(fc1(x))): the two-layer feed-forward of every CLIP block."""
+  """fc2(act(fc1(x))): the two-layer feed-forward of every CLIP block.
 
-  config: CLIPTextConfig
+  `config` is a `CLIPTextConfig` or a `clip_vision.CLIPVisionConfig`.
+  """
+
+  config: CLIPTextConfig | CLIPVisionConfig
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, L, D]
@@ -240,17 +255,21 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
-  """One pre-LN transformer block: x + Attn(LN1(x)), then x + MLP(LN2(x))."""
+  """One pre-LN transformer block: x + Attn(LN1(x)), then x + MLP(LN2(x)).
 
-  config: CLIPTextConfig
+  Shared by both CLIP towers: `config` is a `CLIPTextConfig` or a
+  `clip_vision.CLIPVisionConfig`.
+  """
+
+  config: CLIPTextConfig | CLIPVisionConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    # x: [B, L, D]; mask: bool [B, 1, L, L]
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    # x: [B, L, D]; mask: bool [B, 1, L, L], or None for full bidirectional attention
     x = x + CLIPAttention(self.config, name="self_attn")(
-        _layer_norm(self.config, "layer_norm1")(x), mask
+        layer_norm(self.config, "layer_norm1")(x), mask
     )
-    return x + CLIPMLP(self.config, name="mlp")(_layer_norm(self.config, "layer_norm2")(x))
+    return x + CLIPMLP(self.config, name="mlp")(layer_norm(self.config, "layer_norm2")(x))
 
 
 def eos_positions(ids: jax.Array, eos_token_id: int) -> jax.Array:
@@ -289,7 +308,7 @@ class CLIPTextEncoder(nn.Module):
     attend = causal[None, None] & mask.astype(bool)[:, None, None, :]  # [B, 1, L, L]
     for i in range(cfg.num_layers):
       x = CLIPEncoderLayer(cfg, name=f"layers_{i}")(x, attend)
-    last_hidden = _layer_norm(cfg, "final_layer_norm")(x)  # [B, L, D]
+    last_hidden = layer_norm(cfg, "final_layer_norm")(x)  # [B, L, D]
     pooled = last_hidden[jnp.arange(ids.shape[0]), eos_positions(ids, cfg.eos_token_id)]
     return last_hidden, pooled  # [B, L, D], [B, D]
 

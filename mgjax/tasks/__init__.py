@@ -12,6 +12,7 @@ TASKS = {
     "audio_vae": "mgjax.tasks.audio_vae:AudioVAETask",
     "audio": "mgjax.tasks.audio:AudioTask",
     "upsample": "mgjax.tasks.upsample:UpsampleTask",
+    "pt2v": "mgjax.tasks.pt2v:PT2VTask",
 }
 
 

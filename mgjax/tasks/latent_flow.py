@@ -34,6 +34,7 @@ import ml_collections
 from absl import logging
 
 from mgjax import configs, flow, runs
+from mgjax import recipe as recipe_lib
 from mgjax.tasks.base import Stage, Task
 from mgjax.tasks.codecs import ChannelStats, LatentCodec
 
@@ -114,14 +115,18 @@ class LatentFlowTask(Task):
     return self._codec
 
   def stages(self) -> list[Stage]:
+    """The codec's run (when `train_config` names it), then train.recipe's stages."""
+    recipe = recipe_lib.recipe_stages(
+        self.config, self.workdir, self.codec_section, self.codec_workdir
+    )
     section = self.config[self.codec_section]
     if not section.train_config:
-      return []
+      return recipe
     config = configs.load_config(section.train_config)
     with config.unlocked():
       config.train.num_steps = section.train_steps or config.train.num_steps
       self.configure_codec_stage(config)
-    return [Stage(self.codec_stage_name, self.codec_workdir, config)]
+    return [Stage(self.codec_stage_name, self.codec_workdir, config)] + recipe
 
   def configure_codec_stage(self, config: ml_collections.ConfigDict) -> None:
     """Edits the codec run's config (unlocked) before it trains, e.g. the same data."""

@@ -29,6 +29,7 @@ class SampleRequest:
   prompts: Sequence[str] = ()  # text prompts; "" means none
   inputs: Sequence[str] = ()  # media files to condition on (e.g. videos to add sound to)
   videos: Sequence[Sample] = ()  # made by an earlier model, to refine (chained sampling)
+  references: Sequence[str] = ()  # images of a subject to keep (PT2V): one, or one per prompt
   num_frames: int | None = None
   height: int | None = None
   width: int | None = None

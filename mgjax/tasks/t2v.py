@@ -142,7 +142,7 @@ class T2VTask(LatentFlowTask):
         jnp.zeros(latent.shape[:-1] + (self.concat_channels,)) if self.concat_channels else None
     )
     dit_params = self.dit.init(
-        dit_rng, latent, jnp.zeros((1,)), self.text.example_inputs(), concat=concat
+        dit_rng, latent, jnp.zeros((1,)), self.example_conditions(), concat=concat
     )["params"]
     return {"dit": dit_params, "text": trainable_text}, {"text": frozen_text}
 
@@ -166,6 +166,11 @@ class T2VTask(LatentFlowTask):
     concat = self.concat_condition(params, conditions, keep)
     return self.dit.apply({"params": params["dit"]}, x_t, t, text, concat=concat)
 
+  def example_conditions(self) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """What the DiT cross-attends to, zeros of its shapes ({name: (emb, mask)}), to
+    initialise it: every text encoder's tokens (PT2V adds the reference's)."""
+    return self.text.example_inputs()
+
   concat_channels = 0  # C_c of `concat_condition`; 0: none
 
   def concat_condition(self, params, conditions, keep) -> jax.Array | None:
@@ -178,6 +183,10 @@ class T2VTask(LatentFlowTask):
   def encode_pixels(self, pixels_uint8: np.ndarray) -> np.ndarray:
     """Posterior-mean latents of uint8 [B, T, H, W, 3] videos."""
     return self.codec.encode(pixels_uint8)
+
+  # (record, pixels) -> arrays stored with the example as they are (PT2V: the
+  # reference image); None: nothing but what `encode_examples` makes.
+  record_arrays = None
 
   def encode_examples(self, pixels_uint8: np.ndarray) -> dict[str, np.ndarray]:
     """What a batch of training clips is stored and trained as: {"latent": [B, ...]}
@@ -271,6 +280,7 @@ class T2VTask(LatentFlowTask):
             self.bucket_spec(bucket),
             self.encode_examples,
             embed_text=self.embed_text if self.precomputed_text else None,
+            record_arrays=self.record_arrays,
             shard_size=data.shard_size,
             num_threads=data.num_threads,
             process_index=process_index,
@@ -405,17 +415,26 @@ class T2VTask(LatentFlowTask):
     return self.velocity(params, frozen, x, t, tokens, {"text": use_condition})
 
   def generate_videos(
-      self, params, frozen, prompts: list[str], num_frames: int, height: int, width: int, **sampler
+      self,
+      params,
+      frozen,
+      prompts: list[str],
+      num_frames: int,
+      height: int,
+      width: int,
+      conditions: tuple = (),
+      **sampler,
   ) -> np.ndarray:
     """uint8 videos [N, num_frames, height, width, 3] for the prompts (as the model
     reads them: frame-rate tagged); decoded in tiles when longer than sample.tile_frames.
+    `conditions`: per-example guidance args before the text (PT2V: the references).
     `sampler`: num_steps, schedule, cfg_scale, seed, method, step_callback."""
     for i, prompt in enumerate(prompts):
       if not prompt.strip():
         raise ValueError(f"Prompt {i} is empty; give every video a description.")
     tokens = {k: jnp.asarray(v) for k, v in self.text.tokenize(prompts).items()}
     latents = self.sample_latents(
-        (tokens, params, frozen),
+        (*conditions, tokens, params, frozen),
         self.latent_shape(num_frames, height, width),
         num_examples=len(prompts),
         **sampler,
@@ -438,6 +457,7 @@ class T2VTask(LatentFlowTask):
     height, width = request.height or bucket.height, request.width or bucket.width
     settings = self.sampler_settings(request, self.config.flow)
     tagged = [with_fps_tag(p, self.fps, num_frames) for p in request.prompts]
+    conditions = self.request_conditions(request)
     videos, size = [], request.batch_size
     for start in range(0, len(tagged), size):
       videos.extend(
@@ -448,6 +468,7 @@ class T2VTask(LatentFlowTask):
               num_frames,
               height,
               width,
+              conditions=tuple(c[start : start + size] for c in conditions),
               seed=request.seed + start,
               step_callback=request.progress and (lambda i, n: request.progress(1)),
               **settings,
@@ -460,6 +481,12 @@ class T2VTask(LatentFlowTask):
         Sample(f"{i:03d}_{slug(prompt)}", tag, video, self.fps)
         for i, (prompt, tag, video) in enumerate(zip(request.prompts, tagged, videos))
     ]
+
+  def request_conditions(self, request) -> tuple:
+    """Per-prompt conditions of a request besides the text, [N, ...] arrays (PT2V: the
+    reference images); none here."""
+    del request
+    return ()
 
   def preview(self, params, frozen, request):
     if not request.prompts:
@@ -512,7 +539,7 @@ class T2VTask(LatentFlowTask):
               ],
           )
       )
-      if self.config.data.name != "shapes":
+      if self.config.data.name not in ("shapes", "shapes_identity"):
         continue
       report = shapes_eval.score(list(videos), [strip_fps_tag(p) for p in prompts])
       for key, n in report["counts"].items():
