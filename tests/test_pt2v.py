@@ -139,3 +139,10 @@ def test_the_stages_differ_as_the_paper_says():
   assert big.model.num_layers == 48 and not big.pt2v.encoder.model  # MetaCLIP from a path
   with pytest.raises(ValueError, match="Unknown PT2V stage 'stage4'"):
     configs.load_config(f"{PT2V_CONFIG}:stage4")
+
+
+def test_subjects_on_paths_anywhere_stay_in_frame():
+  for seed in range(40):
+    spec = shapes_identity.sample_subject_spec(np.random.default_rng(seed), "random")
+    xy = shapes.centers(spec, 16)
+    assert np.all(xy >= spec.size / 2 - 1e-6) and np.all(xy <= 1 - spec.size / 2 + 1e-6)

@@ -135,7 +135,11 @@ def reference_image(spec: ClipSpec, identity: str, size: int) -> np.ndarray:
 def sample_subject_spec(rng: np.random.Generator, paths: str) -> ClipSpec:
   """A shapes clip description with the identity set's shape sizes."""
   spec = sample_spec(rng, paths)
-  size = float(rng.uniform(*IDENTITY_SIZE_RANGE))
+  low, high = IDENTITY_SIZE_RANGE
+  if paths == "random":  # a path anywhere must still fit its longest travel in frame
+    high = min(high, 1 - shapes.TRAVEL_RANGE[1])
+    low = min(low, high - 0.05)
+  size = float(rng.uniform(low, high))
   path = shapes._lane_path if paths == "lanes" else shapes._random_path
   start, velocity = path(rng, spec.motion, size)  # a path that fits this size
   return dataclasses.replace(spec, size=size, start=start, velocity=velocity)

@@ -13,7 +13,7 @@ STEPS = 2
 
 def identity_data(config) -> None:
   config.data.update(name="shapes_identity", buckets=(("video", NUM_FRAMES, SIZE, SIZE, 8),))
-  config.data.shapes.update(num_videos=32, num_images=0, reference_size=16)
+  config.data.shapes.update(num_videos=32, num_images=0, reference_size=16, paths="lanes")
 
 
 def get_config(arg: str = "stage3"):
