@@ -56,11 +56,14 @@ from mgjax.data.shapes import (
 NUM_DIRECTIONS = 8  # the directions the checker tells apart
 SUBJECT_DIRECTIONS = 16  # the directions subjects face: twice as many
 TONES: dict[str, tuple[int, int, int]] = {"light": (250, 250, 250), "dark": (12, 12, 12)}
-SUBJECTS = tuple(
-    f"{tone}{round(d * 360 / SUBJECT_DIRECTIONS):03d}"
-    for tone in TONES
-    for d in range(SUBJECT_DIRECTIONS)
-)
+
+
+def subject_name(tone: str, step: int, directions: int = SUBJECT_DIRECTIONS) -> str:
+  """ "light045": the tone, then direction `step` of `directions` in whole degrees."""
+  return f"{tone}{round(step * 360 / directions):03d}"
+
+
+SUBJECTS = tuple(subject_name(tone, d) for tone in TONES for d in range(SUBJECT_DIRECTIONS))
 IDENTITIES = SUBJECTS[:: SUBJECT_DIRECTIONS // NUM_DIRECTIONS]  # on the checker's grid
 HELDOUT_IDENTITIES = ("light045", "dark090", "light180", "dark315")
 # The accent is the part of the shape beyond this fraction of its side from its

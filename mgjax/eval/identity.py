@@ -29,17 +29,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from mgjax.data.shapes_identity import IDENTITIES, NUM_DIRECTIONS
+from mgjax.data.shapes_identity import IDENTITIES, NUM_DIRECTIONS, subject_name
 
 COLOR_CHROMA = 70.0
 ACCENT_CHROMA = 60.0
 ACCENT_CONTRAST = 35.0
 MIN_ACCENT_FRACTION = 0.08  # of the coloured blob's pixels
 MIN_BLOB_PIXELS = 6
-
-
-def _identity_name(tone: str, direction: int) -> str:
-  return f"{tone}{direction * 360 // NUM_DIRECTIONS:03d}"
 
 
 def read_frame(frame: np.ndarray) -> str | None:
@@ -66,7 +62,7 @@ def read_frame(frame: np.ndarray) -> str | None:
   accent &= offset > 0 if tone == "light" else offset < 0
   dx, dy = _boundary_normal(np.argwhere(accent), np.argwhere(blob))
   direction = int(round(math.atan2(dy, dx) / (2 * math.pi / NUM_DIRECTIONS))) % NUM_DIRECTIONS
-  return _identity_name(tone, direction)
+  return subject_name(tone, direction, NUM_DIRECTIONS)
 
 
 def _boundary_normal(accent: np.ndarray, colored: np.ndarray) -> tuple[float, float]:
