@@ -30,7 +30,7 @@ from mgjax import configs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 THIS = os.path.abspath(__file__)
-STEPS = {"stage1": 1000, "stage2": 1000, "stage3": 3000}
+STEPS = {"stage1": 1000, "stage2": 1000, "stage3": 6000}
 
 
 def get_config(arg: str = ""):

@@ -152,6 +152,8 @@ def test_a_moved_tae_keeps_its_latents(trained, tmp_path):
   shutil.copytree(tae, moved)
   codec = TAECodec.from_workdir(tae)
   fingerprint = codec.fingerprint()
+  assert fingerprint["step"] == runs.latest_step(tae) == 2
+  assert TAECodec.from_workdir(tae).params is codec.params  # read once per process
   assert TAECodec.from_workdir(moved).fingerprint() == fingerprint
   assert tae not in json.dumps(fingerprint) and "elsewhere" not in json.dumps(fingerprint)
   with open(os.path.join(workdir, "latents", "fingerprint.json")) as f:
@@ -794,15 +796,19 @@ def test_pt2v_samples_keep_the_reference_given_as_any_image(pt2v_recipe, tmp_pat
   request = SampleRequest(prompts, references=references, num_steps=2)  # evaluation's program
   paths = sample_lib.sample(pt2v_dir, request, str(tmp_path / "out"), task_name="pt2v")
   assert [probe(p).num_frames for p in paths] == [NUM_FRAMES, NUM_FRAMES]
-  # The reference conditions the model: the same prompt and noise (row 0), another
-  # reference, another video.
+  # The reference conditions the model: the same prompt and noisy latent, another
+  # reference, another velocity -- unless the reference is dropped (its CFG branch).
   _, task, params, frozen = runs.restore_weights(pt2v_dir)
   (refs,) = task.request_conditions(request)
-  first = [
-      task.generate(params, frozen, SampleRequest(prompts[:1] * 2, references=order, num_steps=2))
-      for order in (references, references[::-1])
-  ]
-  assert np.abs(first[0][0].video.astype(int) - first[1][0].video.astype(int)).max() > 0
+  tokens = {k: jnp.asarray(v) for k, v in task.text.tokenize(prompts[:1] * 2).items()}
+  x = jax.random.normal(jax.random.key(0), (1, *task.latent_shape(NUM_FRAMES, SIZE, SIZE)))
+  velocity = jax.jit(task.velocity)
+  for kept in (True, False):
+    keep = {"reference": jnp.full((2,), kept)}
+    v = velocity(
+        params, frozen, x.repeat(2, 0), jnp.full((2,), 0.5), {**tokens, "reference": refs}, keep
+    )
+    assert (np.asarray(v[0]) != np.asarray(v[1])).any() == kept  # the rows see references
   np.testing.assert_array_equal(
       refs[0], task.request_conditions(SampleRequest(prompts, references=references[:1]))[0][1]
   )
@@ -819,12 +825,9 @@ def test_pt2v_samples_keep_the_reference_given_as_any_image(pt2v_recipe, tmp_pat
         SampleRequest(prompts[:1], references=[str(tmp_path / "broken.png")]),
         str(tmp_path / "y"),
     )
-
-
-def test_pt2v_preview_shows_the_reference_beside_the_video(pt2v_recipe):
-  pt2v_dir, _ = pt2v_recipe
+  # The run's preview: a held-out subject's reference beside its video, no file needed.
   run = inspect_lib.open_run(pt2v_dir)
-  preview = run.sample_video(num_steps=2)  # a held-out subject's reference, no file needed
+  preview = run.sample_video(num_steps=2)
   assert preview.shape == (NUM_FRAMES, SIZE, 2 * SIZE, 3)
-  _, references, _, _ = run.task.eval_cases()
-  np.testing.assert_array_equal(preview[0, :, :SIZE], fit_square(references[0], SIZE))
+  _, held_out_references, _, _ = run.task.eval_cases()
+  np.testing.assert_array_equal(preview[0, :, :SIZE], fit_square(held_out_references[0], SIZE))

@@ -88,8 +88,16 @@ class LatentCodec(abc.ABC):
             f"The {self.task} run in {self.workdir} has no complete checkpoint yet; train it "
             "first."
         )
-      self._params = runs.restore_params(self.workdir, self.step)[self.params_key]
+      self._params = _read_weights(*_step_dir(self.workdir, self.step))[self.params_key]
     return self._params
+
+  def _digest(self) -> str:
+    params = self.params
+    if self.workdir is not None:
+      key = _step_dir(self.workdir, self.step)
+      if params is _read_weights(*key)[self.params_key]:  # read, not given
+        return _read_digest(*key, self.params_key)
+    return weights_digest(params)
 
   @property
   @abc.abstractmethod
@@ -108,21 +116,46 @@ class LatentCodec(abc.ABC):
     """What made a latent: the model config, the checkpoint step and a digest of the
     weights. Where the run lives is not part of it, so a copied or moved run reuses
     its latents. Hashed once per codec (precompute and statistics both ask)."""
-    if self._fingerprint is not None:
-      return self._fingerprint
-    digest = hashlib.sha256()
-    for path, leaf in sorted(
-        jax.tree_util.tree_flatten_with_path(self.params)[0], key=lambda kv: str(kv[0])
-    ):
-      digest.update(str(path).encode())
-      digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
-    self._fingerprint = {
-        "task": self.task,
-        "model": self.config.model.to_dict(),
-        "step": self.step,
-        "weights_sha256": digest.hexdigest(),
-    }
+    if self._fingerprint is None:
+      digest = self._digest()  # reads the weights, and so the step, first
+      self._fingerprint = {
+          "task": self.task,
+          "model": self.config.model.to_dict(),
+          "step": self.step,
+          "weights_sha256": digest,
+      }
     return self._fingerprint
+
+
+def _step_dir(workdir: str, step: int) -> tuple[str, int]:
+  """(path, mtime) of a complete checkpoint: the key of what is read from it once."""
+  path = os.path.join(os.path.realpath(workdir), "checkpoints", str(step))
+  return path, os.stat(path).st_mtime_ns  # a run retrained in the same place is new
+
+
+@functools.lru_cache(maxsize=2)
+def _read_weights(step_dir: str, written_ns: int):
+  """A complete checkpoint's weights, read once per process: every stage, evaluation
+  baseline and sampler of a process opens the same codec, and each read takes seconds."""
+  del written_ns
+  workdir, step = os.path.dirname(os.path.dirname(step_dir)), int(os.path.basename(step_dir))
+  return runs.restore_params(workdir, step)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_digest(step_dir: str, written_ns: int, key: str) -> str:
+  return weights_digest(_read_weights(step_dir, written_ns)[key])
+
+
+def weights_digest(params) -> str:
+  """sha256 of the weights' names and bytes."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(
+      jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: str(kv[0])
+  ):
+    digest.update(str(path).encode())
+    digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  return digest.hexdigest()
 
 
 class TAECodec(LatentCodec):

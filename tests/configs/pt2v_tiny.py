@@ -30,5 +30,5 @@ def get_config(arg: str = "stage3"):
   )
   config.eval.update(num_prompts_per_bucket=2, num_steps=2, num_videos_to_write=1)
   config.optimizer.warmup_steps = 1
-  config.train.update(num_steps=STEPS, log_every=1, checkpoint_every=1, eval_every=-1)
+  config.train.update(num_steps=STEPS, log_every=1, checkpoint_every=STEPS, eval_every=-1)
   return config
