@@ -29,7 +29,7 @@ import tqdm
 from absl import app, flags
 
 from mgjax import cli, runs
-from mgjax.data.video import ImageDecodeError, MediaDecodeError, probe
+from mgjax.data.video import ImageDecodeError, MediaDecodeError
 from mgjax.flow import SCHEDULES, SOLVERS
 from mgjax.tasks import TASK_ALIASES, get_task_class
 from mgjax.tasks.outputs import SampleRequest, write_samples
@@ -77,8 +77,7 @@ def sample(
           f"--upsampler={upsampler} holds a {up_config.task!r} run, which does not take "
           "videos to refine; pass an upsampler run."
       )
-  for path in request.inputs:  # a bad video fails before the (slower) restore
-    probe(path)
+  get_task_class(config.task)(config, workdir).check_request(request)  # before the restore
   _, task, params, frozen = runs.restore_weights(workdir, step)
   samples = generate(task, params, frozen, request)
   paths = write_samples(samples, out_dir)

@@ -2,6 +2,7 @@
 the inspection notebook), bad input."""
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -688,13 +689,24 @@ def test_upsampler_bad_input_is_named(trained, upsampler_run, tmp_path):
 # ------------------------------------------------------------------ PT2V
 
 
+@contextlib.contextmanager
+def on_one_device():
+  """Runs and restores on a mesh of one device: PT2V's tests are of the recipe, the
+  trainer's sharding is tested on all 8 elsewhere, and a 1-device program compiles in
+  half the time."""
+  mesh_of = mesh_lib.mesh_from_config
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(mesh_lib, "mesh_from_config", lambda c, _=None: mesh_of(c, jax.devices()[:1]))
+    yield
+
+
 @pytest.fixture(scope="module")
 def pt2v_recipe(trained):
   """PT2V's recipe in one run (tests/configs/pt2v_tiny.py) from the text-to-video run:
   stage I (paired, tower frozen), stage II, then this run, stage III (cross-paired,
   tower trained), 2 steps each on the identity shapes and the text-to-video tests'
-  TAE, and its evaluation beside the T2V and stage II runs. The first attempt is
-  stopped (as by SIGTERM) after stage II's first step; the second resumes it."""
+  TAE, and its evaluation beside the T2V and stage II runs, on one device. The first
+  attempt is stopped (as by SIGTERM) after stage II's first step; the second resumes it."""
   from tests.configs import pt2v_tiny  # it imports this module's tiny config
 
   workdir, _ = trained
@@ -714,13 +726,14 @@ def pt2v_recipe(trained):
     seen_step_1.extend([step] if step == 1 else [])
     return len(seen_step_1) == 2 and step == 1
 
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train_lib.PreemptionWatch, "reached", reached)
-    with pytest.raises(StopRequested, match="stage2 stage .* stopped at step 1 of 2"):
-      train_lib.train(config, pt2v_dir)
-  stage1 = os.path.join(pt2v_dir, "stage1", "checkpoints")
-  untouched = {p: os.path.getmtime(os.path.join(stage1, p)) for p in os.listdir(stage1)}
-  results = train_lib.train(config, pt2v_dir)
+  with on_one_device():
+    with pytest.MonkeyPatch.context() as stop:
+      stop.setattr(train_lib.PreemptionWatch, "reached", reached)
+      with pytest.raises(StopRequested, match="stage2 stage .* stopped at step 1 of 2"):
+        train_lib.train(config, pt2v_dir)
+    stage1 = os.path.join(pt2v_dir, "stage1", "checkpoints")
+    untouched = {p: os.path.getmtime(os.path.join(stage1, p)) for p in os.listdir(stage1)}
+    results = train_lib.train(config, pt2v_dir)
   assert {p: os.path.getmtime(os.path.join(stage1, p)) for p in os.listdir(stage1)} == untouched
   return pt2v_dir, results
 
@@ -785,6 +798,7 @@ def test_pt2v_recipe_resumed_the_stage_it_stopped_in(pt2v_recipe):
   assert runs.is_finished(os.path.join(pt2v_dir, "stage2"), 2) and runs.is_finished(pt2v_dir, 2)
 
 
+@on_one_device()
 def test_pt2v_samples_keep_the_reference_given_as_any_image(pt2v_recipe, tmp_path):
   pt2v_dir, _ = pt2v_recipe
   Image.fromarray(np.full((10, 30), 90, np.uint8)).save(tmp_path / "grey.png")
@@ -798,7 +812,8 @@ def test_pt2v_samples_keep_the_reference_given_as_any_image(pt2v_recipe, tmp_pat
   assert [probe(p).num_frames for p in paths] == [NUM_FRAMES, NUM_FRAMES]
   # The reference conditions the model: the same prompt and noisy latent, another
   # reference, another velocity -- unless the reference is dropped (its CFG branch).
-  _, task, params, frozen = runs.restore_weights(pt2v_dir)
+  run = inspect_lib.open_run(pt2v_dir)
+  task, params, frozen = run.task, run.state.params, run.state.frozen
   (refs,) = task.request_conditions(request)
   tokens = {k: jnp.asarray(v) for k, v in task.text.tokenize(prompts[:1] * 2).items()}
   x = jax.random.normal(jax.random.key(0), (1, *task.latent_shape(NUM_FRAMES, SIZE, SIZE)))
@@ -812,22 +827,23 @@ def test_pt2v_samples_keep_the_reference_given_as_any_image(pt2v_recipe, tmp_pat
   np.testing.assert_array_equal(
       refs[0], task.request_conditions(SampleRequest(prompts, references=references[:1]))[0][1]
   )
-  with pytest.raises(ValueError, match="once for all 2 prompts, or once per prompt; got 3"):
-    sample_lib.sample(
-        pt2v_dir,
-        SampleRequest(prompts, references=references + references[:1]),
-        str(tmp_path / "x"),
-    )
   (tmp_path / "broken.png").write_bytes(b"not an image")
-  with pytest.raises(Exception, match="broken.png"):
-    sample_lib.sample(
-        pt2v_dir,
-        SampleRequest(prompts[:1], references=[str(tmp_path / "broken.png")]),
-        str(tmp_path / "y"),
-    )
+  with pytest.MonkeyPatch.context() as patch:  # bad references fail before the restore
+    patch.setattr(runs, "restore_weights", lambda *_: pytest.fail("restored"))
+    with pytest.raises(ValueError, match="once for all 2 prompts, or once per prompt; got 3"):
+      sample_lib.sample(
+          pt2v_dir,
+          SampleRequest(prompts, references=references + references[:1]),
+          str(tmp_path / "x"),
+      )
+    with pytest.raises(Exception, match="broken.png"):
+      sample_lib.sample(
+          pt2v_dir,
+          SampleRequest(prompts[:1], references=[str(tmp_path / "broken.png")]),
+          str(tmp_path / "y"),
+      )
   # The run's preview: a held-out subject's reference beside its video, no file needed.
-  run = inspect_lib.open_run(pt2v_dir)
   preview = run.sample_video(num_steps=2)
   assert preview.shape == (NUM_FRAMES, SIZE, 2 * SIZE, 3)
-  _, held_out_references, _, _ = run.task.eval_cases()
+  _, held_out_references, _, _ = task.eval_cases()
   np.testing.assert_array_equal(preview[0, :, :SIZE], fit_square(held_out_references[0], SIZE))

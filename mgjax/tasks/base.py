@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from mgjax.data.pipeline import DataIterator
+from mgjax.data.video import probe
 from mgjax.tasks.outputs import Sample, SampleRequest
 
 Batch = Mapping[str, np.ndarray]
@@ -121,6 +122,12 @@ class Task(abc.ABC):
         f"The {self.config.task!r} task generates nothing from prompts or files; "
         "sample from a run of a generative task."
     )
+
+  def check_request(self, request: SampleRequest) -> None:
+    """Raises what `generate` would on bad files in `request`, before the weights are
+    read (minutes for a large run): an unreadable input video here, tasks add theirs."""
+    for path in request.inputs:
+      probe(path)
 
   def sampling_steps(self, request: SampleRequest) -> int | None:
     """Solver steps `generate` runs for `request`, for a progress bar; None: unknown."""

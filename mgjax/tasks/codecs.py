@@ -35,6 +35,7 @@ from mgjax import runs
 from mgjax.models.audio_vae import AudioVAE
 from mgjax.models.tae import TAE
 from mgjax.models.tae_tiling import tiled_decode
+from mgjax.parallel import mesh as mesh_lib
 from mgjax.tasks.audio_vae import make_audio_vae
 from mgjax.tasks.tae import make_tae, to_signed, to_uint8
 
@@ -88,13 +89,20 @@ class LatentCodec(abc.ABC):
             f"The {self.task} run in {self.workdir} has no complete checkpoint yet; train it "
             "first."
         )
-      self._params = _read_weights(*_step_dir(self.workdir, self.step))[self.params_key]
+      self._params = _read_weights(*self._checkpoint())[self.params_key]
     return self._params
+
+  def _checkpoint(self) -> tuple[str, int, tuple[int, ...]]:
+    """What the weights read are: the checkpoint (path and time: a run retrained in
+    the same place is new) and the devices of the mesh they are read onto."""
+    path = os.path.join(os.path.realpath(self.workdir), "checkpoints", str(self.step))
+    devices = tuple(d.id for d in mesh_lib.mesh_from_config(self.config).devices.flat)
+    return path, os.stat(path).st_mtime_ns, devices
 
   def _digest(self) -> str:
     params = self.params
     if self.workdir is not None:
-      key = _step_dir(self.workdir, self.step)
+      key = self._checkpoint()
       if params is _read_weights(*key)[self.params_key]:  # read, not given
         return _read_digest(*key, self.params_key)
     return weights_digest(params)
@@ -127,24 +135,19 @@ class LatentCodec(abc.ABC):
     return self._fingerprint
 
 
-def _step_dir(workdir: str, step: int) -> tuple[str, int]:
-  """(path, mtime) of a complete checkpoint: the key of what is read from it once."""
-  path = os.path.join(os.path.realpath(workdir), "checkpoints", str(step))
-  return path, os.stat(path).st_mtime_ns  # a run retrained in the same place is new
-
-
 @functools.lru_cache(maxsize=2)
-def _read_weights(step_dir: str, written_ns: int):
-  """A complete checkpoint's weights, read once per process: every stage, evaluation
-  baseline and sampler of a process opens the same codec, and each read takes seconds."""
-  del written_ns
+def _read_weights(step_dir: str, written_ns: int, devices: tuple[int, ...]):
+  """A complete checkpoint's weights, read once per process and mesh: every stage,
+  evaluation baseline and sampler of a process opens the same codec, and each read
+  takes seconds. `_checkpoint` gives the arguments (the last two are keys only)."""
+  del written_ns, devices
   workdir, step = os.path.dirname(os.path.dirname(step_dir)), int(os.path.basename(step_dir))
   return runs.restore_params(workdir, step)
 
 
 @functools.lru_cache(maxsize=2)
-def _read_digest(step_dir: str, written_ns: int, key: str) -> str:
-  return weights_digest(_read_weights(step_dir, written_ns)[key])
+def _read_digest(step_dir: str, written_ns: int, devices: tuple[int, ...], key: str) -> str:
+  return weights_digest(_read_weights(step_dir, written_ns, devices)[key])
 
 
 def weights_digest(params) -> str:

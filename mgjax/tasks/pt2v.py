@@ -248,6 +248,10 @@ class PT2VTask(T2VTask):
     keep = {"reference": num_kept >= 1, "text": num_kept >= 2}
     return self.velocity(params, frozen, x, t, {**tokens, "reference": references}, keep)
 
+  def check_request(self, request):
+    super().check_request(request)
+    self.request_conditions(request)
+
   def request_conditions(self, request):
     """(references uint8 [N, R, R, 3],): one --reference for all prompts or one each."""
     paths, n = list(request.references), len(request.prompts)
