@@ -32,6 +32,7 @@ from mgjax.tasks.audio_vae import (
     reconstruction_scores,
 )
 from mgjax.tasks.codecs import AudioVAECodec
+from tests.devices import on_one_device
 
 RATE = 16_000
 
@@ -395,6 +396,7 @@ def test_waveform_cache_decodes_each_file_once_remembers_errors_and_evicts():
 # -------------------------------------------------------------------------- training
 
 
+@on_one_device()  # what it computes; tests/test_audio_task.py shards it over 8
 def test_training_through_the_trainer_raises_snr(tmp_path):
   """A short run of the tiny config (fewer clips and steps, shorter crops) on the
   shapes sound made in the workdir; eval SNR must beat the untrained model's by 10 dB."""

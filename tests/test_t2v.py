@@ -2,7 +2,6 @@
 the inspection notebook), bad input."""
 
 import base64
-import contextlib
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ from mgjax.tasks.outputs import SampleRequest
 from mgjax.tasks.pt2v import fit_square
 from mgjax.tasks.t2v import T2VTask
 from mgjax.text.hf_import import load_clip_text
+from tests.devices import on_one_device
 from tests.test_text_conditioning import save_tiny_hf_encoders
 from tests.test_train import tiny_config as tiny_tae_config
 
@@ -164,6 +164,7 @@ def test_a_moved_tae_keeps_its_latents(trained, tmp_path):
   assert other["weights_sha256"] != fingerprint["weights_sha256"]
 
 
+@on_one_device()  # the same numbers three ways; the fixture's run is the sharded one
 def test_shards_on_the_fly_encoding_and_precomputed_text_give_the_same_losses(trained, tmp_path):
   """The same clips (each from its start, as precompute takes it) through latent
   shards, through the TAE on every batch, and through shards that also hold the
@@ -687,17 +688,6 @@ def test_upsampler_bad_input_is_named(trained, upsampler_run, tmp_path):
 
 
 # ------------------------------------------------------------------ PT2V
-
-
-@contextlib.contextmanager
-def on_one_device():
-  """Runs and restores on a mesh of one device: PT2V's tests are of the recipe, the
-  trainer's sharding is tested on all 8 elsewhere, and a 1-device program compiles in
-  half the time."""
-  mesh_of = mesh_lib.mesh_from_config
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(mesh_lib, "mesh_from_config", lambda c, _=None: mesh_of(c, jax.devices()[:1]))
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from mgjax.data.pipeline import DataQualityError
 from mgjax.data.video import probe
 from mgjax.preemption import PreemptionWatch, StopRequested
 from mgjax.tasks.base import Stage
+from tests.devices import on_one_device
 from tests.toy_task import ToyFlowTask, toy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,6 +284,7 @@ def salted_manifest(straight_workdir, out_dir):
     f.write("\n".join(rows) + "\n")
 
 
+@on_one_device()  # what the data pipeline counts, not how the model is sharded
 def test_bad_input_is_counted_in_the_metrics_and_too_much_stops_the_run(straight_run, tmp_path):
   straight, _ = straight_run
   salted_manifest(straight, str(tmp_path))
