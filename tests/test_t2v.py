@@ -576,7 +576,8 @@ def upsampler_run(trained):
   config.train.update(num_steps=2, log_every=1, checkpoint_every=2, eval_every=2)
   config.train.init_from.workdir = workdir
   up_workdir = os.path.join(root, "upsampler")
-  return up_workdir, train_lib.train(config, up_workdir)
+  with on_one_device():  # the text-to-video fixture is the sharded run
+    return up_workdir, train_lib.train(config, up_workdir)
 
 
 def test_upsampler_evaluation_scores_against_bilinear_bicubic_and_the_tae(upsampler_run):
@@ -637,6 +638,7 @@ def test_upsampler_starts_as_the_text_to_video_model(trained, upsampler_run):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@on_one_device()  # the fixture's programs
 def test_upsampler_samples_files_of_any_length_and_chains_after_text_to_video(
     trained, upsampler_run, tmp_path
 ):

@@ -123,7 +123,7 @@ class LatentCodec(abc.ABC):
   def fingerprint(self) -> dict:
     """What made a latent: the model config, the checkpoint step and a digest of the
     weights. Where the run lives is not part of it, so a copied or moved run reuses
-    its latents. Hashed once per codec (precompute and statistics both ask)."""
+    its latents. Hashed once per checkpoint read (precompute and statistics both ask)."""
     if self._fingerprint is None:
       digest = self._digest()  # reads the weights, and so the step, first
       self._fingerprint = {
