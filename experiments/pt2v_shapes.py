@@ -14,7 +14,7 @@ reads held out). Its evaluation samples held-out subjects' clips, each given the
 reference of another clip of that subject, and prints identity (the accent checker,
 mgjax/eval/identity.py, and the tower's cosine) and prompt following (colour and
 motion) for stage III, stage II (paired references only) and the T2V model (the
-text alone) side by side. On 2026-12-07, DEMO_TIME on 2 cores: identity 62.5%
+text alone) side by side. On 2026-12-07, about 33 min on 2 cores: identity 62.5%
 (stage II 16.7%, T2V 4.2%), colour and motion 100% (T2V 66.7%). Then:
 
     python -m mgjax.sample --task=pt2v --workdir=workdir/pt2v \\
