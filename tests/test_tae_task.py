@@ -21,6 +21,7 @@ from mgjax.parallel import mesh as mesh_lib
 from mgjax.tasks import tae as tae_lib
 from mgjax.tasks.perceptual_weights import flatten_params, save_perceptual_params
 from mgjax.tasks.tae import TAETask, hold_out
+from tests.devices import on_one_device
 from tests.test_train import tiny_config
 
 NUM_VIDEOS = 6
@@ -121,6 +122,7 @@ def manifest_config(data_dir, **data):
   return config
 
 
+@on_one_device()  # which clips are read, not how the model is sharded
 def test_no_eval_split_trains_to_the_end_and_skips_evaluation(train_only_dir, tmp_path, caplog):
   caplog.set_level(logging.WARNING)
   eval_metrics = train_lib.train(manifest_config(train_only_dir), str(tmp_path))
@@ -133,6 +135,7 @@ def test_no_eval_split_trains_to_the_end_and_skips_evaluation(train_only_dir, tm
     assert max(json.loads(line)["step"] for line in f) == 2
 
 
+@on_one_device()  # which clips are read, not how the model is sharded
 def test_holdout_evaluates_on_videos_it_never_trains_on(train_only_dir, tmp_path, monkeypatch):
   config = manifest_config(train_only_dir, eval_holdout_fraction=0.34)  # 2 of 6 videos
   held = {r["video"] for r in TAETask(config, str(tmp_path)).splits()[1]}
