@@ -59,6 +59,7 @@ class LatentCodec(abc.ABC):
     self.workdir = workdir  # weights are read from here on first use
     self._params = params
     self._fingerprint: dict | None = None
+    self._read_from: tuple | None = None  # `_checkpoint()` when the weights were read
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None) -> LatentCodec:
@@ -89,7 +90,8 @@ class LatentCodec(abc.ABC):
             f"The {self.task} run in {self.workdir} has no complete checkpoint yet; train it "
             "first."
         )
-      self._params = _read_weights(*self._checkpoint())[self.params_key]
+      self._read_from = self._checkpoint()
+      self._params = _read_weights(*self._read_from)[self.params_key]
     return self._params
 
   def _checkpoint(self) -> tuple[str, int, tuple[int, ...]]:
@@ -101,10 +103,8 @@ class LatentCodec(abc.ABC):
 
   def _digest(self) -> str:
     params = self.params
-    if self.workdir is not None:
-      key = self._checkpoint()
-      if params is _read_weights(*key)[self.params_key]:  # read, not given
-        return _read_digest(*key, self.params_key)
+    if self._read_from is not None:  # read, not given: hashed once per process
+      return _read_digest(*self._read_from, self.params_key)
     return weights_digest(params)
 
   @property
