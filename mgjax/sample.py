@@ -6,6 +6,10 @@
     python -m mgjax.sample --workdir=W --video=IN.mp4 [--prompt=...] --out=DIR   # a v2a run
     python -m mgjax.sample --task=upsample --workdir=U --video=IN.mp4 --out=DIR  # upsampler
     python -m mgjax.sample --workdir=T2V --upsampler=U --prompt="..."   # text -> video -> 2x
+    python -m mgjax.sample --task=edit --workdir=E --video=IN.mp4 --instruction="make the circle blue"
+    python -m mgjax.sample --task=edit --workdir=E --image=IMG.png --prompt="..."   # image -> video
+    python -m mgjax.sample --task=edit --workdir=E --first_frame=A.png --last_frame=B.png --prompt="..."
+    python -m mgjax.sample --task=edit --workdir=E --extend=IN.mp4 --seconds=2 --prompt="..."
 
 The run's task (its config.json) decides what it makes (`Task.generate`): a
 text-to-video run one .mp4 per prompt (a .png when --num_frames=1: text-to-image), a
@@ -115,6 +119,17 @@ def main():
   flags.DEFINE_multi_string(
       "reference", None, "PT2V: an image of the subject; once for all prompts or once each."
   )
+  flags.DEFINE_multi_string(
+      "instruction", None, "Edit: what to change in the --video(s); once for all or once each."
+  )
+  flags.DEFINE_string("image", None, "Edit runs: image-to-video from this image (= --first_frame).")
+  flags.DEFINE_string("first_frame", None, "Edit runs: the video's first frame (an image).")
+  flags.DEFINE_string("last_frame", None, "Edit runs: the video's last frame (an image).")
+  flags.DEFINE_string("extend", None, "Edit runs: a video to continue (with --seconds, --prompt).")
+  flags.DEFINE_float("seconds", None, "Edit runs: how much video --extend adds.")
+  flags.DEFINE_multi_string(
+      "edit_task", None, "Edit runs: each edit's task embedding (default: the generic edit)."
+  )
   FLAGS = flags.FLAGS
 
   def run(argv):
@@ -127,6 +142,12 @@ def main():
           prompts=read_prompts(FLAGS.prompt, FLAGS.prompts_file),
           inputs=list(FLAGS.video or []),
           references=list(FLAGS.reference or []),
+          instructions=list(FLAGS.instruction or []),
+          first_frame=FLAGS.image or FLAGS.first_frame,
+          last_frame=FLAGS.last_frame,
+          extend=FLAGS.extend,
+          seconds=FLAGS.seconds,
+          edit_tasks=list(FLAGS.edit_task or []),
           num_frames=FLAGS.num_frames,
           height=FLAGS.height,
           width=FLAGS.width,
@@ -141,12 +162,13 @@ def main():
       paths = sample(FLAGS.workdir, request, out, FLAGS.step, FLAGS.task, FLAGS.upsampler)
     except ImageDecodeError as e:
       raise ValueError(
-          f"cannot read the image {e}. Pass an existing PNG or JPEG file (--reference)."
+          f"cannot read the image {e}. Pass an existing PNG or JPEG file (--reference, "
+          "--image, --first_frame, --last_frame)."
       ) from e
     except MediaDecodeError as e:
       raise ValueError(
           f"cannot read the video {e}. Pass an existing, decodable video file "
-          "with at least one frame (--video)."
+          "with at least one frame (--video, --extend)."
       ) from e
     print("\n".join(paths))
 

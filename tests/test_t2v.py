@@ -18,13 +18,14 @@ from PIL import Image
 from experiments import t2v as t2v_config
 from experiments import upsampler as upsampler_config
 from mgjax import inspect as inspect_lib
+from mgjax import recipe as recipe_lib
 from mgjax import runs
 from mgjax import sample as sample_lib
 from mgjax import train as train_lib
 from mgjax.data import degrade
 from mgjax.data.latent_shards import LatentShards
 from mgjax.data.records import Records, read_manifest
-from mgjax.data.video import MediaDecodeError, probe, write_video
+from mgjax.data.video import ImageDecodeError, MediaDecodeError, probe, write_video
 from mgjax.eval import metrics
 from mgjax.eval import shapes as shapes_eval
 from mgjax.parallel import mesh as mesh_lib
@@ -839,3 +840,144 @@ def test_pt2v_samples_keep_the_reference_given_as_any_image(pt2v_recipe, tmp_pat
   assert preview.shape == (NUM_FRAMES, SIZE, 2 * SIZE, 3)
   _, held_out_references, _, _ = task.eval_cases()
   np.testing.assert_array_equal(preview[0, :, :SIZE], fit_square(held_out_references[0], SIZE))
+
+
+# ------------------------------------------------------------------ Edit
+
+
+@pytest.fixture(scope="module")
+def edit_recipe(trained):
+  """Movie Gen Edit's recipe in one run (tests/configs/edit_tiny.py) from the
+  text-to-video run: stage I (single-frame edits with clips), then this run, stage III
+  (pairs back-translated by the stage I run), 2 steps each on the shapes edit set and
+  the text-to-video tests' TAE, evaluated beside stage I and SDEdit (the T2V run)."""
+  from tests.configs import edit_tiny  # it imports this module's tiny config
+
+  workdir, _ = trained
+  root = os.path.dirname(workdir)
+  config = edit_tiny.get_config("stage3")
+  config.tae.workdir = os.path.join(root, "tae")
+  config.data.dir = os.path.join(root, "edit_shapes")
+  config.train.init_from.workdir = workdir  # where the recipe starts
+  spec = os.path.join(os.path.dirname(__file__), "configs", "edit_tiny.py")
+  config.train.recipe = (("stage1", f"{spec}:stage1"),)
+  config.train.eval_every = 0
+  config.edit.backtranslate.run = "stage1"
+  config.edit.baselines.update(stage1="stage1", sdedit=workdir)
+  edit_dir = os.path.join(root, "edit")
+  with on_one_device():
+    results = train_lib.train(config, edit_dir)
+  return edit_dir, results
+
+
+def test_edit_recipe_trains_stage3_on_pairs_the_stage_before_made(trained, edit_recipe):
+  from mgjax.data import shapes_edit
+  from mgjax.tasks import edit_conditions
+
+  edit_dir, results = edit_recipe
+  stage1 = os.path.join(edit_dir, "stage1")
+  assert runs.read_config(stage1).train.init_from.workdir == trained[0]
+  assert recipe_lib.init_from_workdir(runs.read_config(edit_dir), edit_dir) == stage1
+  _, _, t2v_params, _ = runs.restore_weights(trained[0])
+  _, task, params, _ = runs.restore_weights(edit_dir)
+  for name in ("concat_embed", "task_embed", "task_tokens", "task_time"):  # new in stage I
+    assert name in params["dit"] and name not in t2v_params["dit"]
+  # Back-translation: stage I's edits of real training clips, each to be undone.
+  data_dir = task.config.data.dir
+  real = {r["video"]: r for r in read_manifest(os.path.join(data_dir, "real.jsonl")).records}
+  pairs = read_manifest(os.path.join(edit_dir, "backtranslation", "manifest.jsonl")).records
+  assert 1 <= len(pairs) <= 4
+  for pair in pairs:
+    assert pair["video"] in real and pair["caption"] != pair["forward"]
+    info = probe(pair["source"])
+    assert (info.num_frames, info.height, info.width) == (NUM_FRAMES, SIZE, SIZE)
+    scene = shapes_edit.scene_from_dict(real[pair["video"]]["scene"])
+    assert shapes_edit.scene_from_dict(pair["target_scene"]) == scene  # the target is real
+    assert pair["task"] in edit_conditions.EDIT_KINDS
+  stored = LatentShards(task.latents_dir, "train", "video")
+  tasks = sorted(int(stored[i]["task"]) for i in range(len(stored)))
+  assert len(stored) == len(real) + len(pairs)
+  assert tasks.count(edit_conditions.task_id("t2v")) == len(real)
+  # Evaluation: this run, stage I and SDEdit on the same held-out edits, scored per kind;
+  # "main" is the mean over the five kinds the acceptance averages.
+  for prefix in ("", "stage1/", "sdedit/"):
+    kinds = [k for k in ("color", "background", "motion", "add", "remove")]
+    for key in ("success", "preserved"):
+      assert 0.0 <= results[f"{prefix}main/{key}"] <= 1.0
+      assert results[f"{prefix}main/{key}"] == pytest.approx(
+          np.mean([results[f"{prefix}{k}/{key}"] for k in kinds])
+      )
+  assert results["extend_kept_max_change"] == 0.0  # the kept latent frames, bit for bit
+  assert results["i2v_tae_psnr"] > 10 and results["i2v_first_frame_psnr"] > 0
+  assert results["extend_seam_ratio"] > 0
+  samples = os.path.join(edit_dir, "samples", "step_2")
+  assert {"edit_00.mp4", "stage1_00.mp4", "sdedit_00.mp4", "i2v_00.mp4", "extend_00.mp4"} <= set(
+      os.listdir(samples)
+  )
+
+
+@on_one_device()  # the fixture's programs
+def test_edit_samples_videos_images_and_extensions_of_any_size(edit_recipe, tmp_path):
+  from mgjax.data import shapes
+
+  edit_dir, _ = edit_recipe
+  spec = shapes.sample_spec(np.random.default_rng(0), "lanes")
+  # Longer than the model's window (9 latent frames of 8 at 16 fps), another size and rate.
+  write_video(str(tmp_path / "long.mp4"), shapes.render_clip(spec, 100, 40, 56), fps=24)
+  write_video(str(tmp_path / "short.mp4"), shapes.render_clip(spec, NUM_FRAMES, SIZE, SIZE), 16)
+  Image.fromarray(shapes.render_clip(spec, 1, 50, 70)[0]).save(tmp_path / "first.png")
+  out = str(tmp_path / "out")
+  request = lambda **kw: SampleRequest(num_steps=2, **kw)  # noqa: E731
+  (edited,) = sample_lib.sample(
+      edit_dir,
+      request(inputs=[str(tmp_path / "long.mp4")], instructions=["make the circle blue"]),
+      out,
+      task_name="edit",
+  )
+  info = probe(edited)
+  assert (info.num_frames, info.height, info.width) == (67, SIZE, SIZE)  # 100 at 24 -> 16 fps
+  prompt = "a red circle moves up on a plain background"
+  for given in (
+      dict(first_frame=str(tmp_path / "first.png")),
+      dict(last_frame=str(tmp_path / "first.png")),
+  ):
+    (video,) = sample_lib.sample(edit_dir, request(prompts=[prompt], **given), out, task_name="i2v")
+    assert probe(video).num_frames == NUM_FRAMES
+  (extended,) = sample_lib.sample(
+      edit_dir, request(prompts=[prompt], extend=str(tmp_path / "short.mp4"), seconds=1.0), out
+  )
+  assert extended.endswith("short_extended.mp4") and probe(extended).num_frames == 2 * NUM_FRAMES
+
+
+def test_edit_bad_inputs_are_named_before_the_weights_are_read(trained, edit_recipe, tmp_path):
+  edit_dir, _ = edit_recipe
+  write_video(str(tmp_path / "ok.mp4"), np.zeros((NUM_FRAMES, SIZE, SIZE, 3), np.uint8), fps=16)
+  (tmp_path / "broken.png").write_bytes(b"not an image")
+  ok, out = str(tmp_path / "ok.mp4"), str(tmp_path / "out")
+  cases = [
+      (dict(inputs=[ok], instructions=["  "]), ValueError, "Instruction 1 is empty"),
+      (dict(inputs=[ok]), ValueError, "need an instruction"),
+      (dict(instructions=["make it red"]), ValueError, "pass --video"),
+      (dict(prompts=["a"], first_frame=str(tmp_path / "broken.png")), ImageDecodeError, "broken"),
+      (dict(prompts=["a"], extend=ok), ValueError, "--seconds"),
+      (dict(extend=ok, seconds=1.0), ValueError, "--prompt"),
+      (
+          dict(inputs=[str(tmp_path / "missing.mp4")], instructions=["x"]),
+          MediaDecodeError,
+          "missing",
+      ),
+  ]
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(runs, "restore_weights", lambda *_: pytest.fail("restored"))
+    for fields, error, message in cases:
+      with pytest.raises(error, match=message):
+        sample_lib.sample(edit_dir, SampleRequest(**fields), out)
+    with pytest.raises(ValueError, match="--instruction is for edit runs .* a 't2v' run"):
+      sample_lib.sample(trained[0], SampleRequest(["a"], instructions=["x"]), out)
+  result = subprocess.run(
+      [sys.executable, "-m", "mgjax.sample", f"--workdir={edit_dir}", "--instruction=make it red",
+       f"--video={tmp_path / 'missing.mp4'}"],
+      capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )  # fmt: skip
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-2].startswith("mgjax.sample: cannot read the video")

@@ -409,18 +409,18 @@ def _write_shard(out_dir: str, k: int, examples: list, encode, embed_text, batch
 
 def encode_in_batches(examples: Sequence[tuple], encode, batch_size: int):
   """Yields ({name: [b, ...]}, captions) of (pixels, caption[, arrays]) examples, where
-  `encode` maps pixels to {"latent": [b, T', h, w, C], and any per-example arrays a
-  task stores with it} (float32), and each example's own `arrays` {name: array} come
-  stacked as they are; full batches only (the last one padded) so it compiles once."""
+  `encode(pixels, arrays)` maps pixels [b, T, H, W, 3] and the examples' own `arrays`
+  {name: array}, stacked, to what is stored: {"latent": [b, T', h, w, C], ...}; full
+  batches only (the last one padded) so it compiles once."""
   for start in range(0, len(examples), batch_size):
     chunk = examples[start : start + batch_size]
+    chunk = chunk + chunk[-1:] * (batch_size - len(chunk))
     pixels = np.stack([e[0] for e in chunk])
-    padded = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - len(chunk), 0)])
-    encoded = {k: np.asarray(v, np.float32)[: len(chunk)] for k, v in encode(padded).items()}
-    arrays = [e[2] for e in chunk if len(e) > 2]
-    if arrays:
-      encoded.update({k: np.stack([a[k] for a in arrays]) for k in arrays[0]})
-    yield encoded, [e[1] for e in chunk]
+    given = [e[2] if len(e) > 2 else {} for e in chunk]
+    arrays = {k: np.stack([a[k] for a in given]) for k in given[0]}
+    size = min(batch_size, len(examples) - start)
+    encoded = {k: np.asarray(v)[:size] for k, v in encode(pixels, arrays).items()}
+    yield encoded, [e[1] for e in chunk[:size]]
 
 
 class ChannelSums:

@@ -94,7 +94,7 @@ def read_manifest(path: str, split: str | None = None) -> Records:
       out.skipped[problem[0]] += 1
       logging.warning("Skipping %s:%d (%s): %s.", path, line_number, *problem)
       continue
-    for key in ("video", "image", "reference"):
+    for key in ("video", "image", "reference", "source"):
       if record.get(key):
         record[key] = os.path.join(base, record[key])
     out.records.append(record)

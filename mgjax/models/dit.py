@@ -18,6 +18,12 @@ concatenation [x; concat] with zero-initialised weights for the extra channels, 
 as a separate kernel so a model without the condition (a T2I/T2V run) loads into
 this one unchanged, and at step 0 the condition changes nothing.
 
+Task embeddings (Movie Gen Edit, and one model for image-to-video, extension and
+the edits): `task` [B] (ints below `num_tasks`) picks a learned vector per task,
+which one Dense turns into `task_tokens` tokens appended to the text tokens of the
+cross-attention and a zero-initialised Dense adds to the timestep embedding (so a
+model loaded from a run without tasks starts with its timestep path unchanged).
+
 Layer stacking: `scan_layers=True` stacks the block parameters along a leading
 "layers" axis and runs one compiled block under `nn.scan` (constant compile time in
 depth); False runs a Python loop with parameters `layers_0`, `layers_1`, ...
@@ -165,6 +171,8 @@ class VideoDiT(nn.Module):
     attention_implementation: the attention kernel, a name in
       `mgjax.kernels.attention.IMPLEMENTATIONS` ("auto" picks per platform).
     frequency_dim: width of the sinusoidal timestep features.
+    num_tasks: task embeddings (0: none; `task` must then be None).
+    task_tokens: cross-attention tokens per task embedding (the paper's 4).
     scan_layers: nn.scan over blocks (params stacked on a "layers" axis) vs a loop.
     remat_policy: a name in `mgjax.models.dit_blocks.REMAT_POLICIES`.
     dtype, param_dtype: compute and storage dtypes.
@@ -184,6 +192,8 @@ class VideoDiT(nn.Module):
   context_attention: str = "all_gather"
   attention_implementation: str = "auto"
   frequency_dim: int = 256
+  num_tasks: int = 0
+  task_tokens: int = 4
   scan_layers: bool = True
   remat_policy: str = "none"
   dtype: Any = jnp.float32
@@ -223,12 +233,14 @@ class VideoDiT(nn.Module):
       text: TextInput,
       text_mask: jax.Array | None = None,
       concat: jax.Array | None = None,
+      task: jax.Array | None = None,
   ) -> jax.Array:
     """Velocity [B, T, H, W, C_out] (float32) at latent x [B, T, H, W, C], time t [B].
 
     `text` is [B, L, D_text] with `text_mask` bool [B, L] (None: all valid), or
     {encoder name: emb [B, L_e, D_e] or (emb, mask [B, L_e])}. `concat`
     [B, T, H, W, C_c]: channels concatenated to x (zero-initialised weights).
+    `task` int [B]: each example's task embedding (needs num_tasks > 0).
     """
     self._check()
     if x.ndim != 5:
@@ -262,9 +274,17 @@ class VideoDiT(nn.Module):
         grid
     )  # [S, D]
 
-    cond = nn.silu(
-        TimestepEmbedder(d, self.frequency_dim, name="time_embed", **common)(t)
-    )  # [B, D]
+    t_emb = TimestepEmbedder(d, self.frequency_dim, name="time_embed", **common)(t)  # [B, D]
+    task_tokens = None
+    if task is not None:
+      task_emb = self._task_embedding(task)  # [B, D]
+      t_emb += dense(d, ("embed", "mlp"), "task_time", zero=True, use_bias=True, **common)(task_emb)
+      task_tokens = dense(
+          (self.task_tokens, d), ("embed", "modulation", "mlp"), "task_tokens", **common
+      )(
+          task_emb
+      )  # [B, K, D]
+    cond = nn.silu(t_emb)  # [B, D]
     if self.modulation == "shared":
       block_modulation = dense(
           (NUM_MODULATION_VECTORS, d),
@@ -280,6 +300,9 @@ class VideoDiT(nn.Module):
       block_modulation = cond  # [B, D]; each block has its own Dense
 
     text_tokens, text_valid = self._embed_text(text, text_mask)  # [B, L, D], [B, L]
+    if task_tokens is not None:
+      text_tokens = jnp.concatenate([text_tokens, task_tokens], axis=1)  # [B, L + K, D]
+      text_valid = jnp.concatenate([text_valid, jnp.ones(task_tokens.shape[:2], bool)], axis=1)
 
     x_tok = self._blocks(tokens, pos, block_modulation, text_tokens, text_valid)
 
@@ -304,6 +327,20 @@ class VideoDiT(nn.Module):
         h
     )  # [B, S, pt * ph * pw * C_out]
     return unpatchify(out, grid, patch).astype(jnp.float32)  # [B, T, H, W, C_out]
+
+  def _task_embedding(self, task: jax.Array) -> jax.Array:
+    """int [B] -> the learned vector of each example's task [B, D]."""
+    if not self.num_tasks:
+      raise ValueError("VideoDiT got `task` but has no task embeddings; set num_tasks.")
+    if task.shape != (task.shape[0],) or not jnp.issubdtype(task.dtype, jnp.integer):
+      raise ValueError(f"`task` must be int [B]; got {task.dtype} {task.shape}.")
+    table = self.param(
+        "task_embed",
+        nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+        (self.num_tasks, self.embed_dim),
+        self.param_dtype,
+    )
+    return jnp.take(table, task, axis=0).astype(self.dtype)
 
   def _embed_text(self, text: TextInput, text_mask: jax.Array | None):
     """Projects each encoder to the model width; concatenates along the sequence."""

@@ -13,11 +13,12 @@ TASKS = {
     "audio": "mgjax.tasks.audio:AudioTask",
     "upsample": "mgjax.tasks.upsample:UpsampleTask",
     "pt2v": "mgjax.tasks.pt2v:PT2VTask",
+    "edit": "mgjax.tasks.edit:EditTask",
 }
 
 
 # Other names users know a task by (`mgjax.sample --task=v2a`).
-TASK_ALIASES = {"v2a": "audio", "t2i": "t2v"}
+TASK_ALIASES = {"v2a": "audio", "t2i": "t2v", "i2v": "edit"}
 
 
 def get_task_class(name: str):

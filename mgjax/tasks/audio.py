@@ -265,9 +265,10 @@ class AudioTask(LatentFlowTask):
     f = self.config.flow
     return {"video": f.video_drop_prob, "text": f.text_drop_prob}
 
-  def frame_mask(self, rng, x1):
+  def frame_mask(self, rng, x1, batch):
     """With probability context.prob the clip's own (clean) latent is the context
     except one hidden span, and only the hidden frames are in the loss."""
+    del batch
     context_mask = span_context_mask(rng, x1.shape[0], x1.shape[1], self.config.context)
     extra = {"context": x1, "context_mask": context_mask}
     return 1.0 - context_mask, extra, {"context_fraction": context_mask.mean()}

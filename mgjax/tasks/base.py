@@ -44,6 +44,9 @@ class Task(abc.ABC):
   # True: `generate` takes videos another run made (SampleRequest.videos), so
   # `mgjax.sample --upsampler=W` can chain it after a text-to-video run.
   refines_videos: bool = False
+  # True: `generate` reads the edit fields of a SampleRequest (instructions, first /
+  # last frame, extend); other tasks refuse them rather than ignore them.
+  takes_edit_requests: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
@@ -126,6 +129,20 @@ class Task(abc.ABC):
   def check_request(self, request: SampleRequest) -> None:
     """Raises what `generate` would on bad files in `request`, before the weights are
     read (minutes for a large run): an unreadable input video here, tasks add theirs."""
+    given = [
+        flag
+        for flag, value in (
+            ("--instruction", request.instructions),
+            ("--image / --first_frame", request.first_frame),
+            ("--last_frame", request.last_frame),
+            ("--extend", request.extend),
+        )
+        if value
+    ]
+    if given and not self.takes_edit_requests:
+      raise ValueError(
+          f"{given[0]} is for edit runs (task edit); this is a {self.config.task!r} run."
+      )
     for path in request.inputs:
       probe(path)
 

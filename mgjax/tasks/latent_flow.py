@@ -161,9 +161,10 @@ class LatentFlowTask(Task):
     """{condition: drop probability}, in the order their dropout keys are drawn."""
     return {}
 
-  def frame_mask(self, rng: jax.Array, x1: jax.Array) -> tuple[jax.Array, dict, dict]:
+  def frame_mask(self, rng: jax.Array, x1: jax.Array, batch) -> tuple[jax.Array, dict, dict]:
     """(loss mask broadcastable to x1, 1 = in the loss; extra conditions for
-    `velocity`; metrics), when `uses_frame_mask`."""
+    `velocity`; metrics) of standardised latents x1 and their batch, when
+    `uses_frame_mask`."""
     raise NotImplementedError
 
   def velocity(self, params, frozen, x_t, t, conditions: dict, keep: dict) -> jax.Array:
@@ -184,7 +185,7 @@ class LatentFlowTask(Task):
     }
     conditions, mask, metrics = dict(batch), None, {}
     if self.uses_frame_mask:
-      mask, extra, metrics = self.frame_mask(rngs[-1], x1)
+      mask, extra, metrics = self.frame_mask(rngs[-1], x1, batch)
       conditions.update(extra)
     t, x_t, target = flow.training_example(rngs[0], x1, f.sigma_min, f.t_mean, f.t_std)
     prediction = self.velocity(params, frozen, x_t, t, conditions, keep)

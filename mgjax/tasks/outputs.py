@@ -30,6 +30,16 @@ class SampleRequest:
   inputs: Sequence[str] = ()  # media files to condition on (e.g. videos to add sound to)
   videos: Sequence[Sample] = ()  # made by an earlier model, to refine (chained sampling)
   references: Sequence[str] = ()  # images of a subject to keep (PT2V): one, or one per prompt
+  # Edit runs (mgjax/tasks/edit.py): instructions for the `inputs` videos (one, or one
+  # each); the first / last frame images of image-to-video; a video to extend by
+  # `seconds`; the task embedding of each edit (one, or one per instruction; none or
+  # "auto": the generic one).
+  instructions: Sequence[str] = ()
+  first_frame: str | None = None
+  last_frame: str | None = None
+  extend: str | None = None
+  seconds: float | None = None
+  edit_tasks: Sequence[str] = ()
   num_frames: int | None = None
   height: int | None = None
   width: int | None = None

@@ -138,11 +138,12 @@ class T2VTask(LatentFlowTask):
     trainable_text, frozen_text = self.text.init(text_rng)
     spec = next(iter(self.batch_specs().values()))
     latent = jnp.zeros((1,) + spec["latent"].shape[1:])  # [1, T', h, w, C]
-    concat = (
-        jnp.zeros(latent.shape[:-1] + (self.concat_channels,)) if self.concat_channels else None
-    )
     dit_params = self.dit.init(
-        dit_rng, latent, jnp.zeros((1,)), self.example_conditions(), concat=concat
+        dit_rng,
+        latent,
+        jnp.zeros((1,)),
+        self.example_conditions(),
+        **self.dit_example_inputs(latent),
     )["params"]
     return {"dit": dit_params, "text": trainable_text}, {"text": frozen_text}
 
@@ -173,6 +174,13 @@ class T2VTask(LatentFlowTask):
 
   concat_channels = 0  # C_c of `concat_condition`; 0: none
 
+  def dit_example_inputs(self, latent: jax.Array) -> dict[str, jax.Array]:
+    """The DiT's inputs beyond x, t and text, zeros for `latent` [1, T', h, w, C], to
+    initialise it: the concatenated channels here (the edit task adds its task)."""
+    if not self.concat_channels:
+      return {}
+    return {"concat": jnp.zeros(latent.shape[:-1] + (self.concat_channels,))}
+
   def concat_condition(self, params, conditions, keep) -> jax.Array | None:
     """Channels concatenated to the noisy latent [B, T', h, w, C_c] (variants that
     condition on a video: upsampler, edit), from the batch and `keep`; None here."""
@@ -181,17 +189,20 @@ class T2VTask(LatentFlowTask):
 
   # -------------------------------------------------------------------- data
   def encode_pixels(self, pixels_uint8: np.ndarray) -> np.ndarray:
-    """Posterior-mean latents of uint8 [B, T, H, W, 3] videos."""
-    return self.codec.encode(pixels_uint8)
+    """Posterior-mean latents of uint8 [B, T, H, W, 3] videos, float32."""
+    return np.asarray(self.codec.encode(pixels_uint8), np.float32)
 
-  # (record, pixels) -> arrays stored with the example as they are (PT2V: the
-  # reference image); None: nothing but what `encode_examples` makes.
+  # (record, pixels) -> per-example arrays handed to `encode_examples` (PT2V: the
+  # reference image, stored as it is; edit: the source video, encoded); None: none.
   record_arrays = None
 
-  def encode_examples(self, pixels_uint8: np.ndarray) -> dict[str, np.ndarray]:
+  def encode_examples(
+      self, pixels_uint8: np.ndarray, arrays: dict[str, np.ndarray] | None = None
+  ) -> dict[str, np.ndarray]:
     """What a batch of training clips is stored and trained as: {"latent": [B, ...]}
-    (variants add their conditions, e.g. the upsampler's low-resolution latents)."""
-    return {"latent": self.encode_pixels(pixels_uint8)}
+    and `record_arrays`' [B, ...] as they are (variants add their conditions, e.g.
+    the upsampler's low-resolution latents)."""
+    return {"latent": self.encode_pixels(pixels_uint8), **(arrays or {})}
 
   def latent_fingerprint(self) -> dict:
     """What made the stored training examples: redone when it changes."""

@@ -117,12 +117,12 @@ class UpsampleTask(T2VTask):
         ]
     )
 
-  def encode_examples(self, pixels_uint8):
+  def encode_examples(self, pixels_uint8, arrays=None):
     """{"latent", "lowres_latent"}: [B, T, H/8, W/8, C] of the clips and of their
     degraded, re-upsampled inputs."""
     return {
-        "latent": self.codec.encode(pixels_uint8),
-        "lowres_latent": self.codec.encode(self.lowres_inputs(pixels_uint8)),
+        **super().encode_examples(pixels_uint8, arrays),
+        "lowres_latent": self.encode_pixels(self.lowres_inputs(pixels_uint8)),
     }
 
   def latent_fingerprint(self):
