@@ -104,8 +104,9 @@ def data_config(**fields) -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict(
       dict(
           # "shapes" (synthetic, made in `dir` if absent) | "shapes_identity" (shapes
-          # with 16 identities, for PT2V) | "manifest" (dir/manifest.jsonl)
-          # | "image_folder" (images with a caption .txt each) | "tfds" (see `tfds`)
+          # with 16 identities, for PT2V) | "shapes_edit" (edit pairs, for the edit
+          # task) | "manifest" (dir/manifest.jsonl) | "image_folder" (images with a
+          # caption .txt each) | "tfds" (see `tfds`)
           name="shapes",
           dir="",  # default: <workdir>/shapes
           shapes=ml_collections.ConfigDict(

@@ -158,3 +158,18 @@ def test_request_conditions_and_their_errors():
     conds.request_condition(T, (H, W, C), task="extend", prefix=np.ones((T, H, W, C)))
   with pytest.raises(ValueError, match="Unknown edit task 'recolor'"):
     conds.request_condition(T, (H, W, C), task="recolor")
+
+
+def test_the_stage_configs_and_the_demo_recipe():
+  from mgjax import configs
+
+  for stage, manifests in (("stage1", "image_edits.jsonl"), ("stage2", "video_edits.jsonl")):
+    config = configs.load_config(f"experiments/edit.py:{stage}")
+    assert config.task == "edit" and manifests in config.edit.manifests
+  assert configs.load_config("experiments/edit.py:stage3_30b").model.embed_dim == 6144
+  assert [b[1] for b in configs.load_config("experiments/edit.py:stage1").data.buckets] == [1, 32]
+  demo = configs.load_config("experiments/edit_shapes.py")
+  assert [name for name, _ in demo.train.recipe] == ["t2v", "stage1", "stage2"]
+  assert demo.edit.backtranslate.run == "stage2" and demo.edit.baselines.sdedit == "t2v"
+  with pytest.raises(ValueError, match="Unknown edit stage 'stage4'"):
+    configs.load_config("experiments/edit.py:stage4")

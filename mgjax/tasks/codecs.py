@@ -135,6 +135,19 @@ class LatentCodec(abc.ABC):
     return self._fingerprint
 
 
+_COMPILED: dict[tuple, object] = {}
+
+
+def shared_jit(codec: LatentCodec, name: str, build):
+  """`build()`'s jitted function, one per (codec class, model config, name) in the
+  process: every codec of the same model (each stage, baseline and sampler opens its
+  own) then compiles an input shape once, as the weights are an argument."""
+  key = (type(codec).__name__, json.dumps(codec.config.model.to_dict(), sort_keys=True), name)
+  if key not in _COMPILED:
+    _COMPILED[key] = build()
+  return _COMPILED[key]
+
+
 @functools.lru_cache(maxsize=2)
 def _read_weights(step_dir: str, written_ns: int, devices: tuple[int, ...]):
   """A complete checkpoint's weights, read once per process and mesh: every stage,
@@ -193,13 +206,25 @@ class TAECodec(LatentCodec):
       )
     return (self.model.latent_frames(num_frames), height // f, width // f, self.latent_channels)
 
-  @functools.cached_property
+  @property
   def _encode(self):
-    return jax.jit(lambda p, v: self.model.apply({"params": p}, to_signed(v), method=TAE.encode)[0])
+    model = self.model
+    return shared_jit(
+        self,
+        "encode",
+        lambda: jax.jit(
+            lambda p, v: model.apply({"params": p}, to_signed(v), method=TAE.encode)[0]
+        ),
+    )
 
-  @functools.cached_property
+  @property
   def _decode(self):
-    return jax.jit(lambda p, z: self.model.apply({"params": p}, z, method=TAE.decode))
+    model = self.model
+    return shared_jit(
+        self,
+        "decode",
+        lambda: jax.jit(lambda p, z: model.apply({"params": p}, z, method=TAE.decode)),
+    )
 
   def encode(self, media) -> np.ndarray:
     """Posterior-mean latents of uint8 [B, T, H, W, 3] videos."""
@@ -293,15 +318,25 @@ class AudioVAECodec(LatentCodec):
     """[T, C] of `num_samples` samples."""
     return (-(-int(num_samples) // self.hop), self.latent_channels)
 
-  @functools.cached_property
+  @property
   def _encode(self):
-    return jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=AudioVAE.encode)[0])
+    model = self.model
+    return shared_jit(
+        self,
+        "encode",
+        lambda: jax.jit(lambda p, x: model.apply({"params": p}, x, method=AudioVAE.encode)[0]),
+    )
 
-  @functools.cached_property
+  @property
   def _decode(self):
-    return jax.jit(
-        lambda p, z, n: self.model.apply({"params": p}, z, n, method=AudioVAE.decode),
-        static_argnums=2,
+    model = self.model
+    return shared_jit(
+        self,
+        "decode",
+        lambda: jax.jit(
+            lambda p, z, n: model.apply({"params": p}, z, n, method=AudioVAE.decode),
+            static_argnums=2,
+        ),
     )
 
   def encode(self, media) -> jax.Array:

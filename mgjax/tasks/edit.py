@@ -44,6 +44,7 @@ from mgjax.data.examples import ExampleSpec, load_pixels
 from mgjax.data.records import Records, read_manifest
 from mgjax.data.video import probe, read_image, read_video
 from mgjax.models.dit import VideoDiT
+from mgjax.parallel import distributed
 from mgjax.tasks import edit_conditions as conds
 from mgjax.tasks.outputs import Sample, slug
 from mgjax.tasks.t2v import T2VTask, with_fps_tag
@@ -115,7 +116,7 @@ class EditTask(T2VTask):
     """The split's records of every manifest (the shapes edit set is made first)."""
     if self.config.data.name == "shapes_edit":
       s = self.config.data.shapes
-      shapes_edit_set.ensure_dataset(
+      make = lambda: shapes_edit_set.ensure_dataset(
           self.data_dir,
           seed=s.seed,
           num_frames=s.num_frames,
@@ -124,6 +125,7 @@ class EditTask(T2VTask):
           fps=s.fps,
           **self.config.edit.shapes_edit.to_dict(),
       )
+      distributed.first_process_first("shapes_edit", make)
     elif self.config.data.name != "manifest":
       raise ValueError(
           f'The edit task reads data.name="shapes_edit" or "manifest"; got {self.config.data.name!r}.'
@@ -339,9 +341,15 @@ class EditTask(T2VTask):
     )
     condition = self.generation_condition(t, h, w, first, last)
     prompts = [with_fps_tag(p, self.fps, t) for p in request.prompts]
-    videos = self.conditional_videos(
-        params, frozen, prompts, [condition] * len(prompts), t, h, w, **sampler
-    )
+    videos, size = [], request.batch_size
+    for start in range(0, len(prompts), size):
+      part = prompts[start : start + size]
+      videos.extend(
+          self.conditional_videos(
+              params, frozen, part, [condition] * len(part), t, h, w,
+              **{**sampler, "seed": sampler["seed"] + start},
+          )  # fmt: skip
+      )
     return [
         Sample(f"{i:03d}_{slug(p)}", tag, v, self.fps)
         for i, (p, tag, v) in enumerate(zip(request.prompts, prompts, videos))
@@ -395,10 +403,6 @@ class EditTask(T2VTask):
     video = self.conditional_videos(params, frozen, [prompt], [condition], total, h, w, **sampler)
     stem = os.path.splitext(os.path.basename(request.extend))[0]
     return Sample(f"{stem}_extended", prompt, video[0], self.fps)
-
-  def request_conditions(self, request):
-    del request
-    raise NotImplementedError  # `generate` builds its own conditions
 
   def sampling_steps(self, request):
     steps = self.sampler_settings(request, self.config.flow)["num_steps"]

@@ -29,6 +29,7 @@ from absl import logging
 from mgjax import flow, recipe, runs
 from mgjax.data import shapes_edit, shapes_edit_text
 from mgjax.data.examples import load_pixels
+from mgjax.data.video import MediaDecodeError
 from mgjax.eval import edit as edit_checker
 from mgjax.eval import metrics
 from mgjax.tasks import edit_conditions as conds
@@ -52,8 +53,8 @@ def eval_edits(task) -> tuple[np.ndarray, list[dict]]:
   for record in records:
     try:
       pixels, _ = load_pixels({"video": record["source"]}, spec, rng)
-    except Exception as err:  # noqa: BLE001 (a bad file is counted, not fatal)
-      logging.warning("Evaluation skips %s: %s", record["source"], err)
+    except MediaDecodeError as err:
+      logging.warning("Evaluation skips %s (%s).", err.path, err.kind)
       continue
     sources.append(pixels)
     kept.append(record)
@@ -76,7 +77,7 @@ def sdedit(
 ):
   """SDEdit with a T2V run: the sources' latents noised to time t0 on the flow path,
   then integrated to t = 1 with guidance towards `captions`. uint8 like `sources`."""
-  n, t = sources.shape[:2]
+  t = sources.shape[1]
   stats = t2v.stats()
   x1 = stats.standardise(jnp.asarray(t2v.codec.encode(sources)))
   noise = jax.random.normal(jax.random.key(seed), x1.shape)
