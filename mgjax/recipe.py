@@ -30,6 +30,12 @@ def stage_workdir(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
+def run_or_stage(config: ml_collections.ConfigDict, workdir: str, name: str) -> str:
+  """A run directory, or the workdir of the train.recipe stage called `name`."""
+  stages = {stage for stage, _ in config.train.get("recipe", ()) or ()}
+  return stage_workdir(workdir, name) if name in stages else name
+
+
 def recipe_stages(
     config: ml_collections.ConfigDict, workdir: str, codec_section: str, codec_workdir: str
 ) -> list[Stage]:

@@ -242,10 +242,7 @@ class EditTask(T2VTask):
   ) -> np.ndarray:
     """uint8 [N, num_frames, H, W, 3] for prompts (instructions or captions) and one
     `edit_conditions.request_condition` each."""
-    cond = {
-        k: jnp.asarray(np.stack([c[k] for c in conditions])) for k in ("cond", "cond_mask", "known")
-    }
-    task = jnp.asarray(np.stack([c["task"] for c in conditions]))
+    cond, task = stack_conditions(conditions)
     return self.generate_videos(
         params, frozen, prompts, num_frames, height, width, conditions=(cond, task), **sampler
     )
@@ -430,3 +427,12 @@ class EditTask(T2VTask):
 
       edit_backtranslation.ensure(self)
     super().prepare()
+
+
+def stack_conditions(conditions: list[dict]) -> tuple[dict, jax.Array]:
+  """`request_condition`s -> ({cond, cond_mask, known} [N, ...], task [N]): the
+  per-example guidance args of the sampler."""
+  cond = {
+      k: jnp.asarray(np.stack([c[k] for c in conditions])) for k in ("cond", "cond_mask", "known")
+  }
+  return cond, jnp.asarray(np.stack([c["task"] for c in conditions]))

@@ -41,13 +41,6 @@ def manifest_path(workdir: str) -> str:
   return os.path.join(workdir, DIR, "manifest.jsonl")
 
 
-def run_dir(task) -> str:
-  """edit.backtranslate.run: a run directory or the name of a recipe stage."""
-  run = task.config.edit.backtranslate.run
-  stages = {name for name, _ in task.config.train.get("recipe", ()) or ()}
-  return recipe.stage_workdir(task.workdir, run) if run in stages else run
-
-
 def planned_edits(task) -> list[tuple[dict, shapes_edit.Edit]]:
   """(real clip record, the edit to make of it) for the first edit.backtranslate.num_clips
   training clips; each clip's edit is drawn from [seed, index]."""
@@ -82,7 +75,7 @@ def make(task) -> str:
   partial_path = os.path.join(out_dir, "partial.jsonl")
   done = read_jsonl(partial_path) if os.path.exists(partial_path) else []
   plans = planned_edits(task)
-  source_run = run_dir(task)
+  source_run = recipe.run_or_stage(task.config, task.workdir, b.run)
   if not runs.has_run(source_run):
     raise FileNotFoundError(
         f"edit.backtranslate.run={b.run!r}: no trained run in {source_run}; train stage II "

@@ -33,6 +33,7 @@ from mgjax.data.video import MediaDecodeError
 from mgjax.eval import edit as edit_checker
 from mgjax.eval import metrics
 from mgjax.tasks import edit_conditions as conds
+from mgjax.tasks.edit import stack_conditions
 from mgjax.tasks.outputs import Sample, write_samples
 from mgjax.tasks.t2v import with_fps_tag
 
@@ -110,12 +111,10 @@ def edit_with(model, params, frozen, sources, records, config) -> np.ndarray:
 
 def baseline_runs(task) -> dict:
   """{name: (task, params, frozen)} of edit.baselines (run dirs or recipe stages)."""
-  stages = {name for name, _ in task.config.train.get("recipe", ()) or ()}
   models = {}
   for name, workdir in sorted(task.config.edit.baselines.items()):
     if workdir:
-      if workdir in stages:
-        workdir = recipe.stage_workdir(task.workdir, workdir)
+      workdir = recipe.run_or_stage(task.config, task.workdir, workdir)
       _, model, params, frozen = runs.restore_weights(workdir)
       models[name] = (model, params, frozen)
   return models
@@ -137,11 +136,7 @@ def generation_figures(task, params, frozen, sources, records, config) -> dict:
   latents = task.codec.encode(clips)  # [N, T', h, w, C]
   keep = max(1, latents.shape[1] // 2)
   ext_conditions = [task.generation_condition(t, h, w, prefix=z[:keep]) for z in latents]
-  cond = {
-      k: jnp.asarray(np.stack([c[k] for c in ext_conditions]))
-      for k in ("cond", "cond_mask", "known")
-  }
-  task_ids = jnp.asarray(np.stack([c["task"] for c in ext_conditions]))
+  cond, task_ids = stack_conditions(ext_conditions)
   tokens = {k: jnp.asarray(v) for k, v in task.text.tokenize(prompts).items()}
   ext_latents = task.sample_latents(
       (cond, task_ids, tokens, params, frozen), latents.shape[1:], num_examples=n, **sampler

@@ -356,11 +356,9 @@ class PT2VTask(T2VTask):
     )
     shape = (bucket.num_frames, bucket.height, bucket.width)
     models = {"pt2v": (self, params, frozen)}
-    stages = {name for name, _ in self.config.train.get("recipe", ())}
     for name, workdir in sorted(self.config.pt2v.baselines.items()):
       if workdir:
-        if workdir in stages:
-          workdir = recipe.stage_workdir(self.workdir, workdir)
+        workdir = recipe.run_or_stage(self.config, self.workdir, workdir)
         _, task, base_params, base_frozen = runs.restore_weights(workdir)
         models[name] = (task, base_params, base_frozen)
     results, rows, videos_of = {}, [], {}
